@@ -1,0 +1,84 @@
+"""Source spans and the errors dslc reports to people.
+
+Every user-facing problem is a `DslError` carrying a `Span`; `render()` prints
+`FILE:LINE:COL: error: MESSAGE`, the source line and a caret, then an optional hint.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+# Source text of every file read, so an error can quote its line.
+_SOURCES: dict[str, str] = {}
+
+
+def register_source(path: str, text: str) -> None:
+    _SOURCES[path] = text
+
+
+@dataclass(frozen=True)
+class Span:
+    file: str
+    line: int  # 1-based
+    col: int  # 1-based
+    end_line: int = 0
+    end_col: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+NO_SPAN = Span("<builtin>", 0, 0)
+
+
+class DslError(Exception):
+    """A problem in the user's input. `kind` is 'syntax', 'name', 'type', 'shape', ..."""
+
+    kind = "error"
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def render(self) -> str:
+        if self.span is None or self.span is NO_SPAN:
+            out = f"error: {self.message}"
+        else:
+            out = f"{self.span}: error: {self.message}"
+            lines = _SOURCES.get(self.span.file, "").splitlines()
+            if 0 < self.span.line <= len(lines):
+                src = lines[self.span.line - 1]
+                width = 1
+                if self.span.end_line == self.span.line and self.span.end_col > self.span.col:
+                    width = self.span.end_col - self.span.col
+                out += f"\n    {src}\n    {' ' * (self.span.col - 1)}{'^' * width}"
+        if self.hint:
+            out += f"\n  hint: {self.hint}"
+        return out
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class DslSyntaxError(DslError):
+    kind = "syntax"
+
+
+class DslNameError(DslError):
+    kind = "name"
+
+
+class DslTypeError(DslError):
+    kind = "type"
+
+
+class DslShapeError(DslError):
+    kind = "shape"
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    """'did you mean `x`?' for the closest candidate, or None."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None

@@ -1,0 +1,67 @@
+"""IR -> onnx.ModelProto: default domain only, one opset, full value_info, spans as doc_strings."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..ir.core import Graph, TensorType, Value
+from ..ir.ops import DTYPE_CODE
+
+OPSET = 21
+# onnxruntime 1.31 loads IR <= 13 and onnx 1.23 writes 14 by default; 10 is what opset 21 needs,
+# and it keeps the files loadable by older runtimes (onnxruntime-training 1.19 among them).
+IR_VERSION = 10
+
+# IR ops that are spelled differently in ONNX: one entry per op, everything else is identical.
+EMIT_AS = {"StopGradient": "Identity"}
+
+
+def value_info(v: Value) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(v.name, DTYPE_CODE[v.dtype], _dims(v.type))
+
+
+def _dims(t: TensorType):
+    return [d if isinstance(d, int) else str(d) for d in t.shape]
+
+
+def _attr(name: str, value) -> onnx.AttributeProto:
+    if isinstance(value, Graph):
+        return helper.make_attribute(name, graph_proto(value))
+    if isinstance(value, np.ndarray):
+        return helper.make_attribute(name, numpy_helper.from_array(value))
+    return helper.make_attribute(name, value)
+
+
+def graph_proto(graph: Graph) -> onnx.GraphProto:
+    nodes = []
+    for n in graph.nodes:
+        node = helper.make_node(EMIT_AS.get(n.op, n.op), [v.name if v is not None else "" for v in n.inputs],
+                                [v.name for v in n.outputs], name=n.name,
+                                doc_string=str(n.span) if n.span else "")
+        node.attribute.extend(_attr(k, v) for k, v in sorted(n.attrs.items()))
+        nodes.append(node)
+    output_names = {v.name for v in graph.outputs}
+    infos = [value_info(o) for n in graph.nodes for o in n.outputs if o.name not in output_names]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(p.init), p.value.name) for p in graph.params]
+    return helper.make_graph(nodes, graph.name, [value_info(v) for v in graph.inputs],
+                             [value_info(v) for v in graph.outputs], initializer=inits, value_info=infos,
+                             doc_string=graph.doc)
+
+
+def to_onnx(graph: Graph) -> onnx.ModelProto:
+    model = helper.make_model(graph_proto(graph), opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="dslc", ir_version=IR_VERSION)
+    for n in model.graph.node:
+        assert n.domain in ("", "ai.onnx"), f"non-standard op {n.domain}.{n.op_type}"
+    # Which initializers are trainable weights and which are state: readers of the file (dslc run,
+    # dslc train) need it, and it survives any runtime.
+    trainable = [p.value.name for p in graph.params if p.trainable]
+    helper.set_model_props(model, {"dslc.trainable": ",".join(trainable)})
+    return model
+
+
+def check(model: onnx.ModelProto) -> None:
+    """The checks every emitted model passes: the full checker and strict shape inference."""
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)

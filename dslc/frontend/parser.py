@@ -1,0 +1,252 @@
+"""Text -> AST: lark parses with `grammar/dslc.lark`, a Transformer builds the dataclass AST.
+
+Syntax errors become `DslSyntaxError` with the file, line and column and what was expected.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer, v_args
+
+from ..diagnostics import DslSyntaxError, Span, register_source
+from . import ast as A
+
+
+def _grammar_text() -> str:
+    # Installed: the grammar ships as package data (dslc/grammar/); in a checkout it is at the top.
+    packaged = resources.files("dslc").joinpath("grammar", "dslc.lark")
+    if packaged.is_file():
+        return packaged.read_text()
+    return (Path(__file__).resolve().parents[2] / "grammar" / "dslc.lark").read_text()
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    return lark.Lark(_grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+# How lark's terminal names read in an error message.
+_TOKEN_WORDS = {
+    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
+    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "DOT": "'.'", "MINUS": "'-'", "CIRCUMFLEX": "'^'",
+    "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/' or '@'", "__ANON_0": "'->'",
+    "$END": "end of file",
+}
+
+
+def _word(term: str) -> str:
+    if term in _TOKEN_WORDS:
+        return _TOKEN_WORDS[term]
+    try:
+        pattern = _parser().get_terminal(term).pattern
+        if pattern.type == "str":
+            return f"'{pattern.value}'"
+    except KeyError:
+        pass
+    return term.lower()
+
+
+def _expected(terms) -> str:
+    words = sorted({_word(t) for t in terms})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return ", ".join(words)
+
+
+def parse(text: str, file: str = "<string>") -> A.Module:
+    register_source(file, text)
+    try:
+        tree = _parser().parse(text)
+    except lark.UnexpectedCharacters as e:
+        span = Span(file, e.line, e.column, e.line, e.column + 1)
+        raise DslSyntaxError(f"unexpected character {text[e.pos_in_stream]!r}", span,
+                             f"expected {_expected(e.allowed)}" if e.allowed else None) from None
+    except lark.UnexpectedEOF as e:
+        lines = text.splitlines() or [""]
+        span = Span(file, len(lines), len(lines[-1]) + 1)
+        raise DslSyntaxError("unexpected end of file", span, f"expected {_expected(e.expected)}") from None
+    except lark.UnexpectedToken as e:
+        tok = e.token
+        if tok.type == "$END":
+            lines = text.splitlines() or [""]
+            span = Span(file, len(lines), len(lines[-1]) + 1)
+            what = "end of file"
+        else:
+            span = Span(file, tok.line, tok.column, tok.end_line or tok.line,
+                        tok.end_column or tok.column + len(str(tok)))
+            what = f"{tok.value!r}"
+        raise DslSyntaxError(f"unexpected {what}", span, f"expected {_expected(e.expected)}") from None
+    return _ToAst(file).transform(tree)
+
+
+def parse_file(path: str | Path) -> A.Module:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DslSyntaxError(f"cannot read {path}: {e.strerror}") from None
+    return parse(text, str(path))
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        if getattr(meta, "empty", False) or not hasattr(meta, "line"):
+            return Span(self.file, 0, 0)
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok_span(self, tok: Token) -> Span:
+        return Span(self.file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    # ---- declarations
+    def start(self, meta, items):
+        imports = tuple(i for i in items if isinstance(i, A.Import))
+        decls = tuple(i for i in items if isinstance(i, A.Decl))
+        return A.Module(self.file, imports, decls)
+
+    def import_(self, meta, c):
+        return A.Import(str(c[0])[1:-1], self._span(meta))
+
+    def model(self, meta, c):
+        name, params, outputs, body = c
+        return A.Model(str(name), params or (), body, self._span(meta), outputs=outputs)
+
+    def outputs(self, meta, c):
+        return tuple(str(t) for t in c)
+
+    def layer(self, meta, c):
+        name, params, body = c
+        return A.Layer(str(name), params or (), body, self._span(meta))
+
+    def fn(self, meta, c):
+        name, params, body = c
+        return A.Fn(str(name), params or (), body, self._span(meta))
+
+    def step(self, meta, c):
+        name, params, updates, opt, body = c
+        return A.Step(str(name), params or (), body, self._span(meta), updates=updates, optimizer=opt)
+
+    def updates(self, meta, c):
+        return tuple(str(t) for t in c)
+
+    def params(self, meta, c):
+        return tuple(p for p in c if p is not None)
+
+    def param(self, meta, c):
+        name, type_, default = c
+        return A.Param(str(name), type_, default, self._tok_span(name))
+
+    def type(self, meta, c):
+        name, *dims = c
+        if len(dims) == 1 and dims[0] is None:  # `f32` without brackets
+            return A.TypeExpr(str(name), None, self._span(meta))
+        return A.TypeExpr(str(name), tuple(d for d in dims if d is not None), self._span(meta))
+
+    def dim(self, meta, c):
+        t = c[0]
+        return int(t) if t.type == "INT" else str(t)
+
+    def block(self, meta, c):
+        return tuple(c)
+
+    # ---- statements
+    def assign(self, meta, c):
+        *targets, value = c
+        return A.Assign(self._span(meta), tuple(str(t) for t in targets), value)
+
+    def return_(self, meta, c):
+        return A.Return(self._span(meta), tuple(c))
+
+    def minimize(self, meta, c):
+        return A.Minimize(self._span(meta), c[0])
+
+    def repeat(self, meta, c):
+        return A.Repeat(self._span(meta), c[0], c[1])
+
+    # ---- expressions
+    def pipe(self, meta, c):
+        left, target = c
+        if isinstance(target, A.Call):
+            return A.Call(self._span(meta), target.func, (left,) + target.args, target.kwargs)
+        if isinstance(target, (A.Name, A.Attr)):
+            return A.Call(self._span(meta), target, (left,), ())
+        raise DslSyntaxError("the right side of `|>` must be a function or a call", target.span,
+                             "write `x |> relu` or `x |> dense(10)`")
+
+    def compare(self, meta, c):
+        return A.BinOp(self._span(meta), str(c[1]), c[0], c[2])
+
+    def binop(self, meta, c):
+        return A.BinOp(self._span(meta), str(c[1]), c[0], c[2])
+
+    def pow(self, meta, c):
+        return A.BinOp(self._span(meta), "^", c[0], c[1])
+
+    def neg(self, meta, c):
+        if isinstance(c[0], A.Number):  # fold `-2` into a literal
+            return A.Number(self._span(meta), -c[0].value)
+        return A.UnaryOp(self._span(meta), "-", c[0])
+
+    def call(self, meta, c):
+        func, args = c
+        pos, kws = [], []
+        for a in (args or ()):
+            if isinstance(a, A.Keyword):
+                kws.append(a)
+            elif kws:
+                raise DslSyntaxError("a positional argument cannot follow a keyword argument", a.span)
+            else:
+                pos.append(a)
+        names = [k.name for k in kws]
+        for k in kws:
+            if names.count(k.name) > 1:
+                raise DslSyntaxError(f"keyword argument `{k.name}` given twice", k.span)
+        return A.Call(self._span(meta), func, tuple(pos), tuple(kws))
+
+    def args(self, meta, c):
+        return [a for a in c if a is not None]
+
+    def kwarg(self, meta, c):
+        return A.Keyword(str(c[0]), c[1], self._tok_span(c[0]))
+
+    def attr(self, meta, c):
+        return A.Attr(self._span(meta), c[0], str(c[1]))
+
+    def index(self, meta, c):
+        return A.Index(self._span(meta), c[0], tuple(c[1:]))
+
+    def slice(self, meta, c):
+        lo, hi, step = (c + [None, None, None])[:3]
+        return A.SliceExpr(self._span(meta), lo, hi, step)
+
+    def ellipsis(self, meta, c):
+        return A.EllipsisExpr(self._span(meta))
+
+    def name(self, meta, c):
+        return A.Name(self._span(meta), str(c[0]))
+
+    def int(self, meta, c):
+        return A.Number(self._span(meta), int(c[0]))
+
+    def float(self, meta, c):
+        return A.Number(self._span(meta), float(c[0]))
+
+    def true(self, meta, c):
+        return A.Bool(self._span(meta), True)
+
+    def false(self, meta, c):
+        return A.Bool(self._span(meta), False)
+
+    def string(self, meta, c):
+        return A.String(self._span(meta), str(c[0])[1:-1])
+
+    def list(self, meta, c):
+        return A.ListExpr(self._span(meta), tuple(x for x in c if x is not None))

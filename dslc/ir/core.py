@@ -1,0 +1,207 @@
+"""The IR: typed values, nodes named after ONNX ops, graphs, and the Builder that makes them.
+
+Op names and attributes are ONNX's own (opset 21), so emission is a direct translation; the
+only IR-only op is `StopGradient` (emitted as Identity). Every value has a `TensorType`:
+a dtype and a shape whose dims are ints or symbols (strings such as "N" or "2*N").
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..diagnostics import DslShapeError, DslTypeError, Span
+
+Dim = int | str
+
+# dslc dtype name -> numpy dtype; the ONNX enum lives in emit/.
+DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "i64": np.int64,
+          "i32": np.int32, "u8": np.uint8, "bool": np.bool_}
+FLOAT_DTYPES = ("f32", "f64", "f16")
+
+
+def dtype_of(array: np.ndarray) -> str:
+    for name, np_dtype in DTYPES.items():
+        if array.dtype == np_dtype:
+            return name
+    raise TypeError(f"unsupported array dtype {array.dtype}")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def static(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+def dim_mul(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    return f"{_paren(a)}*{_paren(b)}"
+
+
+def dim_add(a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    if a == 0:
+        return b
+    if b == 0:
+        return a
+    if a == b:
+        return dim_mul(2, a)
+    return f"{a}+{b}"
+
+
+def _paren(d: Dim) -> str:
+    s = str(d)
+    return f"({s})" if "+" in s else s
+
+
+class ShapeIssue(Exception):
+    """Raised by a shape rule; the Builder turns it into a located DslShapeError / DslTypeError."""
+
+    def __init__(self, message: str, hint: str | None = None, kind: str = "shape"):
+        super().__init__(message)
+        self.message, self.hint, self.kind = message, hint, kind
+
+
+class Value:
+    """One tensor in a graph. `const` holds the data when known at compile time (small constants),
+    `sym` the symbolic contents of a 1-D i64 shape tensor (from Shape, Constant, Concat, ...)."""
+
+    __slots__ = ("name", "type", "producer", "const", "sym")
+
+    def __init__(self, name: str, type: TensorType, producer: "Node | None" = None):
+        self.name = name
+        self.type = type
+        self.producer = producer
+        self.const: np.ndarray | None = None
+        self.sym: tuple[Dim, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[Dim, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def rank(self) -> int:
+        return self.type.rank
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.type}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    inputs: list[Value | None]  # None: an omitted optional input
+    outputs: list[Value]
+    attrs: dict = field(default_factory=dict)  # ONNX attributes; a subgraph attribute holds a Graph
+    span: Span | None = None
+    name: str = ""
+
+    def __repr__(self) -> str:
+        ins = ", ".join(v.name if v else "_" for v in self.inputs)
+        outs = ", ".join(v.name for v in self.outputs)
+        return f"{outs} = {self.op}({ins}) {self.attrs or ''}"
+
+
+@dataclass(eq=False)
+class Param:
+    """A weight (or a non-trainable state such as a batch-norm statistic) with its initial value."""
+    value: Value
+    init: np.ndarray
+    trainable: bool = True
+
+
+@dataclass(eq=False)
+class Graph:
+    name: str
+    inputs: list[Value] = field(default_factory=list)
+    outputs: list[Value] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+    params: list[Param] = field(default_factory=list)  # emitted as initializers
+    doc: str = ""
+
+    def param_values(self) -> dict[str, Param]:
+        return {p.value.name: p for p in self.params}
+
+
+class Builder:
+    """Appends nodes to a graph, inferring each output's type with the op table on the spot, so a
+    shape or type mistake is reported at the source span being lowered."""
+
+    def __init__(self, graph: Graph, names: "itertools.count | None" = None, span: Span | None = None,
+                 scope: str = ""):
+        self.graph = graph
+        self.names = names if names is not None else itertools.count()
+        self.span = span
+        self.scope = scope  # prefix for value names: the binding being lowered
+
+    def child(self, graph: Graph) -> "Builder":
+        """A builder for a subgraph (a Loop body), sharing the name counter so names stay unique."""
+        return Builder(graph, self.names, self.span, self.scope)
+
+    def fresh(self, hint: str = "t") -> str:
+        base = f"{self.scope}/{hint}" if self.scope else hint
+        return f"{base}_{next(self.names)}"
+
+    def op(self, op: str, inputs, attrs: dict | None = None, n_out: int | None = None,
+           names: list[str] | None = None):
+        """Add `op` and return its output Value (or a tuple of them when it has several)."""
+        from .ops import OPS, infer  # the table imports this module
+
+        attrs = dict(attrs or {})
+        inputs = list(inputs)
+        try:
+            out_types = infer(op, inputs, attrs)
+        except ShapeIssue as e:
+            err = DslTypeError if e.kind == "type" else DslShapeError
+            raise err(e.message, self.span, e.hint) from None
+        if n_out is not None:
+            out_types = out_types[:n_out]
+        outs = [Value(names[i] if names else self.fresh(op.lower()), t) for i, t in enumerate(out_types)]
+        node = Node(op, inputs, outs, attrs, self.span, name=self.fresh(op))
+        for v in outs:
+            v.producer = node
+        OPS[op].fold(node)
+        self.graph.nodes.append(node)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def const(self, data, dtype: str = "f32") -> Value:
+        array = np.asarray(data, dtype=DTYPES[dtype])
+        return self.op("Constant", [], {"value": array})
+
+    def ints(self, data) -> Value:
+        return self.const(np.asarray(data, dtype=np.int64), "i64")
+
+    def input(self, name: str, type: TensorType) -> Value:
+        v = Value(name, type)
+        self.graph.inputs.append(v)
+        return v
+
+    def param(self, name: str, init: np.ndarray, trainable: bool = True) -> Value:
+        v = Value(name, TensorType(dtype_of(init), tuple(init.shape)))
+        self.graph.params.append(Param(v, init, trainable))
+        return v
