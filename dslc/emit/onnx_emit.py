@@ -44,7 +44,8 @@ def graph_proto(graph: Graph) -> onnx.GraphProto:
     output_names = {v.name for v in graph.outputs}
     infos = [value_info(o) for n in graph.nodes for o in n.outputs if o.name not in output_names]
     inits = [numpy_helper.from_array(np.ascontiguousarray(p.init), p.value.name) for p in graph.params]
-    return helper.make_graph(nodes, graph.name, [value_info(v) for v in graph.inputs],
+    inputs = list(graph.inputs) + ([p.value for p in graph.params] if graph.params_are_inputs else [])
+    return helper.make_graph(nodes, graph.name, [value_info(v) for v in inputs],
                              [value_info(v) for v in graph.outputs], initializer=inits, value_info=infos,
                              doc_string=graph.doc)
 

@@ -143,6 +143,7 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     params: list[Param] = field(default_factory=list)  # emitted as initializers
     doc: str = ""
+    params_are_inputs: bool = False  # also list the weights as inputs, so callers can feed their own
 
     def param_values(self) -> dict[str, Param]:
         return {p.value.name: p for p in self.params}

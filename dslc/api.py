@@ -1,0 +1,116 @@
+"""The Python API: what the CLI calls, and what users call from their own code.
+
+    import dslc
+    prog = dslc.load("specs/vae.dsl")
+    model = dslc.compile(prog, "Encoder")            # an onnx.ModelProto
+    dslc.compile_file("specs/vae.dsl", "out/")       # one .onnx per target
+    print(dslc.summary("specs/vae.dsl", "Encoder"))
+    outputs = dslc.run("out/Encoder.onnx", {"x": batch})
+
+`compile` needs only lark, onnx and numpy; `run` imports onnxruntime when called.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .diagnostics import DslError
+from .emit.onnx_emit import check, to_onnx
+from .lower.lowerer import Options
+from .lower.program import Program, load_program, load_source
+from .lower.targets import Lowered, lower_target
+
+
+def load(path: str | Path) -> Program:
+    """Parse a .dsl file and its imports."""
+    return load_program(path)
+
+
+def loads(text: str, file: str = "<string>") -> Program:
+    """Parse .dsl source text."""
+    return load_source(text, file)
+
+
+def _program(source: Program | str | Path) -> Program:
+    return source if isinstance(source, Program) else load(source)
+
+
+def lower(source: Program | str | Path, target: str, *, emit: str = "forward", conv_lowering: str = "conv",
+          seed: int = 0, random: str = "op") -> Lowered:
+    """A target as IR (with its layer table for summaries)."""
+    if conv_lowering not in ("conv", "im2col"):
+        raise DslError(f"unknown conv lowering `{conv_lowering}`: use conv or im2col")
+    options = Options(seed=seed, conv_lowering=conv_lowering, random=random)
+    return lower_target(_program(source), target, options, emit)
+
+
+def compile(source: Program | str | Path, target: str, **options) -> onnx.ModelProto:
+    """One target as an ONNX model. Options: emit ('forward' | 'gradients'), conv_lowering
+    ('conv' | 'im2col'), seed (weight initialization), random ('op' | 'input')."""
+    return to_onnx(lower(source, target, **options).graph)
+
+
+def check_file(path: str | Path) -> list[str]:
+    """Parse and type-check every target of a file; returns the target names or raises DslError."""
+    prog = load(path)
+    for t in prog.targets():
+        lower(prog, t)
+    return prog.targets()
+
+
+def compile_file(path: str | Path, out_dir: str | Path | None = None, targets: list[str] | None = None,
+                 verify: bool = False, **options) -> list[Path]:
+    """Write `out_dir/NAME.onnx` for each target (all of the file's by default)."""
+    prog = load(path)
+    out = Path(out_dir) if out_dir is not None else Path(path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in targets or prog.targets():
+        model = compile(prog, t, **options)
+        if verify:
+            check(model)
+        dest = out / f"{t}.onnx"
+        onnx.save(model, dest)
+        written.append(dest)
+    return written
+
+
+def summary(source: Program | str | Path, target: str | None = None) -> str:
+    """A Keras-style table (layer, output shape, parameters) of each model in the file, or of one target."""
+    prog = _program(source)
+    names = [target] if target else [t for t in prog.targets()]
+    return "\n\n".join(_summary_table(lower(prog, t)) for t in names)
+
+
+def _summary_table(low: Lowered) -> str:
+    rows = [(r.name, r.kind, r.out, r.params) for r in low.layers]
+    if low.kind != "model":
+        rows = [r for r in rows if r[3]]  # steps and fns: only the layers that own weights
+    header = ("Layer", "Type", "Output shape", "Param #")
+    width = [max(len(str(x)) for x in col) for col in zip(header, *[(a, b, c, f"{d:,}") for a, b, c, d in rows])]
+    line = "  ".join(f"{{:<{w}}}" for w in width)
+    total = sum(int(np.prod(p.value.shape)) for p in low.graph.params)
+    trainable = sum(int(np.prod(p.value.shape)) for p in low.graph.params if p.trainable)
+    out = [f'{low.kind} "{low.name}"', line.format(*header), "-" * (sum(width) + 2 * (len(width) - 1))]
+    out += [line.format(a, b, c, f"{d:,}") for a, b, c, d in rows]
+    out += ["-" * (sum(width) + 2 * (len(width) - 1)),
+            f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {total - trainable:,}"]
+    return "\n".join(out)
+
+
+def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray], *, target: str | None = None,
+        device: str = "auto", weights: dict[str, np.ndarray] | None = None, **options) -> dict[str, np.ndarray]:
+    """Run a forward graph with onnxruntime. `model` is a ModelProto, an .onnx path, or a .dsl path
+    (then `target` names what to compile)."""
+    from .runtime import run_model
+    if isinstance(model, (str, Path)) and str(model).endswith(".dsl"):
+        prog = load(model)
+        if target is None:
+            if len(prog.targets()) != 1:
+                raise DslError(f"{model} has several targets ({', '.join(prog.targets())}): choose one with --target")
+            target = prog.targets()[0]
+        model = compile(prog, target, **options)
+    return run_model(model, inputs, device=device, weights=weights)

@@ -1,0 +1,584 @@
+"""The built-in vocabulary: one table from name to a lowering function.
+
+Each entry's Python signature is the language-level signature (`calls.bind_call` binds and checks
+arguments); annotations say what a parameter takes: "T" a tensor, "int", "float", "bool", "word",
+"ints". Layers with weights name them after the binding they appear in (`ConvNet.conv1.weight`).
+"""
+
+import math
+
+import numpy as np
+
+from ..diagnostics import DslError, DslShapeError, DslTypeError
+from ..ir.core import Value
+from ..ir.ops import DTYPE_CODE
+from . import init as I
+from .calls import Ctx, bind_call
+from .values import Symbol
+
+EPS = 1e-7  # Keras' epsilon: probabilities are clipped to [EPS, 1 - EPS] in the losses
+
+
+def call_builtin(lw, sc, name: str, e):
+    fn = BUILTINS[name]
+    ctx = Ctx(lw, sc, e.span, name, {})
+    values = bind_call(ctx, fn, e)
+    return fn(ctx, **values)
+
+
+# ------------------------------------------------------------------ helpers
+def _t(ctx: Ctx, v, like: Value | None = None, arg: str | None = None) -> Value:
+    return ctx.lw.tensor(ctx.sc, v, ctx.arg_spans.get(arg, ctx.span), like)
+
+
+def _float_tensor(ctx: Ctx, v, arg: str) -> Value:
+    x = _t(ctx, v, arg=arg)
+    if not x.type.is_float:
+        raise ctx.error(f"{ctx.name}() needs a floating-point `{arg}`, got {x.type}", arg, "use cast(x, f32)")
+    return x
+
+
+def _pair(ctx: Ctx, v, arg: str) -> list[int]:
+    vals = [v, v] if isinstance(v, int) else list(v)
+    if len(vals) != 2 or any(x < 1 for x in vals):
+        raise ctx.error(f"{ctx.name}() expects `{arg}` as a positive integer or a pair, got {v}", arg)
+    return vals
+
+
+def _weighted(ctx: Ctx) -> str:
+    """The weight-name prefix for this layer call; weights only live inside models and layers."""
+    if ctx.sc.kind not in ("model", "layer"):
+        raise ctx.error(f"{ctx.name}() has weights, so it must be used inside a model or a layer",
+                        hint="move it into a `model` and call the model")
+    return ctx.sc.weight_path(ctx.name)
+
+
+def _record(ctx: Ctx, name: str, out: Value, n_params: int = 0) -> Value:
+    from .lowerer import LayerRecord
+    if ctx.sc.kind in ("model", "layer"):
+        ctx.lw.layers.append(LayerRecord(name, ctx.name, str(out.type), n_params))
+    return out
+
+
+def _layer_name(ctx: Ctx) -> str:
+    sc = ctx.sc
+    return f"{sc.prefix}.{sc.binding}" if sc.prefix else sc.binding
+
+
+def _init(ctx: Ctx, word: Symbol, arg: str, fan_in: int, fan_out: int):
+    if word.name not in I.KERNEL_INITS:
+        raise ctx.error(f"unknown initializer `{word.name}`", arg, f"use one of {', '.join(I.KERNEL_INITS)}")
+    return I.kernel(word.name, fan_in, fan_out)
+
+
+def _activate(ctx: Ctx, y: Value, activation) -> Value:
+    if activation is None:
+        return y
+    name = activation.name if isinstance(activation, Symbol) else activation
+    if name not in ACTIVATIONS:
+        raise ctx.error(f"unknown activation `{name}`", "activation", f"use one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name](ctx, y)
+
+
+def _same_pads(size: list, kernel: list, strides: list, dilation: list) -> list[int]:
+    """TF/Keras 'same' padding: output = ceil(in / stride), the odd pixel at the end."""
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilation):
+        out = -(-n // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+        begin.append(total // 2)
+        end.append(total - total // 2)
+    return begin + end
+
+
+def _pads(ctx: Ctx, padding, x: Value, kernel, strides, dilation) -> list[int]:
+    if isinstance(padding, Symbol):
+        if padding.name == "valid":
+            return [0, 0, 0, 0]
+        if padding.name == "same":
+            if not all(isinstance(d, int) for d in x.shape[2:]):
+                raise ctx.error("padding=same needs static spatial dims", "padding")
+            return _same_pads(list(x.shape[2:]), kernel, strides, dilation)
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return [padding] * 4
+    if isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (2, 4):
+        return padding * 2 if len(padding) == 2 else padding
+    raise ctx.error(f"padding must be `same`, `valid`, an integer or a list of 2 or 4 integers", "padding")
+
+
+def _spatial_input(ctx: Ctx, x: Value) -> Value:
+    if x.rank != 4:
+        hint = "reshape it to [N, C, H, W] first, e.g. reshape(x, [-1, 1, 28, 28])" if x.rank == 2 else None
+        raise ctx.error(f"{ctx.name}() expects a rank-4 value [N, C, H, W], got {x.type}", "x", hint,
+                        DslShapeError)
+    return x
+
+
+def _keepdims_axes(ctx: Ctx, x: Value, axis) -> list[int] | None:
+    if axis is None:
+        return None
+    axes = [axis] if isinstance(axis, int) else list(axis)
+    for a in axes:
+        if not -x.rank <= a < x.rank:
+            raise ctx.error(f"axis {a} is out of range for {x.type}", "axis", cls=DslShapeError)
+    return axes
+
+
+# ------------------------------------------------------------------ layers with weights
+def dense(ctx: Ctx, x: "T", units: "int", activation=None, use_bias: "bool" = True,
+          kernel_init: "word" = Symbol("glorot_uniform")):
+    x = _float_tensor(ctx, x, "x")
+    if x.rank < 2 or x.rank > 3:
+        hint = "add flatten(): dense(flatten(x), units)" if x.rank > 3 else None
+        raise ctx.error(f"dense expects rank 2, got {x.type}", "x", hint, DslShapeError)
+    fan_in = x.shape[-1]
+    if not isinstance(fan_in, int):
+        raise ctx.error(f"dense needs a static last dim, got {x.type}", "x", cls=DslShapeError)
+    path = _weighted(ctx)
+    w = ctx.lw.weight(f"{path}.weight", (fan_in, units), _init(ctx, kernel_init, "kernel_init", fan_in, units), span=ctx.span)
+    y = ctx.b.op("MatMul", [x, w])
+    n = fan_in * units
+    if use_bias:
+        y = ctx.b.op("Add", [y, ctx.lw.weight(f"{path}.bias", (units,), I.zeros, span=ctx.span)])
+        n += units
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
+def conv2d(ctx: Ctx, x: "T", filters: "int", kernel: "ints" = 3, strides: "ints" = 1, padding=Symbol("valid"),
+           dilation: "ints" = 1, groups: "int" = 1, activation=None, use_bias: "bool" = True,
+           kernel_init: "word" = Symbol("glorot_uniform")):
+    x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
+    k, s, d = _pair(ctx, kernel, "kernel"), _pair(ctx, strides, "strides"), _pair(ctx, dilation, "dilation")
+    cin = x.shape[1]
+    if not isinstance(cin, int) or cin % groups or filters % groups:
+        raise ctx.error(f"conv2d with groups={groups} needs channels divisible by it, got {x.type} "
+                        f"and {filters} filters", "groups", cls=DslShapeError)
+    pads = _pads(ctx, padding, x, k, s, d)
+    path = _weighted(ctx)
+    fan_in, fan_out = cin // groups * k[0] * k[1], filters * k[0] * k[1]
+    w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, *k), _init(ctx, kernel_init, "kernel_init", fan_in, fan_out),
+                      span=ctx.span)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span) if use_bias else None
+    attrs = {"strides": s, "pads": pads, "dilations": d, "group": groups}
+    if ctx.lw.options.conv_lowering == "im2col":
+        from ..ir import patterns
+        y = patterns.conv2d_im2col(ctx.b, x, w, bias, s, pads, d, groups)
+    else:
+        y = ctx.b.op("Conv", [x, w] + ([bias] if bias is not None else []), {"kernel_shape": k, **attrs})
+    n = int(np.prod(w.shape)) + (filters if use_bias else 0)
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
+def conv2d_transpose(ctx: Ctx, x: "T", filters: "int", kernel: "ints" = 3, strides: "ints" = 1,
+                     padding=Symbol("valid"), dilation: "ints" = 1, activation=None, use_bias: "bool" = True,
+                     kernel_init: "word" = Symbol("glorot_uniform")):
+    x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
+    k, s, d = _pair(ctx, kernel, "kernel"), _pair(ctx, strides, "strides"), _pair(ctx, dilation, "dilation")
+    cin = x.shape[1]
+    out_pad = [0, 0]
+    if isinstance(padding, Symbol) and padding.name == "same":
+        # Keras: output = input * stride; pad what the full transposed conv adds beyond that.
+        begin, end = [], []
+        for i, n in enumerate(x.shape[2:]):
+            total = (n - 1) * s[i] + (k[i] - 1) * d[i] + 1 - n * s[i]
+            if total < 0:
+                out_pad[i], total = -total, 0
+            begin.append(total // 2)
+            end.append(total - total // 2)
+        pads = begin + end
+    else:
+        pads = _pads(ctx, padding, x, k, s, d)
+    path = _weighted(ctx)
+    fan_in, fan_out = filters * k[0] * k[1], cin * k[0] * k[1]
+    w = ctx.lw.weight(f"{path}.weight", (cin, filters, *k), _init(ctx, kernel_init, "kernel_init", fan_in, fan_out),
+                      span=ctx.span)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span) if use_bias else None
+    if ctx.lw.options.conv_lowering == "im2col":
+        from ..ir import patterns
+        y = patterns.conv_transpose2d_im2col(ctx.b, x, w, bias, s, pads, d, 1, out_pad)
+    else:
+        attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}
+        y = ctx.b.op("ConvTranspose", [x, w] + ([bias] if bias is not None else []), attrs)
+    n = int(np.prod(w.shape)) + (filters if use_bias else 0)
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
+def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
+    """Keras BatchNormalization on the channel axis 1: batch statistics while training (and the
+    running statistics' update, returned by the step), running statistics at inference."""
+    x = _float_tensor(ctx, x, "x")
+    if x.rank < 2 or not isinstance(x.shape[1], int):
+        raise ctx.error(f"batch_norm needs a static channel axis 1, got {x.type}", "x", cls=DslShapeError)
+    c = x.shape[1]
+    path = _weighted(ctx)
+    lw, b = ctx.lw, ctx.b
+    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span)
+    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span)
+    mean_w = lw.weight(f"{path}.moving_mean", (c,), I.zeros, trainable=False, span=ctx.span)
+    var_w = lw.weight(f"{path}.moving_variance", (c,), I.ones, trainable=False, span=ctx.span)
+    bshape = b.ints([1, c] + [1] * (x.rank - 2))
+    axes = [0] + list(range(2, x.rank))
+    if ctx.sc.training:
+        mean = b.op("ReduceMean", [x, b.ints(axes)], {"keepdims": 1})
+        centered = b.op("Sub", [x, mean])
+        var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), b.ints(axes)], {"keepdims": 1})
+        flat = b.ints([c])
+        for w, stat in ((mean_w, mean), (var_w, var)):
+            kept = b.op("Mul", [w, b.const(momentum, "f32")])
+            new = b.op("Add", [kept, b.op("Mul", [b.op("Reshape", [stat, flat]), b.const(1 - momentum, "f32")])])
+            lw.state_updates[w.name] = new
+    else:
+        mean, var = b.op("Reshape", [mean_w, bshape]), b.op("Reshape", [var_w, bshape])
+        centered = b.op("Sub", [x, mean])
+    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])
+    y = b.op("Mul", [centered, b.op("Mul", [inv, b.op("Reshape", [gamma, bshape])])])
+    y = b.op("Add", [y, b.op("Reshape", [beta, bshape])])
+    return _record(ctx, path, y, 4 * c)
+
+
+def embedding(ctx: Ctx, x: "T", input_dim: "int", output_dim: "int", init: "word" = Symbol("uniform")):
+    x = _t(ctx, x, arg="x")
+    if x.dtype not in ("i64", "i32"):
+        raise ctx.error(f"embedding needs integer indices, got {x.type}", "x", "use cast(x, i64)")
+    path = _weighted(ctx)
+    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), _init(ctx, init, "init", input_dim, output_dim),
+                      span=ctx.span)
+    return _record(ctx, path, ctx.b.op("Gather", [w, x], {"axis": 0}), input_dim * output_dim)
+
+
+# ------------------------------------------------------------------ layers without weights
+def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
+    x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
+    k = _pair(ctx, pool, "pool")
+    s = _pair(ctx, strides if strides is not None else pool, "strides")
+    pads = _pads(ctx, padding, x, k, s, [1, 1])
+    y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
+    return _record(ctx, _layer_name(ctx), y)
+
+
+def max_pool2d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool(ctx, "MaxPool", x, pool, strides, padding)
+
+
+def avg_pool2d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 1})
+
+
+def global_avg_pool2d(ctx: Ctx, x: "T"):
+    x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
+    y = ctx.b.op("Flatten", [ctx.b.op("GlobalAveragePool", [x])], {"axis": 1})
+    return _record(ctx, _layer_name(ctx), y)
+
+
+def dropout(ctx: Ctx, x: "T", rate: "float"):
+    x = _float_tensor(ctx, x, "x")
+    if not 0 <= rate < 1:
+        raise ctx.error(f"dropout rate must be in [0, 1), got {rate}", "rate")
+    if not ctx.sc.training or rate == 0:
+        return _record(ctx, _layer_name(ctx), x)
+    b = ctx.b
+    u = _random(ctx, "RandomUniformLike", x, {"low": 0.0, "high": 1.0})
+    keep = b.op("Cast", [b.op("GreaterOrEqual", [u, b.const(rate, x.dtype)])], {"to": DTYPE_CODE[x.dtype]})
+    y = b.op("Mul", [x, b.op("Mul", [keep, b.const(1.0 / (1.0 - rate), x.dtype)])])
+    return _record(ctx, _layer_name(ctx), y)
+
+
+def flatten(ctx: Ctx, x: "T"):
+    x = _t(ctx, x, arg="x")
+    if x.rank < 2:
+        raise ctx.error(f"flatten needs a batch axis and at least one more, got {x.type}", "x", cls=DslShapeError)
+    return _record(ctx, _layer_name(ctx), ctx.b.op("Flatten", [x], {"axis": 1}))
+
+
+def reshape(ctx: Ctx, x: "T", shape: "any"):
+    x = _t(ctx, x, arg="x")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise ctx.error("reshape() expects the shape as a list of integers (-1 for one inferred dim)", "shape")
+    return _record(ctx, _layer_name(ctx), ctx.b.op("Reshape", [x, ctx.b.ints(shape)]))
+
+
+def concat(ctx: Ctx, *xs, axis: "int" = -1):
+    if len(xs) < 1:
+        raise ctx.error("concat() needs at least one value")
+    return ctx.b.op("Concat", list(xs), {"axis": axis})
+
+
+def upsample2d(ctx: Ctx, x: "T", size: "ints" = 2):
+    x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
+    sh, sw = _pair(ctx, size, "size")
+    from ..ir import patterns
+    return _record(ctx, _layer_name(ctx), patterns.upsample_nearest(ctx.b, x, sh, sw))
+
+
+# ------------------------------------------------------------------ activations
+def _unary(op: str, attrs=None):
+    def act(ctx: Ctx, x: "T"):
+        return ctx.b.op(op, [_float_tensor(ctx, x, "x")], attrs or {})
+    return act
+
+
+def leaky_relu(ctx: Ctx, x: "T", alpha: "float" = 0.3):
+    return ctx.b.op("LeakyRelu", [_float_tensor(ctx, x, "x")], {"alpha": float(alpha)})
+
+
+def elu(ctx: Ctx, x: "T", alpha: "float" = 1.0):
+    return ctx.b.op("Elu", [_float_tensor(ctx, x, "x")], {"alpha": float(alpha)})
+
+
+def softmax(ctx: Ctx, x: "T", axis: "int" = -1):
+    return ctx.b.op("Softmax", [_float_tensor(ctx, x, "x")], {"axis": axis})
+
+
+def log_softmax(ctx: Ctx, x: "T", axis: "int" = -1):
+    return ctx.b.op("LogSoftmax", [_float_tensor(ctx, x, "x")], {"axis": axis})
+
+
+def gelu(ctx: Ctx, x: "T"):
+    """Exact GELU, x * Phi(x), from Erf so that every part has a gradient rule."""
+    x = _float_tensor(ctx, x, "x")
+    b = ctx.b
+    phi = b.op("Add", [b.const(1.0, x.dtype), b.op("Erf", [b.op("Mul", [x, b.const(1 / math.sqrt(2), x.dtype)])])])
+    return b.op("Mul", [b.op("Mul", [x, phi]), b.const(0.5, x.dtype)])
+
+
+def square(ctx: Ctx, x: "T"):
+    x = _float_tensor(ctx, x, "x")
+    return ctx.b.op("Mul", [x, x])
+
+
+ACTIVATIONS = {
+    "relu": _unary("Relu"), "sigmoid": _unary("Sigmoid"), "tanh": _unary("Tanh"), "softplus": _unary("Softplus"),
+    "leaky_relu": leaky_relu, "elu": elu, "softmax": softmax, "log_softmax": log_softmax, "gelu": gelu,
+    "linear": lambda ctx, x: x,
+}
+
+
+# ------------------------------------------------------------------ math
+def clip(ctx: Ctx, x: "T", low: "T", high: "T"):
+    x = _float_tensor(ctx, x, "x")
+    lo, hi = _t(ctx, low, x, "low"), _t(ctx, high, x, "high")
+    if lo.rank or hi.rank:
+        raise ctx.error("clip() bounds must be scalars", "low")
+    return ctx.b.op("Clip", [x, lo, hi])
+
+
+def _reduction(op: str):
+    def reduce(ctx: Ctx, x: "T", axis: "ints" = None, keepdims: "bool" = False):
+        x = _t(ctx, x, arg="x")
+        axes = _keepdims_axes(ctx, x, axis)
+        b = ctx.b
+        inputs = [x] if axes is None else [x, b.ints(axes)]
+        return b.op(op, inputs, {"keepdims": int(keepdims)})
+    return reduce
+
+
+def argmax(ctx: Ctx, x: "T", axis: "int" = -1, keepdims: "bool" = False):
+    x = _t(ctx, x, arg="x")
+    _keepdims_axes(ctx, x, axis)
+    return ctx.b.op("ArgMax", [x], {"axis": axis, "keepdims": int(keepdims)})
+
+
+def cast(ctx: Ctx, x: "T", dtype: "word"):
+    x = _t(ctx, x, arg="x")
+    if dtype.name not in DTYPE_CODE:
+        raise ctx.error(f"unknown dtype `{dtype.name}`", "dtype", f"use one of {', '.join(DTYPE_CODE)}")
+    return ctx.b.op("Cast", [x], {"to": DTYPE_CODE[dtype.name]})
+
+
+def where(ctx: Ctx, cond: "T", a: "T", b: "T"):
+    like = a if isinstance(a, Value) else b if isinstance(b, Value) else None
+    return ctx.b.op("Where", [_t(ctx, cond, arg="cond"), _t(ctx, a, like, "a"), _t(ctx, b, like, "b")])
+
+
+def one_hot(ctx: Ctx, indices: "T", depth: "int"):
+    idx = _t(ctx, indices, arg="indices")
+    if idx.dtype not in ("i64", "i32"):
+        raise ctx.error(f"one_hot needs integer indices, got {idx.type}", "indices", "use cast(x, i64)")
+    b = ctx.b
+    return b.op("OneHot", [idx, b.ints([depth]), b.const([0.0, 1.0], "f32")], {"axis": -1})
+
+
+def transpose(ctx: Ctx, x: "T", perm: "ints" = None):
+    x = _t(ctx, x, arg="x")
+    return ctx.b.op("Transpose", [x], {"perm": perm if perm is not None else list(range(x.rank))[::-1]})
+
+
+# ------------------------------------------------------------------ random
+def _random(ctx: Ctx, op: str, like_or_shape, attrs: dict) -> Value:
+    """A random tensor; with the `random="input"` option it is a graph input instead, so that a test
+    can feed the same noise to two runtimes."""
+    lw, b = ctx.lw, ctx.b
+    if lw.options.random == "input":
+        from ..ir.core import TensorType
+        shape = like_or_shape.shape if isinstance(like_or_shape, Value) else tuple(like_or_shape)
+        dtype = like_or_shape.dtype if isinstance(like_or_shape, Value) else "f32"
+        return lw.root.input(f"random.{next(lw.random_inputs)}", TensorType(dtype, shape))
+    attrs = {**attrs, "seed": lw.seed_attr()}
+    if isinstance(like_or_shape, Value):
+        return b.op(op, [like_or_shape], attrs)
+    return b.op(op.replace("Like", ""), [], {**attrs, "shape": list(like_or_shape), "dtype": 1})
+
+
+def _shape_or_like(ctx: Ctx, shape, like) -> Value | list:
+    if (shape is None) == (like is None):
+        raise ctx.error(f"{ctx.name}() takes either a shape or like=")
+    if like is not None:
+        return _float_tensor(ctx, like, "like")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ctx.error(f"{ctx.name}() needs the shape as a list of positive integers", "shape")
+    return shape
+
+
+def random_normal(ctx: Ctx, shape: "any" = None, mean: "float" = 0.0, stddev: "float" = 1.0, like: "any" = None):
+    src = _shape_or_like(ctx, shape, like)
+    z = _random(ctx, "RandomNormalLike", src, {"mean": 0.0, "scale": 1.0})
+    if ctx.lw.options.random == "op":  # the op draws with mean/scale itself
+        z.producer.attrs.update({"mean": float(mean), "scale": float(stddev)})
+        return z
+    b = ctx.b
+    return b.op("Add", [b.op("Mul", [z, b.const(stddev, z.dtype)]), b.const(mean, z.dtype)])
+
+
+def random_uniform(ctx: Ctx, shape: "any" = None, low: "float" = 0.0, high: "float" = 1.0, like: "any" = None):
+    src = _shape_or_like(ctx, shape, like)
+    u = _random(ctx, "RandomUniformLike", src, {"low": 0.0, "high": 1.0})
+    if ctx.lw.options.random == "op":
+        u.producer.attrs.update({"low": float(low), "high": float(high)})
+        return u
+    b = ctx.b
+    return b.op("Add", [b.op("Mul", [u, b.const(high - low, u.dtype)]), b.const(low, u.dtype)])
+
+
+def randint(ctx: Ctx, high: "int", shape: "any" = None, like: "any" = None):
+    u = random_uniform(ctx, shape, 0.0, float(high), like)
+    b = ctx.b
+    return b.op("Cast", [b.op("Floor", [u])], {"to": DTYPE_CODE["i64"]})
+
+
+# ------------------------------------------------------------------ losses (all averaged over the batch)
+def _mean(ctx: Ctx, x: Value) -> Value:
+    return ctx.b.op("ReduceMean", [x], {"keepdims": 0})
+
+
+def _log_clipped(ctx: Ctx, p: Value) -> Value:
+    b = ctx.b
+    return b.op("Log", [b.op("Clip", [p, b.const(EPS, p.dtype), b.const(1 - EPS, p.dtype)])])
+
+
+def _target(ctx: Ctx, target, like: Value, arg: str = "target") -> Value:
+    t = _t(ctx, target, like, arg)
+    if t.dtype != like.dtype:
+        raise ctx.error(f"{ctx.name}() target is {t.type}, the prediction {like.type}", arg, "use cast()")
+    return t
+
+
+def mse(ctx: Ctx, pred: "T", target: "T"):
+    p = _float_tensor(ctx, pred, "pred")
+    d = ctx.b.op("Sub", [p, _target(ctx, target, p)])
+    return _mean(ctx, ctx.b.op("Mul", [d, d]))
+
+
+def binary_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "bool" = False):
+    p = _float_tensor(ctx, pred, "pred")
+    t = _target(ctx, target, p)
+    b = ctx.b
+    if from_logits:  # max(l, 0) - l*t + log(1 + exp(-|l|)), stable for any logit
+        per = b.op("Add", [b.op("Sub", [b.op("Relu", [p]), b.op("Mul", [p, t])]),
+                           b.op("Softplus", [b.op("Neg", [b.op("Abs", [p])])])])
+    else:
+        one = b.const(1.0, p.dtype)
+        log_p, log_q = _log_clipped(ctx, p), _log_clipped(ctx, b.op("Sub", [one, p]))
+        per = b.op("Neg", [b.op("Add", [b.op("Mul", [t, log_p]), b.op("Mul", [b.op("Sub", [one, t]), log_q])])])
+    return _mean(ctx, per)
+
+
+def _class_logprob(ctx: Ctx, p: Value, from_logits: bool) -> Value:
+    b = ctx.b
+    if from_logits:
+        return b.op("LogSoftmax", [p], {"axis": -1})
+    total = b.op("ReduceSum", [p, b.ints([-1])], {"keepdims": 1})  # Keras renormalizes probabilities
+    return _log_clipped(ctx, b.op("Div", [p, total]))
+
+
+def categorical_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "bool" = False):
+    p = _float_tensor(ctx, pred, "pred")
+    t = _target(ctx, target, p)
+    b = ctx.b
+    per = b.op("ReduceSum", [b.op("Mul", [t, _class_logprob(ctx, p, from_logits)]), b.ints([-1])], {"keepdims": 0})
+    return b.op("Neg", [_mean(ctx, per)])
+
+
+def sparse_categorical_crossentropy(ctx: Ctx, pred: "T", labels: "T", from_logits: "bool" = False):
+    p = _float_tensor(ctx, pred, "pred")
+    y = _t(ctx, labels, arg="labels")
+    if y.dtype not in ("i64", "i32"):
+        raise ctx.error(f"sparse_categorical_crossentropy needs integer labels, got {y.type}", "labels",
+                        "use cast(labels, i64)")
+    b = ctx.b
+    if y.rank == p.rank and y.shape[-1] == 1:  # labels as [N, 1], as tfjs keeps them
+        y = b.op("Squeeze", [y, b.ints([-1])])
+    depth = p.shape[-1]
+    if not isinstance(depth, int) or y.rank != p.rank - 1:
+        raise ctx.error(f"labels {y.type} do not fit predictions {p.type}", "labels", cls=DslShapeError)
+    t = b.op("OneHot", [y, b.ints([depth]), b.const([0.0, 1.0], p.dtype)], {"axis": -1})
+    per = b.op("ReduceSum", [b.op("Mul", [t, _class_logprob(ctx, p, from_logits)]), b.ints([-1])], {"keepdims": 0})
+    return b.op("Neg", [_mean(ctx, per)])
+
+
+def kl_divergence(ctx: Ctx, p: "T", q: "T"):
+    pt = _float_tensor(ctx, p, "p")
+    qt = _target(ctx, q, pt, "q")
+    b = ctx.b
+    lo, hi = b.const(EPS, pt.dtype), b.const(1.0, pt.dtype)
+    pc, qc = b.op("Clip", [pt, lo, hi]), b.op("Clip", [qt, lo, hi])
+    per = b.op("ReduceSum", [b.op("Mul", [pc, b.op("Log", [b.op("Div", [pc, qc])])]), b.ints([-1])], {"keepdims": 0})
+    return _mean(ctx, per)
+
+
+# ------------------------------------------------------------------ gradients
+def grad(ctx: Ctx, y: "T", x: "any"):
+    """d sum(y) / dx, like tf.grad; x may be a list of values."""
+    from ..autodiff import grad as autodiff_grad
+    y = _float_tensor(ctx, y, "y")
+    xs = x if isinstance(x, list) else [x]
+    for v in xs:
+        if not isinstance(v, Value) or not v.type.is_float:
+            raise ctx.error(f"grad() can differentiate with respect to float tensors only, got "
+                            f"{v.type if isinstance(v, Value) else type(v).__name__}", "x")
+    grads = autodiff_grad(ctx.b, y, xs)
+    return list(grads) if isinstance(x, list) else grads[0]
+
+
+def stop_gradient(ctx: Ctx, x: "T"):
+    return ctx.b.op("StopGradient", [_t(ctx, x, arg="x")])
+
+
+BUILTINS = {
+    # layers with weights
+    "dense": dense, "conv2d": conv2d, "conv2d_transpose": conv2d_transpose, "batch_norm": batch_norm,
+    "embedding": embedding,
+    # layers without weights
+    "max_pool2d": max_pool2d, "avg_pool2d": avg_pool2d, "global_avg_pool2d": global_avg_pool2d,
+    "dropout": dropout, "flatten": flatten, "reshape": reshape, "concat": concat, "upsample2d": upsample2d,
+    # activations
+    **{k: v for k, v in ACTIVATIONS.items() if k != "linear"},
+    # math
+    "exp": _unary("Exp"), "log": _unary("Log"), "sqrt": _unary("Sqrt"), "abs": _unary("Abs"), "square": square,
+    "clip": clip, "sum": _reduction("ReduceSum"), "mean": _reduction("ReduceMean"), "max": _reduction("ReduceMax"),
+    "min": _reduction("ReduceMin"), "argmax": argmax, "cast": cast, "where": where, "one_hot": one_hot,
+    "transpose": transpose,
+    # random
+    "random_normal": random_normal, "random_uniform": random_uniform, "randint": randint,
+    # losses
+    "mse": mse, "binary_crossentropy": binary_crossentropy, "categorical_crossentropy": categorical_crossentropy,
+    "sparse_categorical_crossentropy": sparse_categorical_crossentropy, "kl_divergence": kl_divergence,
+    # gradients
+    "grad": grad, "stop_gradient": stop_gradient,
+}
+
+# Optimizers appear only after `using`; their options and defaults (TF.js / Keras defaults).
+OPTIMIZERS = {
+    "sgd": {"lr": 0.01, "momentum": 0.0, "nesterov": False},
+    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7},
+    "rmsprop": {"lr": 0.001, "rho": 0.9, "eps": 1e-7, "momentum": 0.0},
+}

@@ -1,0 +1,446 @@
+"""AST -> IR: statements, expressions and calls of user declarations.
+
+Built-in functions and layers live in `builtins.py` (one table); this module owns names, scopes,
+model/layer/fn inlining, indexing, `repeat` loops and target graphs.
+"""
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..diagnostics import DslError, DslNameError, DslShapeError, DslTypeError, Span, did_you_mean
+from ..frontend import ast as A
+from ..ir.core import DTYPES, Builder, Graph, TensorType, Value
+from .program import Program
+from .values import DeclRef, ModelResult, OptimizerSpec, Symbol, describe
+
+# Bare words that name options rather than values.
+WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
+         "lecun_normal", "zeros", "ones", "uniform", "normal", *DTYPES,
+         "relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "linear"}
+
+BINARY_OPS = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "@": "MatMul", "^": "Pow",
+              "==": "Equal", "<": "Less", ">": "Greater", "<=": "LessOrEqual", ">=": "GreaterOrEqual"}
+
+
+@dataclass
+class Options:
+    seed: int = 0
+    conv_lowering: str = "conv"  # or "im2col": no Conv/ConvTranspose ops in the graph
+    random: str = "op"  # or "input": random tensors become graph inputs (deterministic tests)
+
+
+@dataclass
+class Scope:
+    """Where lowering is: the builder to append to, the names in sight, the weight prefix."""
+    b: Builder
+    env: dict[str, object]
+    prefix: str  # weight names start with it: "ConvNet", "Generator.block1"
+    training: bool
+    kind: str  # 'model' | 'layer' | 'fn' | 'step'
+    binding: str = ""
+    layer_counts: dict[str, int] = field(default_factory=dict)
+
+    def weight_path(self, kind: str) -> str:
+        """`ConvNet.conv1` for the first weighted layer of binding conv1, `conv1_2` for the next."""
+        key = self.binding or kind
+        n = self.layer_counts.get(key, 0) + 1
+        self.layer_counts[key] = n
+        name = key if n == 1 else f"{key}_{n}"
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+@dataclass
+class LayerRecord:
+    """One row of `dslc summary`."""
+    name: str
+    kind: str
+    out: str
+    params: int
+
+
+class Lowerer:
+    def __init__(self, program: Program, options: Options | None = None):
+        self.program = program
+        self.options = options or Options()
+        self.graph = Graph("main")
+        self.root = Builder(self.graph)
+        self.weights: dict[str, Value] = {}
+        self.state_updates: dict[str, Value] = {}  # batch-norm statistics after a training pass
+        self.layers: list[LayerRecord] = []
+        self.random_inputs = itertools.count()
+        self.call_stack: list[str] = []
+
+    # ------------------------------------------------------------------ weights
+    def weight(self, name: str, shape: tuple, init, trainable: bool = True, span: Span | None = None) -> Value:
+        """The weight `name`, created on first use with `init(rng, shape)`; later uses share it."""
+        if name in self.weights:
+            w = self.weights[name]
+            if tuple(w.shape) != tuple(shape):
+                raise DslShapeError(f"weight `{name}` was created as {w.type} but this call needs shape "
+                                    f"[{', '.join(map(str, shape))}]", span,
+                                    "a model's weights are shared by all its calls: call it with inputs "
+                                    "of the same shape")
+            return w
+        rng = np.random.default_rng([self.options.seed, zlib.crc32(name.encode())])
+        w = self.root.param(name, np.asarray(init(rng, shape), dtype=np.float32), trainable)
+        self.weights[name] = w
+        return w
+
+    def seed_attr(self) -> float:
+        return float((self.options.seed * 7919 + next(self.random_inputs)) % 65536)
+
+    # ------------------------------------------------------------------ statements
+    def run_block(self, sc: Scope, body: tuple[A.Stmt, ...]):
+        """Lower statements; returns what a `return` gives (a tuple) or None."""
+        for st in body:
+            if isinstance(st, A.Assign):
+                sc.binding = st.targets[0] if len(st.targets) == 1 else "_".join(st.targets)
+                sc.b.scope = self._scope_name(sc)
+                value = self.expr(sc, st.value)
+                self.bind(sc, st.targets, value, st.span)
+            elif isinstance(st, A.Return):
+                if sc.kind in ("model", "step"):
+                    raise DslError(f"`return` is not allowed in a {sc.kind}", st.span,
+                                   "a model's outputs are named after `->`; a step ends with `minimize`")
+                sc.binding = "return"
+                return tuple(self.expr(sc, e) for e in st.values)
+            elif isinstance(st, A.Minimize):
+                if sc.kind != "step":
+                    raise DslError("`minimize` is only allowed in a step", st.span)
+                sc.binding = "loss"
+                sc.b.scope = "loss"
+                sc.env["__loss__"] = (self.tensor(sc, self.expr(sc, st.value), st.value.span), st.span)
+            elif isinstance(st, A.Repeat):
+                self.repeat(sc, st)
+        return None
+
+    def bind(self, sc: Scope, targets: tuple[str, ...], value, span: Span) -> None:
+        if len(targets) == 1:
+            if isinstance(value, ModelResult):
+                value = value.outputs[0] if len(value.outputs) == 1 else value
+            if isinstance(value, tuple):
+                value = value[0] if len(value) == 1 else value
+            sc.env[targets[0]] = value
+            return
+        items = value.outputs if isinstance(value, ModelResult) else value
+        if not isinstance(items, tuple) or len(items) != len(targets):
+            n = len(items) if isinstance(items, tuple) else 1
+            raise DslTypeError(f"cannot unpack {describe(value)} into {len(targets)} names "
+                               f"({n} value{'s' if n != 1 else ''} given)", span)
+        for t, v in zip(targets, items):
+            sc.env[t] = v
+
+    def _scope_name(self, sc: Scope) -> str:
+        return f"{sc.prefix}.{sc.binding}" if sc.prefix else sc.binding
+
+    # ------------------------------------------------------------------ repeat -> Loop
+    def repeat(self, sc: Scope, st: A.Repeat) -> None:
+        count = self.expr(sc, st.count)
+        if isinstance(count, bool) or not isinstance(count, (int, Value)):
+            raise DslTypeError(f"repeat needs an integer count, got {describe(count)}", st.count.span)
+        assigned = _assigned_names(st.body)
+        carried = [n for n in assigned if isinstance(sc.env.get(n), Value)]
+        if not carried:
+            raise DslError("this repeat changes no value defined before it", st.span,
+                           "assign to a name bound before the loop, e.g. `image = step(image)`")
+        body = Graph(f"repeat_{st.span.line}")
+        bb = sc.b.child(body)
+        bb.span = st.span
+        iteration = bb.input(bb.fresh("iteration"), TensorType("i64", ()))
+        cond_in = bb.input(bb.fresh("cond"), TensorType("bool", ()))
+        env = dict(sc.env)
+        for n in carried:
+            env[n] = bb.input(bb.fresh(n), sc.env[n].type)
+        env["__iteration__"] = iteration
+        inner = Scope(bb, env, sc.prefix, sc.training, sc.kind, layer_counts=sc.layer_counts)
+        self.run_block(inner, st.body)
+        body.outputs = [bb.op("Identity", [cond_in])]
+        for n in carried:
+            out = inner.env[n]
+            if not isinstance(out, Value) or out.type != sc.env[n].type:
+                raise DslShapeError(f"repeat must keep the type of `{n}`: {sc.env[n].type} before, "
+                                    f"{describe(out)} after one pass", st.span)
+            body.outputs.append(bb.op("Identity", [out]))
+        b = sc.b
+        b.span = st.span
+        trip = count if isinstance(count, Value) else b.const(np.asarray(count, np.int64), "i64")
+        outs = b.op("Loop", [trip, b.const(np.asarray(True), "bool")] + [sc.env[n] for n in carried],
+                    {"body": body})
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for n, v in zip(carried, outs):
+            sc.env[n] = v
+
+    # ------------------------------------------------------------------ expressions
+    def expr(self, sc: Scope, e: A.Expr):
+        sc.b.span = e.span
+        if isinstance(e, A.Number):
+            return e.value
+        if isinstance(e, A.Bool):
+            return e.value
+        if isinstance(e, A.String):
+            return e.value
+        if isinstance(e, A.Name):
+            return self.lookup(sc, e)
+        if isinstance(e, A.ListExpr):
+            return [self.expr(sc, x) for x in e.items]
+        if isinstance(e, A.BinOp):
+            return self.binop(sc, e)
+        if isinstance(e, A.UnaryOp):
+            x = self.expr(sc, e.operand)
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                return -x
+            sc.b.span = e.span
+            return sc.b.op("Neg", [self.tensor(sc, x, e.operand.span)])
+        if isinstance(e, A.Call):
+            return self.call(sc, e)
+        if isinstance(e, A.Attr):
+            return self.attr(sc, e)
+        if isinstance(e, A.Index):
+            from .indexing import index
+            return index(self, sc, e)
+        raise DslError(f"`{type(e).__name__}` is not allowed here", e.span)
+
+    def lookup(self, sc: Scope, e: A.Name):
+        if e.id in sc.env:
+            return sc.env[e.id]
+        if e.id in self.program.decls:
+            return DeclRef(e.id)
+        if e.id in WORDS:
+            return Symbol(e.id)
+        from .builtins import BUILTINS
+        if e.id in BUILTINS:
+            raise DslNameError(f"`{e.id}` is a function: call it, e.g. `{e.id}(x)`", e.span)
+        candidates = [k for k in sc.env if not k.startswith("__")] + list(self.program.decls)
+        raise DslNameError(f"unknown name `{e.id}`", e.span, did_you_mean(e.id, candidates))
+
+    def tensor(self, sc: Scope, v, span: Span, like: Value | None = None) -> Value:
+        """`v` as an IR value; a literal takes `like`'s dtype (f32 without one)."""
+        if isinstance(v, Value):
+            return v
+        if isinstance(v, ModelResult) and len(v.outputs) == 1:
+            return v.outputs[0]
+        if isinstance(v, (bool, int, float)):
+            dtype = like.dtype if like is not None else ("bool" if isinstance(v, bool) else
+                                                         "i64" if isinstance(v, int) else "f32")
+            if isinstance(v, float) and not isinstance(v, bool) and dtype in ("i64", "i32"):
+                raise DslTypeError(f"cannot combine the number {v} with an integer value {like.type}", span,
+                                   "use cast(x, f32) first")
+            sc.b.span = span
+            return sc.b.const(np.asarray(v), dtype)
+        if isinstance(v, list):
+            return sc.b.const(np.asarray(v, dtype=np.float32 if any(isinstance(x, float) for x in v)
+                                         else np.int64), "f32" if any(isinstance(x, float) for x in v) else "i64")
+        raise DslTypeError(f"expected a tensor, got {describe(v)}", span)
+
+    def binop(self, sc: Scope, e: A.BinOp):
+        left, right = self.expr(sc, e.left), self.expr(sc, e.right)
+        if _is_number(left) and _is_number(right):
+            return _fold(e.op, left, right, e.span)
+        if e.op == "!=":
+            return sc.b.op("Not", [self._binary(sc, "==", left, right, e)])
+        return self._binary(sc, e.op, left, right, e)
+
+    def _binary(self, sc: Scope, op: str, left, right, e: A.BinOp) -> Value:
+        like = left if isinstance(left, Value) else right if isinstance(right, Value) else None
+        if isinstance(like, ModelResult):
+            like = self.tensor(sc, like, e.span)
+        a = self.tensor(sc, left, e.left.span, like)
+        if op == "^" and right == 2:  # x^2: a multiply is cheaper and its gradient simpler
+            sc.b.span = e.span
+            return sc.b.op("Mul", [a, a])
+        c = self.tensor(sc, right, e.right.span, like)
+        sc.b.span = e.span
+        if op == "@" and (a.rank < 2 or c.rank < 2):
+            raise DslShapeError(f"`@` needs values of rank 2 or more, got {a.type} @ {c.type}", e.span)
+        return sc.b.op(BINARY_OPS[op], [a, c])
+
+    def attr(self, sc: Scope, e: A.Attr):
+        base = self.expr(sc, e.value)
+        if isinstance(base, ModelResult):
+            if e.name in base.bindings:
+                return base.bindings[e.name]
+            raise DslNameError(f"{base.model} has no binding `{e.name}`", e.span,
+                               did_you_mean(e.name, base.bindings))
+        if isinstance(base, DeclRef):
+            path = f"{base.path}.{e.name}" if base.path else f"{base.name}.{e.name}"
+            if path in self.weights:
+                return self.weights[path]
+            return DeclRef(base.name, path)
+        raise DslTypeError(f"`.{e.name}` needs a model call such as `ConvNet(x).{e.name}`, "
+                           f"got {describe(base)}", e.span)
+
+    # ------------------------------------------------------------------ calls
+    def call(self, sc: Scope, e: A.Call):
+        if not isinstance(e.func, A.Name):
+            raise DslError("only named functions, layers and models can be called", e.func.span)
+        name = e.func.id
+        if name in sc.env:
+            raise DslTypeError(f"`{name}` is a value ({describe(sc.env[name])}), not a function", e.func.span)
+        if name in self.program.decls:
+            return self.call_decl(sc, self.program.decls[name], e)
+        from .builtins import BUILTINS, call_builtin
+        if name in BUILTINS:
+            return call_builtin(self, sc, name, e)
+        candidates = list(BUILTINS) + list(self.program.decls)
+        raise DslNameError(f"unknown function `{name}`", e.func.span, did_you_mean(name, candidates))
+
+    def call_decl(self, sc: Scope, d: A.Decl, e: A.Call):
+        if isinstance(d, A.Step):
+            raise DslTypeError(f"`{d.name}` is a step; steps are compiled, not called", e.span)
+        if d.name in self.call_stack:
+            raise DslError(f"`{d.name}` calls itself (through {' -> '.join(self.call_stack)})", e.span)
+        kwargs = dict((k.name, k) for k in e.kwargs)
+        training = sc.training
+        if "training" in kwargs and isinstance(d, A.Model):
+            training = self.expr(sc, kwargs.pop("training").value)
+            if not isinstance(training, bool):
+                raise DslTypeError("`training=` takes true or false", e.span)
+        args = self.bind_args(sc, d, e, kwargs)
+        if isinstance(d, A.Model):
+            prefix, kind = d.name, "model"
+        elif isinstance(d, A.Layer):
+            if sc.kind not in ("model", "layer"):
+                raise DslError(f"layer `{d.name}` has weights: call it inside a model", e.span)
+            prefix, kind = sc.weight_path(d.name), "layer"
+        else:
+            prefix, kind = sc.prefix, "fn"
+        inner = Scope(sc.b, args, prefix, training, kind)
+        self.call_stack.append(d.name)
+        saved_scope = sc.b.scope
+        try:
+            result = self.run_block(inner, d.body)
+        finally:
+            self.call_stack.pop()
+            sc.b.scope = saved_scope
+        if isinstance(d, A.Model):
+            missing = [o for o in d.outputs if o not in inner.env]
+            if missing:
+                raise DslNameError(f"model {d.name} never binds its output `{missing[0]}`", d.span)
+            return ModelResult(d.name, tuple(inner.env[o] for o in d.outputs),
+                               {k: v for k, v in inner.env.items() if not k.startswith("__")})
+        if result is None:
+            raise DslError(f"{kind} `{d.name}` ends without `return`", d.span)
+        return result if len(result) > 1 else result[0]
+
+    def bind_args(self, sc: Scope, d: A.Decl, e: A.Call, kwargs: dict) -> dict[str, object]:
+        params = d.params
+        if len(e.args) > len(params):
+            raise DslTypeError(f"`{d.name}` takes {len(params)} argument{'s' * (len(params) != 1)}, "
+                               f"got {len(e.args)}", e.span)
+        env: dict[str, object] = {}
+        bindings_of_dims: dict[str, object] = {}
+        for i, p in enumerate(params):
+            if i < len(e.args):
+                arg_expr = e.args[i]
+            elif p.name in kwargs:
+                arg_expr = kwargs.pop(p.name).value
+            elif p.default is not None:
+                arg_expr = p.default
+            else:
+                raise DslTypeError(f"`{d.name}` is missing its argument `{p.name}`", e.span)
+            value = self.expr(sc, arg_expr)
+            if isinstance(value, ModelResult) and len(value.outputs) == 1:
+                value = value.outputs[0]
+            if p.type is not None:
+                value = check_arg_type(p, value, arg_expr.span, bindings_of_dims, sc, self)
+            env[p.name] = value
+        if kwargs:
+            k = next(iter(kwargs.values()))
+            raise DslTypeError(f"`{d.name}` has no parameter `{k.name}`", k.span,
+                               did_you_mean(k.name, [p.name for p in params]))
+        return env
+
+    # ------------------------------------------------------------------ optimizers
+    def optimizer(self, sc: Scope, e: A.Expr) -> OptimizerSpec:
+        from .builtins import OPTIMIZERS
+        if not isinstance(e, A.Call) or not isinstance(e.func, A.Name):
+            raise DslError("`using` needs an optimizer call such as `adam(lr=0.001)`", e.span)
+        name = e.func.id
+        if name not in OPTIMIZERS:
+            raise DslNameError(f"unknown optimizer `{name}`", e.func.span, did_you_mean(name, OPTIMIZERS))
+        allowed = OPTIMIZERS[name]
+        if e.args:
+            raise DslTypeError(f"give {name}'s options by name, e.g. {name}(lr=0.001)", e.args[0].span)
+        options = dict(allowed)
+        for k in e.kwargs:
+            if k.name not in allowed:
+                raise DslTypeError(f"{name} has no option `{k.name}`", k.span, did_you_mean(k.name, allowed))
+            v = self.expr(sc, k.value)
+            if not _is_number(v) and not isinstance(v, bool):
+                raise DslTypeError(f"{name}'s `{k.name}` must be a number, got {describe(v)}", k.value.span)
+            options[k.name] = v
+        return OptimizerSpec(name, options)
+
+
+def check_arg_type(p: A.Param, value, span: Span, dims: dict, sc: Scope, lw: Lowerer):
+    """Check an argument against a declared parameter type, binding symbolic dims (N) as it goes."""
+    t = p.type
+    if t.dtype in ("int", "float", "bool") and t.dims is None:
+        ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: _is_number(v), "bool": lambda v: isinstance(v, bool)}[t.dtype]
+        if not ok(value):
+            raise DslTypeError(f"`{p.name}` must be {t.dtype}, got {describe(value)}", span)
+        return value
+    if t.dtype not in DTYPES:
+        raise DslTypeError(f"unknown type `{t.dtype}`", t.span, did_you_mean(t.dtype, list(DTYPES) + ["int", "float"]))
+    if _is_number(value) and not t.dims:  # a literal passed for a scalar tensor parameter
+        return sc.b.const(np.asarray(value), t.dtype)
+    if not isinstance(value, Value):
+        raise DslTypeError(f"`{p.name}` must be {type_str(t)}, got {describe(value)}", span)
+    want = t.dims or ()
+    if value.dtype != t.dtype or value.rank != len(want):
+        raise DslTypeError(f"`{p.name}` must be {type_str(t)}, got {value.type}", span)
+    for w, got in zip(want, value.shape):
+        if isinstance(w, int):
+            if isinstance(got, int) and got != w:
+                raise DslShapeError(f"`{p.name}` must be {type_str(t)}, got {value.type}", span)
+        elif w in dims and dims[w] != got:
+            raise DslShapeError(f"`{p.name}` must be {type_str(t)} with {w} = {dims[w]}, got {value.type}", span)
+        else:
+            dims[w] = got
+    return value
+
+
+def type_str(t: A.TypeExpr) -> str:
+    if t.dims is None:
+        return t.dtype
+    return f"{t.dtype}[{', '.join(str(d) for d in t.dims)}]"
+
+
+def input_type(p: A.Param) -> TensorType:
+    t = p.type
+    if t is None:
+        raise DslTypeError(f"input `{p.name}` needs a type to be compiled, e.g. `{p.name}: f32[N, 784]`", p.span)
+    if t.dtype not in DTYPES:
+        raise DslTypeError(f"unknown type `{t.dtype}` for input `{p.name}`", t.span,
+                           did_you_mean(t.dtype, list(DTYPES)) or f"use one of {', '.join(DTYPES)}")
+    return TensorType(t.dtype, tuple(t.dims or ()))
+
+
+def _assigned_names(body) -> list[str]:
+    out = []
+    for st in body:
+        if isinstance(st, A.Assign):
+            out += [t for t in st.targets if t not in out]
+        elif isinstance(st, A.Repeat):
+            out += [t for t in _assigned_names(st.body) if t not in out]
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fold(op: str, a, b, span: Span):
+    try:
+        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+                "^": lambda: a ** b, "==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b,
+                ">": lambda: a > b, "<=": lambda: a <= b, ">=": lambda: a >= b}[op]()
+    except ZeroDivisionError:
+        raise DslError("division by zero", span) from None
+    except KeyError:
+        raise DslTypeError(f"`{op}` needs tensors, got two numbers", span) from None

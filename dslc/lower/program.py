@@ -1,0 +1,58 @@
+"""A program: the parsed file and its imports, with one table of declarations by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..diagnostics import DslError, DslNameError
+from ..frontend import ast as A
+from ..frontend.parser import parse, parse_file
+
+
+@dataclass
+class Program:
+    file: str
+    decls: dict[str, A.Decl] = field(default_factory=dict)
+    # Declarations of the file itself (not its imports): what `dslc compile` emits by default.
+    own: list[str] = field(default_factory=list)
+
+    def targets(self) -> list[str]:
+        """Declarations that compile to a graph of their own: models, steps, fully typed fns."""
+        out = []
+        for name in self.own:
+            d = self.decls[name]
+            if isinstance(d, (A.Model, A.Step)) or (isinstance(d, A.Fn) and d.params and
+                                                     all(p.type is not None for p in d.params)):
+                out.append(name)
+        return out
+
+
+def load_program(path: str | Path) -> Program:
+    return _load(parse_file(path), str(path))
+
+
+def load_source(text: str, file: str = "<string>") -> Program:
+    return _load(parse(text, file), file)
+
+
+def _load(module: A.Module, file: str) -> Program:
+    prog = Program(file)
+    _add_module(prog, module, seen={str(Path(file).resolve())})
+    prog.own = [d.name for d in module.decls]
+    return prog
+
+
+def _add_module(prog: Program, module: A.Module, seen: set[str]) -> None:
+    for imp in module.imports:
+        target = (Path(module.file).parent / imp.path).resolve()
+        if str(target) in seen:
+            continue  # already loaded (or a cycle): its declarations are in the table
+        seen.add(str(target))
+        if not target.is_file():
+            raise DslError(f"cannot import \"{imp.path}\": no such file {target}", imp.span)
+        _add_module(prog, parse_file(target), seen)
+    for d in module.decls:
+        if d.name in prog.decls and prog.decls[d.name] is not d:
+            first = prog.decls[d.name].span
+            raise DslNameError(f"`{d.name}` is declared twice (first at {first})", d.span)
+        prog.decls[d.name] = d

@@ -1,0 +1,114 @@
+"""One target (a model, a typed fn, a step) -> one IR graph with named inputs and outputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..diagnostics import DslError, DslTypeError
+from ..frontend import ast as A
+from ..ir.core import Graph, Value
+from .lowerer import LayerRecord, Lowerer, Options, Scope, input_type
+from .program import Program
+from .values import ModelResult, OptimizerSpec
+
+EMITS = ("forward", "gradients")
+
+
+@dataclass
+class Lowered:
+    name: str
+    kind: str  # 'model' | 'fn' | 'step'
+    graph: Graph
+    layers: list[LayerRecord] = field(default_factory=list)
+    optimizer: OptimizerSpec | None = None
+    updates: tuple[str, ...] = ()
+
+
+def lower_target(program: Program, name: str, options: Options | None = None, emit: str = "forward") -> Lowered:
+    if name not in program.decls:
+        from ..diagnostics import did_you_mean
+        raise DslError(f"no target named `{name}` in {program.file}", None,
+                       did_you_mean(name, program.targets()) or f"targets: {', '.join(program.targets())}")
+    d = program.decls[name]
+    if isinstance(d, A.Layer):
+        raise DslError(f"`{name}` is a layer template; it compiles as part of the models that call it", d.span)
+    if emit not in EMITS:
+        raise DslError(f"unknown --emit `{emit}`: use one of {', '.join(EMITS)}")
+    if emit == "gradients" and not isinstance(d, A.Step):
+        raise DslError(f"--emit gradients needs a step; `{name}` is a {type(d).__name__.lower()}", d.span,
+                       "a fn can call grad() itself and compiles with its backward pass inside")
+    lw = Lowerer(program, options)
+    g = lw.graph
+    g.name = name
+    g.doc = f"{type(d).__name__.lower()} {name} from {d.span}"
+    b = lw.root
+    b.span = d.span
+    env = {p.name: b.input(p.name, input_type(p)) for p in d.params}
+    kind = {A.Model: "model", A.Fn: "fn", A.Step: "step"}[type(d)]
+    sc = Scope(b, env, d.name if kind == "model" else "", training=(kind == "step"), kind=kind)
+    result = lw.run_block(sc, d.body)
+    out = Lowered(name, kind, g, lw.layers)
+
+    if isinstance(d, A.Model):
+        for o in d.outputs:
+            if o not in sc.env:
+                raise DslError(f"model {name} never binds its output `{o}`", d.span)
+            _output(b, o, lw.tensor(sc, sc.env[o], d.span))
+    elif isinstance(d, A.Fn):
+        if result is None:
+            raise DslError(f"fn `{name}` ends without `return`", d.span)
+        names = _return_names(d, len(result))
+        for o, v in zip(names, result):
+            if isinstance(v, ModelResult):
+                v = v.outputs[0]
+            _output(b, o, lw.tensor(sc, v, d.span))
+    else:
+        _lower_step(lw, sc, d, emit, out)
+    from ..passes import optimize
+    optimize(g)
+    return out
+
+
+def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> None:
+    b = lw.root
+    if "__loss__" not in sc.env:
+        raise DslError(f"step `{d.name}` has no `minimize` statement", d.span)
+    loss, loss_span = sc.env["__loss__"]
+    if not loss.type.is_float or loss.rank != 0:
+        raise DslTypeError(f"minimize needs a float scalar, got {loss.type}", loss_span,
+                           "average it, e.g. minimize mean(...)")
+    for m in d.updates:
+        if not isinstance(lw.program.decls.get(m), A.Model):
+            raise DslError(f"step `{d.name}` updates `{m}`, which is not a model", d.span)
+    out.optimizer = lw.optimizer(sc, d.optimizer)
+    out.updates = d.updates
+    owned = [p for p in lw.graph.params if p.value.name.split(".")[0] in d.updates]
+    if not any(p.trainable for p in owned):
+        raise DslError(f"step `{d.name}` updates {', '.join(d.updates)} but its loss uses none of their weights",
+                       d.span)
+    _output(b, "loss", loss)
+    for p in owned:
+        if p.value.name in lw.state_updates:
+            _output(b, f"new.{p.value.name}", lw.state_updates[p.value.name])
+    if emit == "gradients":
+        from ..autodiff import grad
+        b.span = loss_span
+        trainable = [p.value for p in owned if p.trainable]
+        for p, gv in zip(trainable, grad(b, loss, trainable)):
+            _output(b, f"grad.{p.name}", gv)
+        lw.graph.params_are_inputs = True
+
+
+def _output(b, name: str, v: Value) -> None:
+    if any(i.name == name for i in b.graph.inputs):
+        raise DslError(f"output `{name}` has the name of an input; rename one of them", b.span)
+    b.graph.outputs.append(b.op("Identity", [v], names=[name]))
+
+
+def _return_names(d: A.Fn, n: int) -> list[str]:
+    ret = next((s for s in reversed(d.body) if isinstance(s, A.Return)), None)
+    names = []
+    for i in range(n):
+        e = ret.values[i] if ret is not None and i < len(ret.values) else None
+        name = e.id if isinstance(e, A.Name) else ("output" if n == 1 else f"output_{i}")
+        names.append(name if name not in names else f"{name}_{i}")
+    return names
