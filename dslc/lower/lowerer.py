@@ -237,7 +237,7 @@ class Lowerer:
         raise DslTypeError(f"expected a tensor, got {describe(v)}", span)
 
     def binop(self, sc: Scope, e: A.BinOp):
-        left, right = self.expr(sc, e.left), self.expr(sc, e.right)
+        left, right = (_single(self.expr(sc, x)) for x in (e.left, e.right))
         if _is_number(left) and _is_number(right):
             return _fold(e.op, left, right, e.span)
         if e.op == "!=":
@@ -246,8 +246,6 @@ class Lowerer:
 
     def _binary(self, sc: Scope, op: str, left, right, e: A.BinOp) -> Value:
         like = left if isinstance(left, Value) else right if isinstance(right, Value) else None
-        if isinstance(like, ModelResult):
-            like = self.tensor(sc, like, e.span)
         a = self.tensor(sc, left, e.left.span, like)
         if op == "^" and right == 2:  # x^2: a multiply is cheaper and its gradient simpler
             sc.b.span = e.span
@@ -429,6 +427,11 @@ def _assigned_names(body) -> list[str]:
         elif isinstance(st, A.Repeat):
             out += [t for t in _assigned_names(st.body) if t not in out]
     return out
+
+
+def _single(v):
+    """A call of a one-output model stands for that output in arithmetic."""
+    return v.outputs[0] if isinstance(v, ModelResult) and len(v.outputs) == 1 else v
 
 
 def _is_number(v) -> bool:

@@ -1,9 +1,15 @@
-"""Graph-to-graph passes. Each returns whether it changed the graph; `optimize` runs them all."""
+"""Graph-to-graph passes. Each returns whether it changed the graph; `optimize` runs them in order."""
 from __future__ import annotations
 
 from ..ir.core import Graph
+from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
+
+PASSES = (eliminate_common_subexpressions, eliminate_dead_code)
 
 
 def optimize(graph: Graph) -> bool:
-    return eliminate_dead_code(graph)
+    changed = False
+    for run in PASSES:
+        changed |= run(graph)
+    return changed

@@ -1,0 +1,534 @@
+"""Vector-Jacobian products: one entry per IR op.
+
+`VJP[op](b, node, dys) -> grads`. `dys` holds one cotangent per node output (None where no gradient
+reaches it); the result holds one gradient per node input (None: no gradient; trailing Nones may be
+left out). A gradient may have the broadcast output shape: the driver sums it down to the input's.
+Backward graphs use only ops that have an entry here or are in NON_DIFFERENTIABLE, so they can be
+differentiated again (second derivatives, Hessian-vector products).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ..diagnostics import DslError
+from ..ir import patterns as P
+from ..ir.core import DTYPES, Builder, Node, Value
+from ..ir.ops import DTYPE_CODE
+
+Rule = Callable[[Builder, Node, list], list]
+
+# Outputs carry no gradient: integer/bool results, random draws, constants, and piecewise-constant
+# functions (zero derivative almost everywhere).
+NON_DIFFERENTIABLE = {
+    "Shape", "Size", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin",
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Constant",
+    "ConstantOfShape", "OneHot", "Not", "And", "Or", "Sign", "Floor", "Ceil", "StopGradient",
+}
+# Ops with neither: reaching one on a gradient path is the driver's located error.
+NO_RULE = {"Loop"}
+
+
+# ------------------------------------------------------------------ small builders
+def _op(b: Builder, name: str, *inputs, **attrs) -> Value:
+    return b.op(name, list(inputs), attrs)
+
+
+def _c(b: Builder, value, like: Value) -> Value:
+    """A constant in like's dtype (scalar unless value is an array)."""
+    return b.const(np.asarray(value), like.dtype)
+
+
+def _mask(b: Builder, cond: Value, like: Value) -> Value:
+    """A bool condition as 0/1 in like's dtype (Cast of a comparison: no gradient, no Where)."""
+    return _op(b, "Cast", cond, to=DTYPE_CODE[like.dtype])
+
+
+def _ints(v: Value | None) -> list[int] | None:
+    return None if v is None else [int(i) for i in np.asarray(v.const).reshape(-1)]
+
+
+def _input(node: Node, i: int) -> Value | None:
+    return node.inputs[i] if len(node.inputs) > i else None
+
+
+def _swap_last(b: Builder, v: Value) -> Value:
+    perm = list(range(v.rank))
+    perm[-2:] = perm[-1], perm[-2]
+    return _op(b, "Transpose", v, perm=perm)
+
+
+# ------------------------------------------------------------------ elementwise
+def _unary(fn) -> Rule:
+    """A rule for a one-input elementwise op from fn(b, x, y, dy, attrs) -> dx."""
+    return lambda b, node, dys: [fn(b, node.inputs[0], node.outputs[0], dys[0], node.attrs)]
+
+
+def _gelu(b, x, y, dy, attrs):
+    if attrs.get("approximate", "none") == "tanh":
+        k, a = math.sqrt(2 / math.pi), 0.044715
+        x2 = _op(b, "Mul", x, x)
+        u = _op(b, "Mul", _c(b, k, x), _op(b, "Add", x, _op(b, "Mul", _c(b, a, x), _op(b, "Mul", x2, x))))
+        t = _op(b, "Tanh", u)
+        du = _op(b, "Mul", _c(b, k, x), _op(b, "Add", _c(b, 1, x), _op(b, "Mul", _c(b, 3 * a, x), x2)))
+        outer = _op(b, "Mul", _c(b, 0.5, x), _op(b, "Add", _c(b, 1, x), t))
+        inner = _op(b, "Mul", _op(b, "Mul", _c(b, 0.5, x), x),
+                    _op(b, "Mul", _op(b, "Sub", _c(b, 1, x), _op(b, "Mul", t, t)), du))
+        return _op(b, "Mul", dy, _op(b, "Add", outer, inner))
+    # d/dx x*Phi(x) = Phi(x) + x*phi(x)
+    cdf = _op(b, "Mul", _c(b, 0.5, x),
+              _op(b, "Add", _c(b, 1, x), _op(b, "Erf", _op(b, "Mul", x, _c(b, 1 / math.sqrt(2), x)))))
+    pdf = _op(b, "Mul", _c(b, 1 / math.sqrt(2 * math.pi), x),
+              _op(b, "Exp", _op(b, "Mul", _c(b, -0.5, x), _op(b, "Mul", x, x))))
+    return _op(b, "Mul", dy, _op(b, "Add", cdf, _op(b, "Mul", x, pdf)))
+
+
+def _leaky_relu(b, x, y, dy, attrs):
+    alpha = attrs.get("alpha", 0.01)
+    pos = _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x)
+    return _op(b, "Mul", dy, _op(b, "Add", _op(b, "Mul", pos, _c(b, 1 - alpha, x)), _c(b, alpha, x)))
+
+
+def _elu(b, x, y, dy, attrs):
+    pos = _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x)
+    # exp of min(x, 0): the negative branch only, so large x cannot overflow to inf*0
+    neg = _op(b, "Mul", _c(b, attrs.get("alpha", 1.0), x), _op(b, "Exp", _op(b, "Min", x, _c(b, 0, x))))
+    return _op(b, "Mul", dy, _op(b, "Add", pos, _op(b, "Mul", _op(b, "Sub", _c(b, 1, x), pos), neg)))
+
+
+def _softmax(b, node, dys):
+    y, dy = node.outputs[0], dys[0]
+    axes = b.ints([node.attrs.get("axis", -1)])
+    dot = _op(b, "ReduceSum", _op(b, "Mul", dy, y), axes, keepdims=1)
+    return [_op(b, "Mul", y, _op(b, "Sub", dy, dot))]
+
+
+def _log_softmax(b, node, dys):
+    y, dy = node.outputs[0], dys[0]
+    total = _op(b, "ReduceSum", dy, b.ints([node.attrs.get("axis", -1)]), keepdims=1)
+    return [_op(b, "Sub", dy, _op(b, "Mul", _op(b, "Exp", y), total))]
+
+
+def _div(b, node, dys):
+    (_, den), y, dy = node.inputs, node.outputs[0], dys[0]
+    return [_op(b, "Div", dy, den), _op(b, "Neg", _op(b, "Div", _op(b, "Mul", dy, y), den))]
+
+
+def _pow(b, node, dys):
+    (base, exp), y, dy = node.inputs, node.outputs[0], dys[0]
+    exp_f = exp if exp.type.is_float else _op(b, "Cast", exp, to=DTYPE_CODE[base.dtype])
+    d_base = _op(b, "Mul", dy, _op(b, "Mul", exp_f, _op(b, "Pow", base, _op(b, "Sub", exp, _c(b, 1, exp)))))
+    d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", base))) if exp.type.is_float else None
+    return [d_base, d_exp]
+
+
+def _select(compare: str) -> Rule:
+    """Max / Min: the gradient goes to the selected operand (to the first one on ties)."""
+    def rule(b, node, dys):
+        (a, c), dy = node.inputs, dys[0]
+        da = _op(b, "Mul", dy, _mask(b, _op(b, compare, a, c), dy))
+        return [da, _op(b, "Sub", dy, da)]
+    return rule
+
+
+def _where(b, node, dys):
+    dy = dys[0]
+    cond, zero = node.inputs[0], _c(b, 0, dy)
+    return [None, _op(b, "Where", cond, dy, zero), _op(b, "Where", cond, zero, dy)]
+
+
+def _clip(b, node, dys):
+    x, lo, hi = node.inputs[0], _input(node, 1), _input(node, 2)
+    dy = dys[0]
+    below = _op(b, "Less", x, lo) if lo is not None else None
+    above = _op(b, "Greater", x, hi) if hi is not None else None
+    clipped = below if above is None else above if below is None else _op(b, "Or", below, above)
+    if clipped is None:
+        return [dy]
+    d_x = _op(b, "Mul", dy, _mask(b, _op(b, "Not", clipped), dy))
+    d_lo = _op(b, "Mul", dy, _mask(b, below, dy)) if below is not None else None
+    d_hi = _op(b, "Mul", dy, _mask(b, above, dy)) if above is not None else None
+    return [d_x, d_lo, d_hi]
+
+
+def _cast(b, node, dys):
+    x, y = node.inputs[0], node.outputs[0]
+    if x.type.is_float and y.type.is_float:
+        return [_op(b, "Cast", dys[0], to=DTYPE_CODE[x.dtype])]
+    return [None]
+
+
+def _matmul(b, node, dys):
+    (a, w), dy = node.inputs, dys[0]
+    return [_op(b, "MatMul", dy, _swap_last(b, w)), _op(b, "MatMul", _swap_last(b, a), dy)]
+
+
+# ------------------------------------------------------------------ convolution and pooling
+def _window(b: Builder, node: Node) -> tuple[list, list, list]:
+    if node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+        raise DslError(f"cannot differentiate through {node.op} with auto_pad", b.span)
+    if node.attrs.get("ceil_mode", 0):
+        raise DslError(f"cannot differentiate through {node.op} with ceil_mode", b.span)
+    a = node.attrs
+    return list(a.get("strides", [1, 1])), list(a.get("pads", [0, 0, 0, 0])), list(a.get("dilations", [1, 1]))
+
+
+def _output_padding(x: Value, y: Value, kernel, strides, pads, dilations) -> list[int]:
+    """ConvTranspose output_padding that maps y's spatial size back to exactly x's."""
+    return [x.shape[2 + i] - (strides[i] * (y.shape[2 + i] - 1) + (kernel[i] - 1) * dilations[i] + 1
+                              - pads[i] - pads[i + 2]) for i in range(2)]
+
+
+def _bias_grad(b, node, dy):
+    bias = _input(node, 2)
+    return _op(b, "ReduceSum", dy, b.ints([0, 2, 3]), keepdims=0) if bias is not None else None
+
+
+def _conv(b, node, dys):
+    (x, w), dy = node.inputs[:2], dys[0]
+    s, p, d = _window(b, node)
+    g = node.attrs.get("group", 1)
+    out_pad = _output_padding(x, dy, w.shape[2:], s, p, d)
+    dx = _op(b, "ConvTranspose", dy, w, strides=s, pads=p, dilations=d, group=g, output_padding=out_pad)
+    dw = P.conv_weight_grad(b, x, dy, w.shape, s, p, d, g)
+    return [dx, dw, _bias_grad(b, node, dy)]
+
+
+def _conv_transpose(b, node, dys):
+    (x, w), dy = node.inputs[:2], dys[0]
+    s, p, d = _window(b, node)
+    g = node.attrs.get("group", 1)
+    dx = _op(b, "Conv", dy, w, strides=s, pads=p, dilations=d, group=g)
+    # ConvTranspose is the adjoint of Conv(., W): its weight gradient is Conv's with x and dy swapped
+    dw = P.conv_weight_grad(b, dy, x, w.shape, s, p, d, g)
+    return [dx, dw, _bias_grad(b, node, dy)]
+
+
+def _max_pool(b, node, dys):
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    s, p, d = _window(b, node)
+    kernel = list(node.attrs["kernel_shape"])
+    if kernel == s and not any(p) and d == [1, 1]:
+        return [_max_pool_tiles(b, x, y, dy, kernel)]
+    return [_max_pool_windows(b, x, y, dy, kernel, s, p, d)]
+
+
+def _max_pool_tiles(b, x, y, dy, kernel):
+    """Non-overlapping windows: view x as [N, C, Ho, kh, Wo, kw] tiles and compare with y per tile.
+    Ties share the gradient equally (as ReduceMax's rule does)."""
+    (kh, kw), (h, w), (ho, wo) = kernel, x.shape[2:], y.shape[2:]
+    covered = P.slice_axes(b, x, [0, 0], [ho * kh, wo * kw], [2, 3]) if (ho * kh, wo * kw) != (h, w) else x
+    tiles = _op(b, "Reshape", covered, b.ints([0, 0, ho, kh, wo, kw]))
+    at_max = _mask(b, _op(b, "Equal", tiles, _op(b, "Unsqueeze", y, b.ints([3, 5]))), dy)
+    ties = _op(b, "ReduceSum", at_max, b.ints([3, 5]), keepdims=1)
+    share = _op(b, "Div", _op(b, "Unsqueeze", dy, b.ints([3, 5])), ties)
+    dx = _op(b, "Reshape", _op(b, "Mul", at_max, share), b.ints([0, 0, ho * kh, wo * kw]))
+    return P.pad_or_crop(b, dx, {2: (0, h - ho * kh), 3: (0, w - wo * kw)})  # rows no window read
+
+
+def _max_pool_windows(b, x, y, dy, kernel, s, p, d):
+    """General windows: one strided Slice of the (-inf padded) input per kernel offset; each
+    offset's share of dy goes back through the Slice VJP."""
+    xp = P.pad_or_crop(b, x, {2: (p[0], p[2]), 3: (p[1], p[3])}, value=_c(b, -np.inf, x))
+    ho, wo = y.shape[2:]
+    windows = []
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            starts = [i * d[0], j * d[1]]
+            ends = [starts[0] + s[0] * (ho - 1) + 1, starts[1] + s[1] * (wo - 1) + 1]
+            taken = _op(b, "Equal", P.slice_axes(b, xp, starts, ends, [2, 3], s), y)
+            windows.append((starts, ends, _mask(b, taken, dy)))
+    ties = windows[0][2]
+    for _, _, m in windows[1:]:
+        ties = _op(b, "Add", ties, m)
+    share = _op(b, "Div", dy, ties)
+    dxp = None
+    for starts, ends, m in windows:
+        part = slice_grad(b, _op(b, "Mul", m, share), xp, starts, ends, [2, 3], s)
+        dxp = part if dxp is None else _op(b, "Add", dxp, part)
+    return P.pad_or_crop(b, dxp, {2: (-p[0], -p[2]), 3: (-p[1], -p[3])})
+
+
+def _window_counts(n, k, s, d, p0, p1, include_pad) -> np.ndarray:
+    """How many taps of each output window fall inside the input (or inside the padded input)."""
+    out = P.conv_out_size(n, k, s, d, p0, p1)
+    lo, hi = (-p0, n + p1) if include_pad else (0, n)
+    return np.array([sum(lo <= o * s - p0 + t * d < hi for t in range(k)) for o in range(out)])
+
+
+def _average_pool(b, node, dys):
+    x, dy = node.inputs[0], dys[0]
+    s, p, d = _window(b, node)
+    (kh, kw), (h, w), (ho, wo) = node.attrs["kernel_shape"], x.shape[2:], dy.shape[2:]
+    include = node.attrs.get("count_include_pad", 0)
+    counts = np.outer(_window_counts(h, kh, s[0], d[0], p[0], p[2], include),
+                      _window_counts(w, kw, s[1], d[1], p[1], p[3], include))
+    inv = 1.0 / (counts.flat[0] if (counts == counts.flat[0]).all() else counts)
+    # every channel alike: a ones kernel on [N*C, 1, Ho, Wo] spreads each share over its window
+    per_map = _op(b, "Reshape", _op(b, "Mul", dy, _c(b, inv, dy)), b.ints([-1, 1, ho, wo]))
+    out_pad = _output_padding(x, dy, (kh, kw), s, p, d)
+    spread = _op(b, "ConvTranspose", per_map, _c(b, np.ones((1, 1, kh, kw)), dy), strides=s, pads=p,
+                 dilations=d, output_padding=out_pad)
+    return [_op(b, "Reshape", spread, P.shape_of(b, x))]
+
+
+def _global_average_pool(b, node, dys):
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    return [_op(b, "Div", _op(b, "Expand", dy, P.shape_of(b, x)), _count_ratio(b, x, y))]
+
+
+# ------------------------------------------------------------------ shapes
+def _reshape_back(b, node, dys):
+    """Reshape, Flatten, Squeeze, Unsqueeze: the gradient is dy in x's shape."""
+    return [_op(b, "Reshape", dys[0], P.shape_of(b, node.inputs[0]))]
+
+
+def _transpose(b, node, dys):
+    perm = node.attrs.get("perm", list(range(node.inputs[0].rank))[::-1])
+    return [_op(b, "Transpose", dys[0], perm=[int(i) for i in np.argsort(perm)])]
+
+
+def _concat(b, node, dys):
+    xs, dy = node.inputs, dys[0]
+    if len(xs) == 1:
+        return [dy]
+    axis = node.attrs["axis"] % dy.rank
+    if all(isinstance(x.shape[axis], int) for x in xs):
+        sizes = b.ints([x.shape[axis] for x in xs])
+    else:  # read the symbolic sizes at run time
+        sizes = _op(b, "Concat", *[P.slice_axes(b, _op(b, "Shape", x), [axis], [axis + 1], [0]) for x in xs],
+                    axis=0)
+    return list(b.op("Split", [dy, sizes], {"axis": axis}))
+
+
+def _split(b, node, dys):
+    parts = [dy if dy is not None else P.zeros_like(b, out) for dy, out in zip(dys, node.outputs)]
+    return [parts[0] if len(parts) == 1 else _op(b, "Concat", *parts, axis=node.attrs.get("axis", 0))]
+
+
+def slice_grad(b: Builder, dy: Value, x: Value, starts, ends, axes, steps) -> Value:
+    """The Slice VJP: dy scattered back into zeros of x's shape, one axis at a time (zero
+    insertion for a step > 1, a reversal for a negative step, then padding)."""
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= x.rank
+        dim = x.shape[axis]
+        if not isinstance(dim, int):
+            if step == 1 and start >= 0 and end >= 2**62:
+                dy = P.pad_or_crop(b, dy, {axis: (start, 0)})
+                continue
+            raise DslError(f"cannot differentiate the slice [{start}:{end}:{step}] of the dynamic dim {dim}",
+                           b.span)
+        start, stop, step = slice(start, end, step).indices(dim)
+        n = len(range(start, stop, step))
+        if step < 0:  # walk the picked elements upwards instead
+            dy = P.slice_axes(b, dy, [-1], [P.INT64_MIN], [axis], [-1])
+            start, step = start + (n - 1) * step, -step
+        dy = P.zero_insert(b, dy, axis, step)  # n*step long, element i at i*step
+        dy = P.pad_or_crop(b, dy, {axis: (start, dim - start - n * step)})
+    return dy
+
+
+def _slice(b, node, dys):
+    x = node.inputs[0]
+    starts, ends = _ints(node.inputs[1]), _ints(node.inputs[2])
+    axes = _ints(_input(node, 3)) or list(range(len(starts)))
+    steps = _ints(_input(node, 4)) or [1] * len(starts)
+    return [slice_grad(b, dys[0], x, starts, ends, axes, steps)]
+
+
+def _pad(b, node, dys):
+    x, value, dy = node.inputs[0], _input(node, 2), dys[0]
+    mode = node.attrs.get("mode", "constant")
+    if mode != "constant":
+        raise DslError(f"cannot differentiate through Pad with mode {mode}", b.span)
+    pads = _ints(node.inputs[1])
+    axes = _ints(_input(node, 3)) or list(range(x.rank))
+    n = len(axes)
+    dx = P.pad_or_crop(b, dy, {a: (-pads[i], -pads[i + n]) for i, a in enumerate(axes)})
+    d_value = None
+    if value is not None and value.type.is_float:  # the padding cells: all of dy minus x's part
+        d_value = _op(b, "Sub", _op(b, "ReduceSum", dy, keepdims=0), _op(b, "ReduceSum", dx, keepdims=0))
+    return [dx, None, d_value]
+
+
+# ------------------------------------------------------------------ reductions
+def _reduced_axes(node: Node) -> list[int]:
+    rank = node.inputs[0].rank
+    axes = _ints(_input(node, 1))
+    return sorted(a % rank for a in axes) if axes else list(range(rank))
+
+
+def _is_noop(node: Node) -> bool:
+    return bool(node.attrs.get("noop_with_empty_axes", 0)) and not _ints(_input(node, 1))
+
+
+def _keep(b, node, v: Value) -> Value:
+    """A reduction's output (or its cotangent) with the reduced axes back as size-1 dims."""
+    if node.attrs.get("keepdims", 1) or _is_noop(node):
+        return v
+    return _op(b, "Unsqueeze", v, b.ints(_reduced_axes(node)))
+
+
+def _count_ratio(b, x: Value, y: Value) -> Value:
+    """How many x elements each y element summarizes: a constant when static, else from Size."""
+    if x.type.static() and y.type.static():
+        return _c(b, np.prod(x.shape) / np.prod(y.shape), x)
+    return _op(b, "Div", *[_op(b, "Cast", _op(b, "Size", v), to=DTYPE_CODE[x.dtype]) for v in (x, y)])
+
+
+def _reduce_sum(b, node, dys):
+    if _is_noop(node):
+        return [dys[0]]
+    return [_op(b, "Expand", _keep(b, node, dys[0]), P.shape_of(b, node.inputs[0]))]
+
+
+def _reduce_mean(b, node, dys):
+    (dx,) = _reduce_sum(b, node, dys)
+    return [dx if _is_noop(node) else _op(b, "Div", dx, _count_ratio(b, node.inputs[0], node.outputs[0]))]
+
+
+def _reduce_extreme(b, node, dys):
+    """ReduceMax / ReduceMin: dy to the elements equal to the result, shared among ties."""
+    if _is_noop(node):
+        return [dys[0]]
+    x = node.inputs[0]
+    at_extreme = _mask(b, _op(b, "Equal", x, _keep(b, node, node.outputs[0])), x)
+    ties = b.op("ReduceSum", [at_extreme] + node.inputs[1:2], {"keepdims": 1})
+    return [_op(b, "Mul", at_extreme, _op(b, "Div", _keep(b, node, dys[0]), ties))]
+
+
+def _reduce_prod(b, node, dys):
+    """prod / x_i: exact away from zeros (an element equal to 0 gets a NaN gradient)."""
+    if _is_noop(node):
+        return [dys[0]]
+    x = node.inputs[0]
+    scaled = _op(b, "Mul", _keep(b, node, dys[0]), _keep(b, node, node.outputs[0]))
+    return [_op(b, "Div", _op(b, "Expand", scaled, P.shape_of(b, x)), x)]
+
+
+# ------------------------------------------------------------------ indexing
+def _index_i64(b, idx: Value, data: Value, axis: int) -> Value:
+    """Indices as i64 in [0, dim): negative ones count from the end (ScatterND wants them so)."""
+    if idx.dtype != "i64":
+        idx = _op(b, "Cast", idx, to=DTYPE_CODE["i64"])
+    if idx.const is not None and (idx.const >= 0).all():
+        return idx
+    dim = data.shape[axis]
+    dim = b.ints(dim) if isinstance(dim, int) else _op(b, "Gather", _op(b, "Shape", data), b.ints(axis))
+    return _op(b, "Where", _op(b, "Less", idx, b.ints(0)), _op(b, "Add", idx, dim), idx)
+
+
+def _gather(b, node, dys):
+    """Scatter-add dy into zeros. ScatterND indexes leading axes, so the gathered axis goes first
+    in the zeros and the index dims go first in dy."""
+    (data, idx), dy = node.inputs, dys[0]
+    axis = node.attrs.get("axis", 0) % data.rank
+    idx = _index_i64(b, idx, data, axis)
+    front = [axis] + [a for a in range(data.rank) if a != axis]
+    dy_perm = list(range(axis, axis + idx.rank)) + list(range(axis)) + list(range(axis + idx.rank, dy.rank))
+    if dy_perm != sorted(dy_perm):
+        dy = _op(b, "Transpose", dy, perm=dy_perm)
+    if not axis:
+        shape = P.shape_of(b, data)
+    elif data.type.static():
+        shape = b.ints([data.shape[a] for a in front])
+    else:
+        shape = _op(b, "Gather", _op(b, "Shape", data), b.ints(front))
+    zeros = _op(b, "ConstantOfShape", shape, value=np.zeros(1, DTYPES[dy.dtype]))
+    dx = _op(b, "ScatterND", zeros, _op(b, "Unsqueeze", idx, b.ints([-1])), dy, reduction="add")
+    if axis:
+        dx = _op(b, "Transpose", dx, perm=[int(i) for i in np.argsort(front)])
+    return [dx, None]
+
+
+def _gather_elements(b, node, dys):
+    data, idx = node.inputs
+    axis = node.attrs.get("axis", 0)
+    return [_op(b, "ScatterElements", P.zeros_like(b, data), idx, dys[0], axis=axis, reduction="add"), None]
+
+
+def _gather_nd(b, node, dys):
+    data, idx = node.inputs
+    if node.attrs.get("batch_dims", 0):
+        raise DslError("cannot differentiate through GatherND with batch_dims", b.span)
+    return [_op(b, "ScatterND", P.zeros_like(b, data), idx, dys[0], reduction="add"), None]
+
+
+def _scatter(scatter: str, gather: str) -> Rule:
+    """ScatterElements / ScatterND: updates get dy at their targets; data gets dy except where
+    overwritten (reduction 'none') or all of it (reduction 'add')."""
+    def rule(b, node, dys):
+        (data, idx, updates), dy = node.inputs, dys[0]
+        reduction = node.attrs.get("reduction", "none")
+        axis = {"axis": node.attrs.get("axis", 0)} if scatter == "ScatterElements" else {}
+        if reduction == "add":
+            d_data = dy
+        elif reduction == "none":
+            d_data = b.op(scatter, [dy, idx, P.zeros_like(b, updates)], axis)
+        else:
+            raise DslError(f"cannot differentiate through {scatter} with reduction {reduction}", b.span)
+        return [d_data, None, b.op(gather, [dy, idx], axis)]
+    return rule
+
+
+# ------------------------------------------------------------------ the table
+VJP: dict[str, Rule] = {
+    "Identity": lambda b, node, dys: [dys[0]],
+    "Neg": _unary(lambda b, x, y, dy, a: _op(b, "Neg", dy)),
+    "Exp": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, y)),
+    "Log": _unary(lambda b, x, y, dy, a: _op(b, "Div", dy, x)),
+    "Sqrt": _unary(lambda b, x, y, dy, a: _op(b, "Div", dy, _op(b, "Add", y, y))),
+    "Abs": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Sign", x))),
+    "Relu": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x))),
+    "Sigmoid": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Sub", _c(b, 1, y), y)))),
+    "Tanh": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Sub", _c(b, 1, y), _op(b, "Mul", y, y)))),
+    "Softplus": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Sigmoid", x))),
+    "Erf": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Mul", _c(b, 2 / math.sqrt(math.pi), x),
+                                                              _op(b, "Exp", _op(b, "Neg", _op(b, "Mul", x, x)))))),
+    "Reciprocal": _unary(lambda b, x, y, dy, a: _op(b, "Neg", _op(b, "Mul", dy, _op(b, "Mul", y, y)))),
+    "Sin": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Cos", x))),
+    "Cos": _unary(lambda b, x, y, dy, a: _op(b, "Neg", _op(b, "Mul", dy, _op(b, "Sin", x)))),
+    "LeakyRelu": _unary(_leaky_relu),
+    "Elu": _unary(_elu),
+    "Gelu": _unary(_gelu),
+    "Softmax": _softmax,
+    "LogSoftmax": _log_softmax,
+    "Add": lambda b, node, dys: [dys[0], dys[0]],
+    "Sub": lambda b, node, dys: [dys[0], _op(b, "Neg", dys[0])],
+    "Mul": lambda b, node, dys: [_op(b, "Mul", dys[0], node.inputs[1]), _op(b, "Mul", dys[0], node.inputs[0])],
+    "Div": _div,
+    "Pow": _pow,
+    "Max": _select("GreaterOrEqual"),
+    "Min": _select("LessOrEqual"),
+    "Where": _where,
+    "Clip": _clip,
+    "Cast": _cast,
+    "MatMul": _matmul,
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "MaxPool": _max_pool,
+    "AveragePool": _average_pool,
+    "GlobalAveragePool": _global_average_pool,
+    "Reshape": _reshape_back,
+    "Flatten": _reshape_back,
+    "Squeeze": _reshape_back,
+    "Unsqueeze": _reshape_back,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Split": _split,
+    "Slice": _slice,
+    "Pad": _pad,
+    "Expand": lambda b, node, dys: [dys[0]],  # the driver sums the broadcast back down
+    "ReduceSum": _reduce_sum,
+    "ReduceMean": _reduce_mean,
+    "ReduceMax": _reduce_extreme,
+    "ReduceMin": _reduce_extreme,
+    "ReduceProd": _reduce_prod,
+    "Gather": _gather,
+    "GatherElements": _gather_elements,
+    "GatherND": _gather_nd,
+    "ScatterElements": _scatter("ScatterElements", "GatherElements"),
+    "ScatterND": _scatter("ScatterND", "GatherND"),
+}

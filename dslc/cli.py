@@ -1,0 +1,180 @@
+"""`dslc compile | check | summary | run`: parse arguments, call the API, report.
+
+Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a usage error,
+3 an internal error (a bug in dslc: please report it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from . import api
+from .diagnostics import DslError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DslError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug in dslc, not in the user's input
+        print("internal error in dslc (please report it):\n" + traceback.format_exc(), file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dslc", description="Compile .dsl neural-network models to ONNX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="write one .onnx per target")
+    c.add_argument("file")
+    c.add_argument("-o", "--out", default=None, help="output directory (default: beside the file)")
+    c.add_argument("--target", action="append", help="compile only this target (repeatable)")
+    _compile_options(c)
+    c.add_argument("--verify", action="store_true",
+                   help="also run onnx.checker (full) and strict shape inference on each model")
+    c.set_defaults(func=_compile)
+
+    k = sub.add_parser("check", help="parse and type-check only")
+    k.add_argument("file")
+    k.set_defaults(func=_check)
+
+    s = sub.add_parser("summary", help="layers, output shapes and parameter counts")
+    s.add_argument("file")
+    s.add_argument("--target", default=None)
+    s.set_defaults(func=_summary)
+
+    r = sub.add_parser("run", help="run a forward graph with onnxruntime")
+    r.add_argument("model", help="a .dsl file (with --target) or a compiled .onnx")
+    r.add_argument("--target", default=None)
+    r.add_argument("--input", action="append", default=[], metavar="NAME=PATH.npy|NUMBER",
+                   help="an input: a .npy file or a number (repeatable)")
+    r.add_argument("--sweep", default=None, metavar="NAME=START:STOP",
+                   help="run once per integer value of this input and stack the outputs")
+    r.add_argument("--weights", default=None, help=".npz of weights that replace the initializers")
+    r.add_argument("--output", default=None, help="save the outputs to this .npz")
+    r.add_argument("--png", default=None, help="save the first output as a grid of images")
+    r.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    _compile_options(r)
+    r.set_defaults(func=_run)
+    return p
+
+
+def _compile_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--emit", choices=("forward", "gradients"), default="forward",
+                   help="gradients: (weights, inputs) -> (loss, one gradient per weight), for steps")
+    p.add_argument("--conv-lowering", choices=("conv", "im2col"), default="conv",
+                   help="im2col: convolutions as patches + MatMul, no Conv/ConvTranspose ops")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weight initialization")
+
+
+def _options(args) -> dict:
+    return {"emit": args.emit, "conv_lowering": args.conv_lowering, "seed": args.seed}
+
+
+def _compile(args) -> int:
+    start = time.perf_counter()
+    written = api.compile_file(args.file, args.out, args.target, verify=args.verify, **_options(args))
+    for path in written:
+        print(f"wrote {path}")
+    print(f"compiled {len(written)} target{'s' * (len(written) != 1)} in {time.perf_counter() - start:.3f} s")
+    return 0
+
+
+def _check(args) -> int:
+    targets = api.check_file(args.file)
+    print(f"{args.file}: ok ({len(targets)} target{'s' * (len(targets) != 1)}: {', '.join(targets)})")
+    return 0
+
+
+def _summary(args) -> int:
+    print(api.summary(args.file, args.target))
+    return 0
+
+
+def _parse_inputs(items: list[str]) -> dict[str, np.ndarray]:
+    feeds = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise DslError(f"--input needs NAME=PATH.npy or NAME=NUMBER, got `{item}`")
+        feeds[name] = _load_value(name, value)
+    return feeds
+
+
+def _load_value(name: str, value: str) -> np.ndarray:
+    try:
+        return np.asarray(int(value), np.int64)
+    except ValueError:
+        pass
+    try:
+        return np.asarray(float(value), np.float32)
+    except ValueError:
+        pass
+    try:
+        return np.load(value)
+    except (OSError, ValueError) as e:
+        raise DslError(f"cannot read input `{name}` from {value}: {e}") from None
+
+
+def _run(args) -> int:
+    from .runtime import load_weights, save_grid
+    from .runtime.images import deprocess
+
+    feeds = _parse_inputs(args.input)
+    weights = load_weights(args.weights) if args.weights else None
+    model = args.model
+    if model.endswith(".dsl"):
+        prog = api.load(model)
+        target = args.target or _only_target(prog)
+        model = api.compile(prog, target, **_options(args))
+    elif not Path(model).is_file():
+        raise DslError(f"no such model file: {model}")
+
+    runs = [feeds]
+    if args.sweep:
+        name, _, span = args.sweep.partition("=")
+        try:
+            lo, hi = (int(x) for x in span.split(":"))
+        except ValueError:
+            raise DslError(f"--sweep needs NAME=START:STOP with integers, got `{args.sweep}`") from None
+        runs = [{**feeds, name: np.asarray(i, np.int64)} for i in range(lo, hi)]
+    results = [api.run(model, f, device=args.device, weights=weights) for f in runs]
+    outputs = results[0] if len(results) == 1 else {k: np.concatenate([np.atleast_1d(r[k]) for r in results])
+                                                   for k in results[0]}
+    for name, v in outputs.items():
+        stats = f"min {v.min():.4g} max {v.max():.4g} mean {v.mean():.4g}" if v.size and v.dtype.kind == "f" else ""
+        print(f"{name}: {v.dtype}{list(v.shape)} {stats}")
+        if v.size <= 20:
+            print(f"  {np.array2string(v, precision=4)}")
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}")
+    if args.png:
+        first = next(iter(outputs.values()))
+        images = np.stack([deprocess(im) for im in first.reshape(-1, *first.shape[-2:])])
+        save_grid(args.png, images)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _only_target(prog) -> str:
+    targets = prog.targets()
+    if len(targets) != 1:
+        raise DslError(f"{prog.file} has several targets ({', '.join(targets)}): choose one with --target")
+    return targets[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

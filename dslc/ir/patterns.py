@@ -1,0 +1,213 @@
+"""Builder-level patterns shared by the lowering and autodiff.
+
+Shape vectors, zero fills and pad/crop helpers, nearest upsampling, and 2-D convolution written
+without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels.
+Spatial code takes NCHW values with static H and W (the op table requires them anyway); the
+batch dim may be symbolic, so reshape targets copy it with 0 or from Shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..diagnostics import DslShapeError
+from .core import DTYPES, Builder, Dim, Value
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)  # Slice end meaning "past the start" for a negative step
+
+
+# ------------------------------------------------------------------ shapes and fills
+def shape_of(b: Builder, v: Value) -> Value:
+    """v's shape as a 1-D i64 value: a constant when static, else Shape(v)."""
+    if v.type.static():
+        return b.ints(list(v.shape))
+    return b.op("Shape", [v])
+
+
+def shape_with(b: Builder, v: Value, new_dims: dict[int, int]) -> Value:
+    """v's shape with the dims at some axes replaced; symbolic dims are read with Shape at run time."""
+    new_dims = {a % v.rank: d for a, d in new_dims.items()}
+    dims = [new_dims.get(a, d) for a, d in enumerate(v.shape)]
+    if all(isinstance(d, int) for d in dims):
+        return b.ints(dims)
+    shape = b.op("Shape", [v])
+    pieces, run_start = [], None
+    for a in range(v.rank + 1):
+        kept = a < v.rank and a not in new_dims
+        if kept and run_start is None:
+            run_start = a
+        if not kept and run_start is not None:
+            pieces.append(b.op("Slice", [shape, b.ints([run_start]), b.ints([a])]))
+            run_start = None
+        if a in new_dims:
+            pieces.append(b.ints([new_dims[a]]))
+    return pieces[0] if len(pieces) == 1 else b.op("Concat", pieces, {"axis": 0})
+
+
+def full_like(b: Builder, v: Value, fill: float) -> Value:
+    """A tensor of v's shape and dtype filled with `fill` (no big constant in the file)."""
+    return b.op("ConstantOfShape", [shape_of(b, v)], {"value": np.full(1, fill, DTYPES[v.dtype])})
+
+
+def zeros_like(b: Builder, v: Value) -> Value:
+    return full_like(b, v, 0)
+
+
+def scalar(b: Builder, value: float, dtype: str) -> Value:
+    return b.const(np.asarray(value), dtype)
+
+
+def slice_axes(b: Builder, x: Value, starts, ends, axes, steps=None) -> Value:
+    ins = [x, b.ints(starts), b.ints(ends), b.ints(axes)]
+    return b.op("Slice", ins + ([b.ints(steps)] if steps else []))
+
+
+def pad_or_crop(b: Builder, x: Value, widths: dict[int, tuple[int, int]], value: Value | None = None) -> Value:
+    """Add (positive) or remove (negative) `before, after` elements on each given axis."""
+    widths = {a % x.rank: w for a, w in widths.items() if w != (0, 0)}
+    crops = {a: (max(-lo, 0), max(-hi, 0)) for a, (lo, hi) in widths.items() if lo < 0 or hi < 0}
+    if crops:
+        axes = sorted(crops)
+        x = slice_axes(b, x, [crops[a][0] for a in axes],
+                       [-crops[a][1] if crops[a][1] else INT64_MAX for a in axes], axes)
+    pads = [0] * (2 * x.rank)
+    for a, (lo, hi) in widths.items():
+        pads[a], pads[a + x.rank] = max(lo, 0), max(hi, 0)
+    if any(pads):
+        x = b.op("Pad", [x, b.ints(pads)] + ([value] if value is not None else []))
+    return x
+
+
+def zero_insert(b: Builder, x: Value, axis: int, step: int) -> Value:
+    """Follow each element along `axis` by step-1 zeros (length n -> n*step): a strided scatter."""
+    if step == 1:
+        return x
+    axis %= x.rank
+    n = x.shape[axis]
+    u = b.op("Unsqueeze", [x, b.ints([axis + 1])])
+    pads = [0] * (2 * u.rank)
+    pads[u.rank + axis + 1] = step - 1
+    u = b.op("Pad", [u, b.ints(pads)])
+    return b.op("Reshape", [u, shape_with(b, x, {axis: n * step if isinstance(n, int) else -1})])
+
+
+def _static_hw(b: Builder, x: Value, what: str) -> tuple[int, int]:
+    h, w = x.shape[2], x.shape[3]
+    if not (isinstance(h, int) and isinstance(w, int)):
+        raise DslShapeError(f"{what} needs static spatial dims, got {x.type}", b.span)
+    return h, w
+
+
+def upsample_nearest(b: Builder, x: Value, sh: int, sw: int) -> Value:
+    """[N, C, H, W] -> [N, C, H*sh, W*sw], each pixel repeated (no Resize op)."""
+    h, w = _static_hw(b, x, "upsampling")
+    x6 = b.op("Unsqueeze", [x, b.ints([3, 5])])  # [N, C, H, 1, W, 1]
+    x6 = b.op("Expand", [x6, b.ints([1, 1, 1, sh, 1, sw])])
+    return b.op("Reshape", [x6, b.ints([0, 0, h * sh, w * sw])])
+
+
+# ------------------------------------------------------------------ convolution without Conv
+def conv_out_size(size: int, k: int, s: int, d: int, p0: int, p1: int) -> int:
+    return (size + p0 + p1 - (k - 1) * d - 1) // s + 1
+
+
+def _batch_shape(b: Builder, x: Value, tail: list[int]) -> Value:
+    """[N, *tail] with x's batch dim N, read at run time when symbolic."""
+    if isinstance(x.shape[0], int):
+        return b.ints([x.shape[0], *tail])
+    n = b.op("Slice", [b.op("Shape", [x]), b.ints([0]), b.ints([1])])
+    return b.op("Concat", [n, b.ints(tail)], {"axis": 0})
+
+
+def _out_hw(x: Value, kernel, strides, pads, dilations) -> tuple[int, int]:
+    return tuple(conv_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + 2])
+                 for i in range(2))
+
+
+def im2col_slices(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
+    """Patches of x [N, C, H, W] as [N, C*kh*kw, Ho*Wo], features ordered (c, kh, kw), from one
+    strided Slice per kernel offset: no Conv op."""
+    _static_hw(b, x, "conv2d")
+    kh, kw = kernel
+    ho, wo = _out_hw(x, kernel, strides, pads, dilations)
+    xp = pad_or_crop(b, x, {2: (pads[0], pads[2]), 3: (pads[1], pads[3])})
+    cols = []
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilations[0], j * dilations[1]
+            s = slice_axes(b, xp, [r0, c0], [r0 + strides[0] * (ho - 1) + 1, c0 + strides[1] * (wo - 1) + 1],
+                           [2, 3], strides)
+            cols.append(b.op("Unsqueeze", [s, b.ints([2])]))
+    patches = cols[0] if len(cols) == 1 else b.op("Concat", cols, {"axis": 2})  # [N, C, kh*kw, Ho, Wo]
+    c = x.shape[1]
+    return b.op("Reshape", [patches, b.ints([0, c * kh * kw if isinstance(c, int) else -1, ho * wo])])
+
+
+def im2col_conv(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
+    """Same result as im2col_slices via one Conv with a one-hot kernel per offset on [N*C, 1, H, W]."""
+    h, w = _static_hw(b, x, "conv2d")
+    kh, kw = kernel
+    ho, wo = _out_hw(x, kernel, strides, pads, dilations)
+    x1 = b.op("Reshape", [x, b.ints([-1, 1, h, w])])
+    eye = b.const(np.eye(kh * kw).reshape(kh * kw, 1, kh, kw), x.dtype)
+    cols = b.op("Conv", [x1, eye], {"strides": list(strides), "pads": list(pads),
+                                    "dilations": list(dilations)})  # [N*C, kh*kw, Ho, Wo]
+    c = x.shape[1]
+    return b.op("Reshape", [cols, _batch_shape(b, x, [c * kh * kw if isinstance(c, int) else -1, ho * wo])])
+
+
+def conv2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                  group: int = 1) -> Value:
+    """ONNX Conv as im2col_slices + MatMul: x [N, C, H, W], w [O, C/g, kh, kw] -> [N, O, Ho, Wo]."""
+    o, cg, kh, kw = w.shape
+    ho, wo = _out_hw(x, (kh, kw), strides, pads, dilations)
+    cols = im2col_slices(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
+    k = cg * kh * kw
+    if group == 1:
+        y = b.op("MatMul", [b.op("Reshape", [w, b.ints([o, k])]), cols])  # [N, O, L]
+    else:
+        w3 = b.op("Reshape", [w, b.ints([group, o // group, k])])
+        cols = b.op("Reshape", [cols, b.ints([0, group, k, ho * wo])])
+        y = b.op("MatMul", [w3, cols])  # [N, g, O/g, L]
+    y = b.op("Reshape", [y, b.ints([0, o, ho, wo])])
+    if bias is not None:
+        y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([o, 1, 1])])])
+    return y
+
+
+def conv_transpose2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                            group: int = 1, output_padding=(0, 0)) -> Value:
+    """ONNX ConvTranspose without Conv ops: insert stride-1 zeros between pixels, pad by
+    d*(k-1)-p, then a stride-1 conv with the kernel flipped and its in/out channels swapped."""
+    cin, cog, kh, kw = w.shape
+    z = zero_insert(b, zero_insert(b, x, 2, strides[0]), 3, strides[1])  # [N, Cin, H*s, W*s]
+    widths = {}
+    for i, k in enumerate((kh, kw)):
+        reach = dilations[i] * (k - 1)
+        # the zero insertion left s-1 zeros after the last pixel: take them off the end padding
+        widths[2 + i] = (reach - pads[i], reach - pads[i + 2] + output_padding[i] - (strides[i] - 1))
+    z = pad_or_crop(b, z, widths)
+    wt = b.op("Reshape", [w, b.ints([group, cin // group, cog, kh, kw])])
+    wt = b.op("Transpose", [wt], {"perm": [0, 2, 1, 3, 4]})
+    wt = b.op("Reshape", [wt, b.ints([group * cog, cin // group, kh, kw])])
+    wt = slice_axes(b, wt, [-1, -1], [INT64_MIN, INT64_MIN], [2, 3], [-1, -1])
+    return conv2d_im2col(b, z, wt, bias, (1, 1), (0, 0, 0, 0), dilations, group)
+
+
+def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,
+                     group: int = 1) -> Value:
+    """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch."""
+    o, cg, kh, kw = w_shape
+    cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
+    length = dy.shape[2] * dy.shape[3]
+    k = cg * kh * kw
+    if group == 1:
+        dy_g = b.op("Reshape", [dy, b.ints([0, o, length])])
+        cols_t = b.op("Transpose", [cols], {"perm": [0, 2, 1]})
+    else:
+        dy_g = b.op("Reshape", [dy, b.ints([0, group, o // group, length])])
+        cols_t = b.op("Reshape", [cols, b.ints([0, group, k, length])])
+        cols_t = b.op("Transpose", [cols_t], {"perm": [0, 1, 3, 2]})
+    per_sample = b.op("MatMul", [dy_g, cols_t])  # [N, (g,) O/g, k]
+    dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
+    return b.op("Reshape", [dw, b.ints(list(w_shape))])

@@ -1,0 +1,49 @@
+# ACGAN on MNIST (tfjs-examples mnist-acgan, after Keras mnist_acgan.py; SEEDS.md section 5).
+# Channels-first: images are f32[N, 1, 28, 28] scaled to [-1, 1] to match the generator's tanh.
+# Generator 2,657,897 params (576 of them batch-norm moving statistics); Discriminator 525,835.
+
+model Generator(z: f32[N, 100], cls: i64[N]) -> image {
+    emb   = embedding(cls, 10, 100, init=glorot_normal)            # [N, 100]
+    h     = z * emb                                                # the latent code, class-modulated
+    fc    = dense(h, 3456, activation=relu)                        # 3 * 3 * 384
+    grid  = reshape(fc, [-1, 384, 3, 3])                           # [N, 384, 3, 3]
+    up1   = conv2d_transpose(grid, 192, kernel=5, strides=1, padding=valid, activation=relu,
+                             kernel_init=glorot_normal)            # [N, 192, 7, 7]
+    bn1   = batch_norm(up1)
+    up2   = conv2d_transpose(bn1, 96, kernel=5, strides=2, padding=same, activation=relu,
+                             kernel_init=glorot_normal)            # [N, 96, 14, 14]
+    bn2   = batch_norm(up2)
+    image = conv2d_transpose(bn2, 1, kernel=5, strides=2, padding=same, activation=tanh,
+                             kernel_init=glorot_normal)            # [N, 1, 28, 28]
+}
+
+model Discriminator(image: f32[N, 1, 28, 28]) -> (realness, class_probs) {
+    conv1       = conv2d(image, 32, kernel=3, strides=2, padding=same) |> leaky_relu(0.2) |> dropout(0.3)
+    conv2       = conv2d(conv1, 64, kernel=3, strides=1, padding=same) |> leaky_relu(0.2) |> dropout(0.3)
+    conv3       = conv2d(conv2, 128, kernel=3, strides=2, padding=same) |> leaky_relu(0.2) |> dropout(0.3)
+    conv4       = conv2d(conv3, 256, kernel=3, strides=1, padding=same) |> leaky_relu(0.2) |> dropout(0.3)
+    features    = flatten(conv4)                                   # [N, 12544]
+    realness    = dense(features, 1, activation=sigmoid)           # [N, 1]: is the image real?
+    class_probs = dense(features, 10, activation=softmax)          # [N, 10]: which digit?
+}
+
+# The intended ACGAN discriminator step (Keras original): it trains ALL discriminator weights.
+# (tfjs quirk: setting discriminator.trainable = false after compiling freezes the two dense heads
+# in this step too, so tfjs trains only the 4 conv layers here; see refs/mnist-acgan.md.)
+# The generator runs in inference mode (batch norm on its moving statistics), as predict() does.
+step train_discriminator(real: f32[N, 1, 28, 28], real_class: i64[N], z: f32[N, 100], fake_class: i64[N])
+        updates Discriminator using adam(lr=0.0002, beta1=0.5) {
+    fake           = stop_gradient(Generator(z, fake_class, training=false))
+    real_p, real_c = Discriminator(real)
+    fake_p, fake_c = Discriminator(fake)
+    minimize binary_crossentropy(real_p, 0.95) + binary_crossentropy(fake_p, 0.0)   # soft one: 0.95
+           + sparse_categorical_crossentropy(real_c, real_class)
+           + sparse_categorical_crossentropy(fake_c, fake_class)
+}
+
+# The combined model: realness targets set to the soft one to fool the discriminator, classes
+# as asked. Gradients flow through D into G; only the Generator is updated (D is frozen here).
+step train_generator(z: f32[N, 100], cls: i64[N]) updates Generator using adam(lr=0.0002, beta1=0.5) {
+    p, c = Discriminator(Generator(z, cls))
+    minimize binary_crossentropy(p, 0.95) + sparse_categorical_crossentropy(c, cls)
+}

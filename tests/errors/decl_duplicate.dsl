@@ -1,0 +1,6 @@
+model Net(x: f32[N, 784]) -> y {
+    y = dense(x, 10)
+}
+fn Net(x: f32[N, 784]) {
+    return x
+}

@@ -1,0 +1,9 @@
+model Net(x: f32[N, 784]) -> y {
+    y = dense(x, 10)
+}
+step train(x: f32[N, 784]) updates Net using sgd(lr=0.1) {
+    minimize mean(Net(x))
+}
+fn again(x: f32[N, 784]) {
+    return train(x)
+}

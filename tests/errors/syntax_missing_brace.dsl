@@ -1,0 +1,7 @@
+model Classifier(x: f32[N, 784]) -> y {
+    h = dense(x, 128) |> relu
+    y = dense(h, 10)
+
+model Other(x: f32[N, 10]) -> y {
+    y = relu(x)
+}

@@ -1,0 +1,3 @@
+model Classifier(x: f32[N, 784]) -> y {
+    h = dense(x, 128) |> relu
+    y = dense(h,

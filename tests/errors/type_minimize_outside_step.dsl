@@ -1,0 +1,3 @@
+fn loss(x: f32[N, 10]) {
+    minimize mean(x)
+}

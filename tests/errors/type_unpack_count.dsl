@@ -1,0 +1,8 @@
+model Encoder(x: f32[N, 784]) -> (z_mean, z_log_var) {
+    z_mean    = dense(x, 2)
+    z_log_var = dense(x, 2)
+}
+fn encode(x: f32[N, 784]) {
+    z_mean, z_log_var, z = Encoder(x)
+    return z
+}
