@@ -38,17 +38,20 @@ def _program(source: Program | str | Path) -> Program:
 
 
 def lower(source: Program | str | Path, target: str, *, emit: str = "forward", conv_lowering: str = "conv",
-          seed: int = 0, random: str = "op") -> Lowered:
+          seed: int = 0, random: str = "op", float64: bool = False, wrt_inputs: bool = False) -> Lowered:
     """A target as IR (with its layer table for summaries)."""
     if conv_lowering not in ("conv", "im2col"):
         raise DslError(f"unknown conv lowering `{conv_lowering}`: use conv or im2col")
-    options = Options(seed=seed, conv_lowering=conv_lowering, random=random)
+    options = Options(seed=seed, conv_lowering=conv_lowering, random=random, float64=float64,
+                      wrt_inputs=wrt_inputs)
     return lower_target(_program(source), target, options, emit)
 
 
 def compile(source: Program | str | Path, target: str, **options) -> onnx.ModelProto:
     """One target as an ONNX model. Options: emit ('forward' | 'gradients'), conv_lowering
-    ('conv' | 'im2col'), seed (weight initialization), random ('op' | 'input')."""
+    ('conv' | 'im2col'), seed (weight initialization), random ('op' | 'input'), float64 (widen
+    every float32 value: for finite-difference checks), wrt_inputs (with emit='gradients', also
+    the gradients of the step's float inputs)."""
     return to_onnx(lower(source, target, **options).graph)
 
 

@@ -76,11 +76,14 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
                    help="gradients: (weights, inputs) -> (loss, one gradient per weight), for steps")
     p.add_argument("--conv-lowering", choices=("conv", "im2col"), default="conv",
                    help="im2col: convolutions as patches + MatMul, no Conv/ConvTranspose ops")
+    p.add_argument("--wrt-inputs", action="store_true",
+                   help="with --emit gradients: also the gradients of the step's float inputs")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight initialization")
 
 
 def _options(args) -> dict:
-    return {"emit": args.emit, "conv_lowering": args.conv_lowering, "seed": args.seed}
+    return {"emit": args.emit, "conv_lowering": args.conv_lowering, "seed": args.seed,
+            "wrt_inputs": args.wrt_inputs}
 
 
 def _compile(args) -> int:

@@ -78,6 +78,14 @@ class DslShapeError(DslError):
     kind = "shape"
 
 
+def source_text(span: Span | None) -> str | None:
+    """The source text a one-line span covers (to quote it in a hint), or None."""
+    if span is None or span.line < 1 or span.end_line != span.line or span.end_col <= span.col:
+        return None
+    lines = _SOURCES.get(span.file, "").splitlines()
+    return lines[span.line - 1][span.col - 1:span.end_col - 1] if span.line <= len(lines) else None
+
+
 def did_you_mean(name: str, candidates) -> str | None:
     """'did you mean `x`?' for the closest candidate, or None."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)

@@ -343,10 +343,8 @@ def _pad(b, node, dys):
     mode = node.attrs.get("mode", "constant")
     if mode != "constant":
         raise DslError(f"cannot differentiate through Pad with mode {mode}", b.span)
-    pads = _ints(node.inputs[1])
-    axes = _ints(_input(node, 3)) or list(range(x.rank))
-    n = len(axes)
-    dx = P.pad_or_crop(b, dy, {a: (-pads[i], -pads[i + n]) for i, a in enumerate(axes)})
+    pads, r = _ints(node.inputs[1]), x.rank
+    dx = P.pad_or_crop(b, dy, {a: (-pads[a], -pads[a + r]) for a in range(r)})
     d_value = None
     if value is not None and value.type.is_float:  # the padding cells: all of dy minus x's part
         d_value = _op(b, "Sub", _op(b, "ReduceSum", dy, keepdims=0), _op(b, "ReduceSum", dx, keepdims=0))

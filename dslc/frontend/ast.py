@@ -143,11 +143,13 @@ class Decl:
     params: tuple[Param, ...]
     body: tuple[Stmt, ...]
     span: Span = field(compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)  # the name after the keyword
 
 
 @dataclass(frozen=True)
 class Model(Decl):
     outputs: tuple[str, ...] = ()
+    output_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class Fn(Decl):
 class Step(Decl):
     updates: tuple[str, ...] = ()
     optimizer: Call | None = None
+    update_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

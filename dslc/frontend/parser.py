@@ -11,8 +11,9 @@ from pathlib import Path
 import lark
 from lark import Token, Transformer, v_args
 
-from ..diagnostics import DslSyntaxError, Span, register_source
+from ..diagnostics import DslError, DslSyntaxError, DslTypeError, Span, register_source
 from . import ast as A
+from .syntax_errors import syntax_error
 
 
 def _grammar_text() -> str:
@@ -28,67 +29,34 @@ def _parser() -> lark.Lark:
     return lark.Lark(_grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
-# How lark's terminal names read in an error message.
-_TOKEN_WORDS = {
-    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
-    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
-    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "DOT": "'.'", "MINUS": "'-'", "CIRCUMFLEX": "'^'",
-    "COMP_OP": "a comparison", "ADD_OP": "'+' or '-'", "MUL_OP": "'*', '/' or '@'", "__ANON_0": "'->'",
-    "$END": "end of file",
-}
-
-
-def _word(term: str) -> str:
-    if term in _TOKEN_WORDS:
-        return _TOKEN_WORDS[term]
-    try:
-        pattern = _parser().get_terminal(term).pattern
-        if pattern.type == "str":
-            return f"'{pattern.value}'"
-    except KeyError:
-        pass
-    return term.lower()
-
-
-def _expected(terms) -> str:
-    words = sorted({_word(t) for t in terms})
-    if len(words) > 8:
-        words = words[:8] + ["..."]
-    return ", ".join(words)
+@functools.lru_cache(maxsize=1)
+def _literals() -> dict[str, str]:
+    """Terminal name -> its text, for the terminals that are plain strings ('->', 'model')."""
+    return {t.name: t.pattern.value for t in _parser().terminals if t.pattern.type == "str"}
 
 
 def parse(text: str, file: str = "<string>") -> A.Module:
     register_source(file, text)
     try:
         tree = _parser().parse(text)
-    except lark.UnexpectedCharacters as e:
-        span = Span(file, e.line, e.column, e.line, e.column + 1)
-        raise DslSyntaxError(f"unexpected character {text[e.pos_in_stream]!r}", span,
-                             f"expected {_expected(e.allowed)}" if e.allowed else None) from None
-    except lark.UnexpectedEOF as e:
-        lines = text.splitlines() or [""]
-        span = Span(file, len(lines), len(lines[-1]) + 1)
-        raise DslSyntaxError("unexpected end of file", span, f"expected {_expected(e.expected)}") from None
-    except lark.UnexpectedToken as e:
-        tok = e.token
-        if tok.type == "$END":
-            lines = text.splitlines() or [""]
-            span = Span(file, len(lines), len(lines[-1]) + 1)
-            what = "end of file"
-        else:
-            span = Span(file, tok.line, tok.column, tok.end_line or tok.line,
-                        tok.end_column or tok.column + len(str(tok)))
-            what = f"{tok.value!r}"
-        raise DslSyntaxError(f"unexpected {what}", span, f"expected {_expected(e.expected)}") from None
-    return _ToAst(file).transform(tree)
+    except lark.UnexpectedInput as e:
+        raise syntax_error(e, text, file, _literals()) from None
+    try:
+        return _ToAst(file).transform(tree)
+    except lark.exceptions.VisitError as e:  # a DslSyntaxError raised inside the Transformer
+        if isinstance(e.orig_exc, DslError):
+            raise e.orig_exc from None
+        raise
 
 
 def parse_file(path: str | Path) -> A.Module:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DslSyntaxError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise DslSyntaxError(f"cannot read {path}: it is not UTF-8 text") from None
     return parse(text, str(path))
 
 
@@ -117,25 +85,29 @@ class _ToAst(Transformer):
 
     def model(self, meta, c):
         name, params, outputs, body = c
-        return A.Model(str(name), params or (), body, self._span(meta), outputs=outputs)
+        return A.Model(str(name), params or (), body, self._span(meta), self._tok_span(name),
+                       outputs=tuple(str(t) for t in outputs),
+                       output_spans=tuple(self._tok_span(t) for t in outputs))
 
     def outputs(self, meta, c):
-        return tuple(str(t) for t in c)
+        return tuple(c)  # the NAME tokens: model() keeps their spans
 
     def layer(self, meta, c):
         name, params, body = c
-        return A.Layer(str(name), params or (), body, self._span(meta))
+        return A.Layer(str(name), params or (), body, self._span(meta), self._tok_span(name))
 
     def fn(self, meta, c):
         name, params, body = c
-        return A.Fn(str(name), params or (), body, self._span(meta))
+        return A.Fn(str(name), params or (), body, self._span(meta), self._tok_span(name))
 
     def step(self, meta, c):
         name, params, updates, opt, body = c
-        return A.Step(str(name), params or (), body, self._span(meta), updates=updates, optimizer=opt)
+        return A.Step(str(name), params or (), body, self._span(meta), self._tok_span(name),
+                      updates=tuple(str(t) for t in updates), optimizer=opt,
+                      update_spans=tuple(self._tok_span(t) for t in updates))
 
     def updates(self, meta, c):
-        return tuple(str(t) for t in c)
+        return tuple(c)  # the NAME tokens: step() keeps their spans
 
     def params(self, meta, c):
         return tuple(p for p in c if p is not None)
@@ -152,6 +124,8 @@ class _ToAst(Transformer):
 
     def dim(self, meta, c):
         t = c[0]
+        if t.type == "INT" and not 1 <= (int(t) if len(t) < 12 else 2**31) < 2**31:
+            raise DslTypeError(f"a dim must be from 1 to {2**31 - 1}, got {t}", self._tok_span(t))
         return int(t) if t.type == "INT" else str(t)
 
     def block(self, meta, c):
@@ -173,11 +147,13 @@ class _ToAst(Transformer):
 
     # ---- expressions
     def pipe(self, meta, c):
+        # The call takes the span of the stage after `|>`, so that an error in `a |> f |> g` points at
+        # the stage that failed rather than at the whole chain.
         left, target = c
         if isinstance(target, A.Call):
-            return A.Call(self._span(meta), target.func, (left,) + target.args, target.kwargs)
+            return A.Call(target.span, target.func, (left,) + target.args, target.kwargs)
         if isinstance(target, (A.Name, A.Attr)):
-            return A.Call(self._span(meta), target, (left,), ())
+            return A.Call(target.span, target, (left,), ())
         raise DslSyntaxError("the right side of `|>` must be a function or a call", target.span,
                              "write `x |> relu` or `x |> dense(10)`")
 
@@ -202,7 +178,8 @@ class _ToAst(Transformer):
             if isinstance(a, A.Keyword):
                 kws.append(a)
             elif kws:
-                raise DslSyntaxError("a positional argument cannot follow a keyword argument", a.span)
+                raise DslSyntaxError("a positional argument cannot follow a keyword argument", a.span,
+                                     "put the positional arguments first, then the `name=value` ones")
             else:
                 pos.append(a)
         names = [k.name for k in kws]
@@ -234,6 +211,8 @@ class _ToAst(Transformer):
         return A.Name(self._span(meta), str(c[0]))
 
     def int(self, meta, c):
+        if len(c[0]) > 19 or int(c[0]) >= 2**63:  # every integer becomes an i64 somewhere
+            raise DslSyntaxError(f"the integer {c[0]} is too large (at most {2**63 - 1})", self._span(meta))
         return A.Number(self._span(meta), int(c[0]))
 
     def float(self, meta, c):

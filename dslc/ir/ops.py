@@ -39,9 +39,9 @@ def _register(names, infer_fn, fold_fn=None):
 
 # ------------------------------------------------------------------ helpers
 def _norm_axis(axis: int, rank: int, what: str = "axis") -> int:
-    if not -rank <= axis < max(rank, 1):
+    if not -rank <= axis < rank:  # a scalar (rank 0) has no axis at all
         raise ShapeIssue(f"{what} {axis} is out of range for a rank-{rank} value")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
@@ -83,6 +83,11 @@ def _same_float(inputs, opname):
                          "use cast(x, f32) to convert", kind="type")
 
 
+def _numeric(v: Value, opname: str):
+    if v.dtype == "bool":  # ONNX arithmetic, comparisons and reductions take no bools
+        raise ShapeIssue(f"{opname} needs numbers, got {v.type}", "use cast(x, f32) to convert", kind="type")
+
+
 def _float_only(v: Value, opname: str):
     if not v.type.is_float:
         raise ShapeIssue(f"{opname} needs a floating-point value, got {v.type}",
@@ -105,8 +110,8 @@ def _np_dtype(name):
 
 
 # ------------------------------------------------------------------ elementwise
-def _unary(inputs, attrs):
-    _float_only(inputs[0], "this op")
+def _unary(inputs, attrs, opname: str = "this op"):
+    _float_only(inputs[0], opname)
     return [inputs[0].type]
 
 
@@ -114,8 +119,16 @@ def _unary_any(inputs, attrs):
     return [inputs[0].type]
 
 
-_register("Neg Exp Log Sqrt Abs Relu Sigmoid Tanh Softplus Erf Reciprocal Sign Floor Ceil LeakyRelu Elu "
-          "Gelu Sin Cos", _unary)
+def _unary_numeric(inputs, attrs, opname: str):
+    _numeric(inputs[0], opname)
+    return [inputs[0].type]
+
+
+# Each rule names its op in messages: "exp needs a floating-point value, got i64[N]".
+for _name in ("Exp Log Sqrt Relu Sigmoid Tanh Softplus Erf Reciprocal Floor Ceil LeakyRelu Elu Gelu Sin Cos").split():
+    _register(_name, lambda i, a, _op=_name.lower(): _unary(i, a, _op))
+for _name, _word in {"Neg": "negation", "Abs": "abs", "Sign": "sign"}.items():
+    _register(_name, lambda i, a, _op=_word: _unary_numeric(i, a, _op))
 
 
 def _fold_identity(node: Node):
@@ -139,6 +152,7 @@ _register("Softmax LogSoftmax", _softmax)
 def _binary(inputs, attrs):
     a, b = inputs
     _same_float(inputs, "arithmetic")
+    _numeric(a, "arithmetic")
     return [TensorType(a.dtype, broadcast(a.shape, b.shape))]
 
 
@@ -146,7 +160,13 @@ _NP_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.m
 for _name, _fn in _NP_BINARY.items():
     _register(_name, _binary, _fold_numpy(_fn))
 _register("Div", _binary, _fold_numpy(lambda a, b: a // b if a.dtype.kind == "i" else a / b))
-_register("Pow", lambda i, a: [TensorType(i[0].dtype, broadcast(i[0].shape, i[1].shape))])
+def _pow(inputs, attrs):
+    for v in inputs:
+        _numeric(v, "`^`")
+    return [TensorType(inputs[0].dtype, broadcast(inputs[0].shape, inputs[1].shape))]
+
+
+_register("Pow", _pow)
 
 
 def _logic(inputs, attrs):
@@ -159,12 +179,15 @@ def _logic(inputs, attrs):
 _register("And Or", _logic)
 
 
-def _compare(inputs, attrs):
+def _compare(inputs, attrs, ordered: bool = False):
     _same_float(inputs, "comparison")
+    if ordered:  # bools have `==` but no order
+        _numeric(inputs[0], "comparison")
     return [TensorType("bool", broadcast(inputs[0].shape, inputs[1].shape))]
 
 
-_register("Equal Less Greater LessOrEqual GreaterOrEqual", _compare)
+_register("Equal", _compare)
+_register("Less Greater LessOrEqual GreaterOrEqual", lambda i, a: _compare(i, a, ordered=True))
 
 
 def _where(inputs, attrs):
@@ -181,6 +204,7 @@ _register("Where", _where)
 
 def _clip(inputs, attrs):
     _same_float([v for v in inputs if v is not None], "clip")
+    _numeric(inputs[0], "clip")
     return [inputs[0].type]
 
 
@@ -205,11 +229,13 @@ _register("Cast", _cast, _fold_cast)
 def _matmul(inputs, attrs):
     a, b = inputs
     _same_float(inputs, "matmul (@)")
+    _numeric(a, "matmul (@)")
     if a.rank < 2 or b.rank < 2:
         raise ShapeIssue(f"matmul needs values of rank 2 or more, got {a.type} @ {b.type}")
     k1, k2 = a.shape[-1], b.shape[-2]
     if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
-        raise ShapeIssue(f"matmul inner dims differ: {a.type} @ {b.type} ({k1} != {k2})")
+        raise ShapeIssue(f"matmul inner dims differ: {a.type} @ {b.type} ({k1} != {k2})",
+                         "the left operand's last dim must equal the right one's second-to-last")
     batch = broadcast(a.shape[:-2], b.shape[:-2])
     return [TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))]
 
@@ -218,14 +244,17 @@ _register("MatMul", _matmul)
 
 
 # ------------------------------------------------------------------ convolution and pooling
-def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=False, out_pad=0) -> Dim:
+def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=False, out_pad=0,
+                 what: str = "the window", x: Value | None = None) -> Dim:
     if not isinstance(size, int):
         raise ShapeIssue("convolution and pooling need static spatial dims")
     if transpose:
         return s * (size - 1) + out_pad + (k - 1) * d + 1 - p0 - p1
     out = (size + p0 + p1 - (k - 1) * d - 1) // s + 1
     if out < 1:
-        raise ShapeIssue(f"the window ({k}, dilation {d}) is larger than the padded input ({size}+{p0 + p1})")
+        padded = f" padded by {p0 + p1}" if p0 + p1 else ""
+        raise ShapeIssue(f"{what} ({(k - 1) * d + 1} wide) is larger than its input {x.type if x else size}{padded}",
+                         "use padding=same or a smaller window, or shrink the input less before it")
     return out
 
 
@@ -248,7 +277,8 @@ def _conv(inputs, attrs):
     if isinstance(cin, int) and cin != w.shape[1] * g:
         raise ShapeIssue(f"conv2d input has {cin} channels, the weight expects {w.shape[1] * g}")
     strides, dil, pads = _window(x, attrs, w.shape[2:])
-    sp = [_spatial_out(x.shape[2 + i], w.shape[2 + i], strides[i], dil[i], pads[i], pads[i + 2]) for i in range(2)]
+    sp = [_spatial_out(x.shape[2 + i], w.shape[2 + i], strides[i], dil[i], pads[i], pads[i + 2],
+                       what="conv2d's kernel", x=x) for i in range(2)]
     return [TensorType(x.dtype, (x.shape[0], w.shape[0], *sp))]
 
 
@@ -278,7 +308,8 @@ def _pool(inputs, attrs):
         raise ShapeIssue(f"pooling expects a rank-4 value [N, C, H, W], got {x.type}")
     k = attrs["kernel_shape"]
     strides, dil, pads = _window(x, attrs, k)
-    sp = [_spatial_out(x.shape[2 + i], k[i], strides[i], dil[i], pads[i], pads[i + 2]) for i in range(2)]
+    sp = [_spatial_out(x.shape[2 + i], k[i], strides[i], dil[i], pads[i], pads[i + 2], what="the pooling window",
+                       x=x) for i in range(2)]
     return [TensorType(x.dtype, (x.shape[0], x.shape[1], *sp))]
 
 
@@ -310,6 +341,9 @@ def _reshape(inputs, attrs):
         raise ShapeIssue("reshape needs a target shape known at compile time")
     out = []
     for i, d in enumerate(target):
+        if d == 0 and i >= x.rank or isinstance(d, int) and d < -1:
+            raise ShapeIssue(f"cannot reshape {_fmt(x.shape)} to {_fmt(target)}",
+                             "give each dim as a positive size, -1 for the one to infer, or 0 to keep the input's")
         out.append(x.shape[i] if d == 0 else d)
     if out.count(-1) > 1:
         raise ShapeIssue("reshape allows at most one -1")
@@ -321,7 +355,7 @@ def _reshape(inputs, attrs):
                 raise ShapeIssue(f"cannot reshape {_fmt(x.shape)} ({total} elements) to {_fmt(target)}")
             out[out.index(-1)] = total // known
         else:
-            out[out.index(-1)] = _div_dims(x.shape, [d for d in out if d != -1])
+            out[out.index(-1)] = _div_dims(x.shape, [d for d in out if d != -1], target)
     else:
         a, b = _numel(x.shape), _numel(out)
         if isinstance(a, int) and isinstance(b, int) and a != b:
@@ -329,21 +363,20 @@ def _reshape(inputs, attrs):
     return [TensorType(x.dtype, tuple(out))]
 
 
-def _div_dims(total: tuple, known: list) -> Dim:
+def _div_dims(total: tuple, known: list, target) -> Dim:
     """Symbolic total / known, cancelling common factors (the usual case: [N, 64, 7, 7] -> [N, -1])."""
     rest = list(total)
-    for d in known:
-        if d in rest:
-            rest.remove(d)
-            continue
-        if isinstance(d, int):
-            ints = [r for r in rest if isinstance(r, int)]
-            prod = int(np.prod(ints)) if ints else 1
-            if prod % d == 0:
-                rest = [r for r in rest if not isinstance(r, int)] + [prod // d]
-                continue
-        return f"?{id(known) % 997}"
-    return _numel(rest)
+    for d in [d for d in known if not isinstance(d, int)]:
+        if d not in rest:
+            return f"?{id(known) % 997}"  # a symbol the input lacks: the size is unknown until run time
+        rest.remove(d)
+    static = int(np.prod([d for d in rest if isinstance(d, int)]))
+    divisor = int(np.prod([d for d in known if isinstance(d, int)]))
+    if divisor == 0 or static % divisor:
+        raise ShapeIssue(f"cannot reshape {_fmt(total)} to {_fmt(target)}: {_numel(total)} elements do not "
+                         f"split into blocks of {divisor}",
+                         "the dims other than -1 must multiply to a divisor of the element count")
+    return _numel([d for d in rest if not isinstance(d, int)] + [static // divisor])
 
 
 _register("Reshape", _reshape)
@@ -529,6 +562,7 @@ _register("Expand", _expand)
 # ------------------------------------------------------------------ reductions
 def _reduce(inputs, attrs):
     x = inputs[0]
+    _numeric(x, "a reduction")
     axes = _const_ints(inputs[1], "reduction axes") if len(inputs) > 1 else []
     axes = [_norm_axis(a, x.rank) for a in axes] if axes else list(range(x.rank))
     if attrs.get("keepdims", 1):
@@ -543,6 +577,7 @@ _register("ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd", _reduce)
 
 def _argmax(inputs, attrs):
     x = inputs[0]
+    _numeric(x, "argmax")
     axis = _norm_axis(attrs.get("axis", 0), x.rank)
     if attrs.get("keepdims", 1):
         shape = tuple(1 if i == axis else d for i, d in enumerate(x.shape))
@@ -566,7 +601,7 @@ def _gather(inputs, attrs):
 def _fold_gather(node: Node):
     data, idx = node.inputs
     if data.sym is not None and idx.const is not None:
-        picked = np.asarray(data.sym, dtype=object)[idx.const]
+        picked = np.asarray(np.asarray(data.sym, dtype=object)[idx.const], dtype=object)  # a scalar index: 0-d
         node.outputs[0].sym = tuple(picked.reshape(-1)) if picked.ndim else (picked.item(),)
     if data.const is not None and idx.const is not None:
         node.outputs[0].const = np.take(data.const, idx.const, axis=node.attrs.get("axis", 0))
@@ -590,6 +625,8 @@ _register("GatherND", _gather_nd)
 
 def _one_hot(inputs, attrs):
     idx, depth, values = inputs
+    if idx.rank == 0:  # ONNX OneHot wants at least one axis of indices
+        raise ShapeIssue(f"one_hot needs indices of rank 1 or more, got {idx.type}")
     d = _const_ints(depth, "one_hot depth")[0]
     axis = attrs.get("axis", -1)
     shape = list(idx.shape)

@@ -1,15 +1,16 @@
 """The built-in vocabulary: one table from name to a lowering function.
 
 Each entry's Python signature is the language-level signature (`calls.bind_call` binds and checks
-arguments); annotations say what a parameter takes: "T" a tensor, "int", "float", "bool", "word",
-"ints". Layers with weights name them after the binding they appear in (`ConvNet.conv1.weight`).
+arguments); annotations say what a parameter takes: "T" a tensor, "int", "count" (a positive int),
+"float", "bool", "word", "ints". Layers with weights name them after the binding they appear in (`ConvNet.conv1.weight`).
 """
 
+import inspect
 import math
 
 import numpy as np
 
-from ..diagnostics import DslError, DslShapeError, DslTypeError
+from ..diagnostics import DslError, DslShapeError, DslTypeError, source_text
 from ..ir.core import Value
 from ..ir.ops import DTYPE_CODE
 from . import init as I
@@ -23,7 +24,9 @@ def call_builtin(lw, sc, name: str, e):
     fn = BUILTINS[name]
     ctx = Ctx(lw, sc, e.span, name, {})
     values = bind_call(ctx, fn, e)
-    return fn(ctx, **values)
+    # A `*xs` parameter (concat) is bound by name above; pass it positionally.
+    star = next((p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.VAR_POSITIONAL), None)
+    return fn(ctx, *(values.pop(star) if star else ()), **values)
 
 
 # ------------------------------------------------------------------ helpers
@@ -108,7 +111,12 @@ def _pads(ctx: Ctx, padding, x: Value, kernel, strides, dilation) -> list[int]:
 
 def _spatial_input(ctx: Ctx, x: Value) -> Value:
     if x.rank != 4:
-        hint = "reshape it to [N, C, H, W] first, e.g. reshape(x, [-1, 1, 28, 28])" if x.rank == 2 else None
+        hint = None
+        if x.rank == 2:  # a flat image: suggest the square it most likely was
+            side = math.isqrt(x.shape[1]) if isinstance(x.shape[1], int) else 0
+            text = source_text(ctx.arg_spans.get("x")) or "x"
+            hint = (f"reshape it to [N, C, H, W] first, e.g. reshape({text}, [-1, 1, {side}, {side}])"
+                    if side and side * side == x.shape[1] else "reshape it to [N, C, H, W] first")
         raise ctx.error(f"{ctx.name}() expects a rank-4 value [N, C, H, W], got {x.type}", "x", hint,
                         DslShapeError)
     return x
@@ -125,11 +133,12 @@ def _keepdims_axes(ctx: Ctx, x: Value, axis) -> list[int] | None:
 
 
 # ------------------------------------------------------------------ layers with weights
-def dense(ctx: Ctx, x: "T", units: "int", activation=None, use_bias: "bool" = True,
+def dense(ctx: Ctx, x: "T", units: "count", activation=None, use_bias: "bool" = True,
           kernel_init: "word" = Symbol("glorot_uniform")):
     x = _float_tensor(ctx, x, "x")
     if x.rank < 2 or x.rank > 3:
-        hint = "add flatten(): dense(flatten(x), units)" if x.rank > 3 else None
+        text = source_text(ctx.arg_spans.get("x")) or "x"
+        hint = f"add flatten(): dense(flatten({text}), {units})" if x.rank > 3 else None
         raise ctx.error(f"dense expects rank 2, got {x.type}", "x", hint, DslShapeError)
     fan_in = x.shape[-1]
     if not isinstance(fan_in, int):
@@ -144,8 +153,8 @@ def dense(ctx: Ctx, x: "T", units: "int", activation=None, use_bias: "bool" = Tr
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
-def conv2d(ctx: Ctx, x: "T", filters: "int", kernel: "ints" = 3, strides: "ints" = 1, padding=Symbol("valid"),
-           dilation: "ints" = 1, groups: "int" = 1, activation=None, use_bias: "bool" = True,
+def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "ints" = 1, padding=Symbol("valid"),
+           dilation: "ints" = 1, groups: "count" = 1, activation=None, use_bias: "bool" = True,
            kernel_init: "word" = Symbol("glorot_uniform")):
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k, s, d = _pair(ctx, kernel, "kernel"), _pair(ctx, strides, "strides"), _pair(ctx, dilation, "dilation")
@@ -169,12 +178,14 @@ def conv2d(ctx: Ctx, x: "T", filters: "int", kernel: "ints" = 3, strides: "ints"
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
-def conv2d_transpose(ctx: Ctx, x: "T", filters: "int", kernel: "ints" = 3, strides: "ints" = 1,
+def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "ints" = 1,
                      padding=Symbol("valid"), dilation: "ints" = 1, activation=None, use_bias: "bool" = True,
                      kernel_init: "word" = Symbol("glorot_uniform")):
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k, s, d = _pair(ctx, kernel, "kernel"), _pair(ctx, strides, "strides"), _pair(ctx, dilation, "dilation")
     cin = x.shape[1]
+    if not isinstance(cin, int):
+        raise ctx.error(f"conv2d_transpose needs a static channel axis 1, got {x.type}", "x", cls=DslShapeError)
     out_pad = [0, 0]
     if isinstance(padding, Symbol) and padding.name == "same":
         # Keras: output = input * stride; pad what the full transposed conv adds beyond that.
@@ -236,7 +247,7 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     return _record(ctx, path, y, 4 * c)
 
 
-def embedding(ctx: Ctx, x: "T", input_dim: "int", output_dim: "int", init: "word" = Symbol("uniform")):
+def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "word" = Symbol("uniform")):
     x = _t(ctx, x, arg="x")
     if x.dtype not in ("i64", "i32"):
         raise ctx.error(f"embedding needs integer indices, got {x.type}", "x", "use cast(x, i64)")
@@ -390,16 +401,19 @@ def where(ctx: Ctx, cond: "T", a: "T", b: "T"):
     return ctx.b.op("Where", [_t(ctx, cond, arg="cond"), _t(ctx, a, like, "a"), _t(ctx, b, like, "b")])
 
 
-def one_hot(ctx: Ctx, indices: "T", depth: "int"):
+def one_hot(ctx: Ctx, indices: "T", depth: "count"):
     idx = _t(ctx, indices, arg="indices")
     if idx.dtype not in ("i64", "i32"):
         raise ctx.error(f"one_hot needs integer indices, got {idx.type}", "indices", "use cast(x, i64)")
     b = ctx.b
-    return b.op("OneHot", [idx, b.ints([depth]), b.const([0.0, 1.0], "f32")], {"axis": -1})
+    return b.op("OneHot", [idx, b.const(depth, "i64"), b.const([0.0, 1.0], "f32")], {"axis": -1})
 
 
 def transpose(ctx: Ctx, x: "T", perm: "ints" = None):
     x = _t(ctx, x, arg="x")
+    perm = [perm] if isinstance(perm, int) else perm
+    if x.rank == 0 and not perm:  # a scalar is its own transpose (and ONNX wants a non-empty perm)
+        return x
     return ctx.b.op("Transpose", [x], {"perm": perm if perm is not None else list(range(x.rank))[::-1]})
 
 
@@ -449,7 +463,7 @@ def random_uniform(ctx: Ctx, shape: "any" = None, low: "float" = 0.0, high: "flo
     return b.op("Add", [b.op("Mul", [u, b.const(high - low, u.dtype)]), b.const(low, u.dtype)])
 
 
-def randint(ctx: Ctx, high: "int", shape: "any" = None, like: "any" = None):
+def randint(ctx: Ctx, high: "count", shape: "any" = None, like: "any" = None):
     u = random_uniform(ctx, shape, 0.0, float(high), like)
     b = ctx.b
     return b.op("Cast", [b.op("Floor", [u])], {"to": DTYPE_CODE["i64"]})
@@ -510,6 +524,8 @@ def categorical_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "boo
 
 def sparse_categorical_crossentropy(ctx: Ctx, pred: "T", labels: "T", from_logits: "bool" = False):
     p = _float_tensor(ctx, pred, "pred")
+    if p.rank < 2:
+        raise ctx.error(f"{ctx.name}() needs class scores [N, classes], got {p.type}", "pred", cls=DslShapeError)
     y = _t(ctx, labels, arg="labels")
     if y.dtype not in ("i64", "i32"):
         raise ctx.error(f"sparse_categorical_crossentropy needs integer labels, got {y.type}", "labels",
@@ -520,7 +536,7 @@ def sparse_categorical_crossentropy(ctx: Ctx, pred: "T", labels: "T", from_logit
     depth = p.shape[-1]
     if not isinstance(depth, int) or y.rank != p.rank - 1:
         raise ctx.error(f"labels {y.type} do not fit predictions {p.type}", "labels", cls=DslShapeError)
-    t = b.op("OneHot", [y, b.ints([depth]), b.const([0.0, 1.0], p.dtype)], {"axis": -1})
+    t = b.op("OneHot", [y, b.const(depth, "i64"), b.const([0.0, 1.0], p.dtype)], {"axis": -1})
     per = b.op("ReduceSum", [b.op("Mul", [t, _class_logprob(ctx, p, from_logits)]), b.ints([-1])], {"keepdims": 0})
     return b.op("Neg", [_mean(ctx, per)])
 

@@ -32,6 +32,7 @@ class Ctx:
 # Annotation -> (check, what the error says is expected). "T" is a tensor, converted from literals.
 _KINDS = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
     "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "word": (lambda v: isinstance(v, Symbol), "a word such as `same`"),
@@ -103,9 +104,10 @@ def convert(ctx: Ctx, name: str, v, annotation, span: Span):
         return v
     check, what = _KINDS[annotation]
     if not check(v):
-        if isinstance(v, Value) and v.const is not None and v.const.ndim == 0 and annotation in ("int", "float"):
-            return v.const.item()
-        raise DslTypeError(f"{ctx.name}() expects {what} for `{name}`, got {describe(v)}", span)
+        if isinstance(v, Value) and v.const is not None and v.const.ndim == 0 and annotation in ("int", "float", "count"):
+            return convert(ctx, name, v.const.item(), annotation, span)  # a constant computed at compile time
+        got = v if _KINDS["float"][0](v) else describe(v)
+        raise DslTypeError(f"{ctx.name}() expects {what} for `{name}`, got {got}", span)
     return v
 
 

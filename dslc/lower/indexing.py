@@ -42,13 +42,16 @@ def index(lw, sc, e: A.Index) -> Value:
         if isinstance(v, int) and not isinstance(v, bool):
             dim = x.shape[axis]
             if isinstance(dim, int) and not -dim <= v < dim:
-                raise DslShapeError(f"index {v} is out of range for axis {axis} of size {dim}", item.span)
+                raise DslShapeError(f"index {v} is out of range for axis {axis} of size {dim}", item.span,
+                                    f"indices on this axis run from 0 to {dim - 1} (or -{dim} to -1 from the end)")
             starts.append(v), ends.append(v + 1 if v != -1 else INT_MAX), axes.append(axis), steps.append(1)
             squeeze.append(axis)
         elif isinstance(v, Value):
             if v.dtype not in ("i64", "i32"):
                 raise DslTypeError(f"an index must be an integer, got {v.type}", item.span)
             gathers.append((axis, v))
+        elif isinstance(v, float):
+            raise DslTypeError(f"an index must be an integer, got {v}", item.span)
         else:
             raise DslTypeError(f"cannot index with {describe(v)}", item.span)
 

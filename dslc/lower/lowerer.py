@@ -6,12 +6,13 @@ model/layer/fn inlining, indexing, `repeat` loops and target graphs.
 from __future__ import annotations
 
 import itertools
+import math
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..diagnostics import DslError, DslNameError, DslShapeError, DslTypeError, Span, did_you_mean
+from ..diagnostics import DslError, DslNameError, DslShapeError, DslTypeError, Span, did_you_mean, source_text
 from ..frontend import ast as A
 from ..ir.core import DTYPES, Builder, Graph, TensorType, Value
 from .program import Program
@@ -22,6 +23,8 @@ WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal"
          "lecun_normal", "zeros", "ones", "uniform", "normal", *DTYPES,
          "relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "linear"}
 
+MAX_WEIGHT = 2**29  # f32 numbers in one weight: protobuf caps an ONNX file at 2 GiB
+
 BINARY_OPS = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "@": "MatMul", "^": "Pow",
               "==": "Equal", "<": "Less", ">": "Greater", "<=": "LessOrEqual", ">=": "GreaterOrEqual"}
 
@@ -31,6 +34,8 @@ class Options:
     seed: int = 0
     conv_lowering: str = "conv"  # or "im2col": no Conv/ConvTranspose ops in the graph
     random: str = "op"  # or "input": random tensors become graph inputs (deterministic tests)
+    float64: bool = False  # compute in float64 (finite-difference gradient checks)
+    wrt_inputs: bool = False  # --emit gradients: also the gradients of the step's float inputs
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Lowerer:
         self.layers: list[LayerRecord] = []
         self.random_inputs = itertools.count()
         self.call_stack: list[str] = []
+        self.call_spans: list[Span] = []  # where each call of call_stack was made
 
     # ------------------------------------------------------------------ weights
     def weight(self, name: str, shape: tuple, init, trainable: bool = True, span: Span | None = None) -> Value:
@@ -80,15 +86,29 @@ class Lowerer:
         if name in self.weights:
             w = self.weights[name]
             if tuple(w.shape) != tuple(shape):
-                raise DslShapeError(f"weight `{name}` was created as {w.type} but this call needs shape "
-                                    f"[{', '.join(map(str, shape))}]", span,
-                                    "a model's weights are shared by all its calls: call it with inputs "
-                                    "of the same shape")
+                raise self._weight_mismatch(name, w, shape, span)
             return w
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise DslShapeError(f"weight `{name}` needs static, positive sizes, got "
+                                f"[{', '.join(map(str, shape))}]", span)
+        if math.prod(shape) > MAX_WEIGHT:
+            raise DslShapeError(f"weight `{name}` would hold {math.prod(shape):,} numbers, more than the "
+                                f"{MAX_WEIGHT:,} an ONNX file can hold (2 GiB)", span)
         rng = np.random.default_rng([self.options.seed, zlib.crc32(name.encode())])
         w = self.root.param(name, np.asarray(init(rng, shape), dtype=np.float32), trainable)
         self.weights[name] = w
         return w
+
+    def _weight_mismatch(self, name: str, w: Value, shape: tuple, span: Span | None) -> DslShapeError:
+        """A second call of a model whose inputs do not fit the weights its first call made: report it
+        at that call (the layer inside the model is fine, the call's input is not)."""
+        model = name.split(".")[0]
+        at = next((s for n, s in zip(self.call_stack, self.call_spans) if n == model), span)
+        layer = f" (the weight belongs to the layer at line {span.line})" if span is not None and at is not span else ""
+        return DslShapeError(f"this call of {model} needs its weight `{name}` as "
+                             f"{w.dtype}[{', '.join(map(str, shape))}], but an earlier call made it {w.type}", at,
+                             f"a model's weights are shared by all its calls: give every call inputs of the "
+                             f"same shape{layer}")
 
     def seed_attr(self) -> float:
         return float((self.options.seed * 7919 + next(self.random_inputs)) % 65536)
@@ -110,10 +130,12 @@ class Lowerer:
                 return tuple(self.expr(sc, e) for e in st.values)
             elif isinstance(st, A.Minimize):
                 if sc.kind != "step":
-                    raise DslError("`minimize` is only allowed in a step", st.span)
+                    raise DslError("`minimize` is only allowed in a step", st.span,
+                                   f"a {sc.kind} gives its result with `return`" if sc.kind in ("fn", "layer")
+                                   else "move the loss into a `step`")
                 sc.binding = "loss"
                 sc.b.scope = "loss"
-                sc.env["__loss__"] = (self.tensor(sc, self.expr(sc, st.value), st.value.span), st.span)
+                sc.env["__loss__"] = (self.tensor(sc, self.expr(sc, st.value), st.value.span), st.value.span)
             elif isinstance(st, A.Repeat):
                 self.repeat(sc, st)
         return None
@@ -128,9 +150,11 @@ class Lowerer:
             return
         items = value.outputs if isinstance(value, ModelResult) else value
         if not isinstance(items, tuple) or len(items) != len(targets):
-            n = len(items) if isinstance(items, tuple) else 1
-            raise DslTypeError(f"cannot unpack {describe(value)} into {len(targets)} names "
-                               f"({n} value{'s' if n != 1 else ''} given)", span)
+            hint = "one value binds to one name"
+            if isinstance(value, ModelResult):
+                outs = self.program.decls[value.model].outputs
+                hint = f"{value.model}'s outputs are ({', '.join(outs)})"
+            raise DslTypeError(f"cannot unpack {describe(value)} into {len(targets)} names", span, hint)
         for t, v in zip(targets, items):
             sc.env[t] = v
 
@@ -163,7 +187,9 @@ class Lowerer:
             out = inner.env[n]
             if not isinstance(out, Value) or out.type != sc.env[n].type:
                 raise DslShapeError(f"repeat must keep the type of `{n}`: {sc.env[n].type} before, "
-                                    f"{describe(out)} after one pass", st.span)
+                                    f"{describe(out)} after one pass", _last_assign(st.body, n) or st.span,
+                                    f"each pass starts from the `{n}` the previous one left, so its shape "
+                                    f"cannot change")
             body.outputs.append(bb.op("Identity", [out]))
         b = sc.b
         b.span = st.span
@@ -232,8 +258,7 @@ class Lowerer:
             sc.b.span = span
             return sc.b.const(np.asarray(v), dtype)
         if isinstance(v, list):
-            return sc.b.const(np.asarray(v, dtype=np.float32 if any(isinstance(x, float) for x in v)
-                                         else np.int64), "f32" if any(isinstance(x, float) for x in v) else "i64")
+            return sc.b.const(*_list_array(v, span))
         raise DslTypeError(f"expected a tensor, got {describe(v)}", span)
 
     def binop(self, sc: Scope, e: A.BinOp):
@@ -252,6 +277,12 @@ class Lowerer:
             return sc.b.op("Mul", [a, a])
         c = self.tensor(sc, right, e.right.span, like)
         sc.b.span = e.span
+        if a.dtype != c.dtype:
+            # Quote the operand to convert (the integer one, as a float is what arithmetic wants).
+            convert, other = (e.left, c) if not a.type.is_float else (e.right, a)
+            text = source_text(convert.span) or "x"
+            raise DslTypeError(f"`{op}` needs operands of one dtype, got {a.type} and {c.type}", e.span,
+                               f"convert one of them, e.g. cast({text}, {other.dtype})")
         if op == "@" and (a.rank < 2 or c.rank < 2):
             raise DslShapeError(f"`@` needs values of rank 2 or more, got {a.type} @ {c.type}", e.span)
         return sc.b.op(BINARY_OPS[op], [a, c])
@@ -261,8 +292,10 @@ class Lowerer:
         if isinstance(base, ModelResult):
             if e.name in base.bindings:
                 return base.bindings[e.name]
-            raise DslNameError(f"{base.model} has no binding `{e.name}`", e.span,
-                               did_you_mean(e.name, base.bindings))
+            # Point at the name after the dot: it is the last thing the Attr spans.
+            at = Span(e.span.file, e.span.end_line, e.span.end_col - len(e.name), e.span.end_line, e.span.end_col)
+            raise DslNameError(f"{base.model} has no binding `{e.name}`", at,
+                               did_you_mean(e.name, [k for k in base.bindings if not k.startswith("__")]))
         if isinstance(base, DeclRef):
             path = f"{base.path}.{e.name}" if base.path else f"{base.name}.{e.name}"
             if path in self.weights:
@@ -290,7 +323,9 @@ class Lowerer:
         if isinstance(d, A.Step):
             raise DslTypeError(f"`{d.name}` is a step; steps are compiled, not called", e.span)
         if d.name in self.call_stack:
-            raise DslError(f"`{d.name}` calls itself (through {' -> '.join(self.call_stack)})", e.span)
+            chain = self.call_stack[self.call_stack.index(d.name):] + [d.name]
+            raise DslError(f"`{d.name}` calls itself ({' -> '.join(chain)}): recursion is not supported", e.span,
+                           "to loop, use `repeat n { ... }`")
         kwargs = dict((k.name, k) for k in e.kwargs)
         training = sc.training
         if "training" in kwargs and isinstance(d, A.Model):
@@ -302,22 +337,25 @@ class Lowerer:
             prefix, kind = d.name, "model"
         elif isinstance(d, A.Layer):
             if sc.kind not in ("model", "layer"):
-                raise DslError(f"layer `{d.name}` has weights: call it inside a model", e.span)
+                raise DslError(f"layer `{d.name}` has weights: call it inside a model", e.span,
+                               f"a {sc.kind} can call models, whose weights it shares; it cannot own weights")
             prefix, kind = sc.weight_path(d.name), "layer"
         else:
             prefix, kind = sc.prefix, "fn"
         inner = Scope(sc.b, args, prefix, training, kind)
         self.call_stack.append(d.name)
+        self.call_spans.append(e.span)
         saved_scope = sc.b.scope
         try:
             result = self.run_block(inner, d.body)
         finally:
             self.call_stack.pop()
+            self.call_spans.pop()
             sc.b.scope = saved_scope
         if isinstance(d, A.Model):
             missing = [o for o in d.outputs if o not in inner.env]
             if missing:
-                raise DslNameError(f"model {d.name} never binds its output `{missing[0]}`", d.span)
+                raise unbound_output(d, missing[0], inner.env)
             return ModelResult(d.name, tuple(inner.env[o] for o in d.outputs),
                                {k: v for k, v in inner.env.items() if not k.startswith("__")})
         if result is None:
@@ -328,7 +366,8 @@ class Lowerer:
         params = d.params
         if len(e.args) > len(params):
             raise DslTypeError(f"`{d.name}` takes {len(params)} argument{'s' * (len(params) != 1)}, "
-                               f"got {len(e.args)}", e.span)
+                               f"got {len(e.args)}", e.args[len(params)].span,
+                               f"{d.name}({', '.join(p.name for p in params)}) is declared at line {d.span.line}")
         env: dict[str, object] = {}
         bindings_of_dims: dict[str, object] = {}
         for i, p in enumerate(params):
@@ -339,12 +378,13 @@ class Lowerer:
             elif p.default is not None:
                 arg_expr = p.default
             else:
-                raise DslTypeError(f"`{d.name}` is missing its argument `{p.name}`", e.span)
+                raise DslTypeError(f"`{d.name}` is missing its argument `{p.name}`", e.span,
+                                   f"{d.name}({', '.join(p.name for p in params)}) is declared at line {d.span.line}")
             value = self.expr(sc, arg_expr)
             if isinstance(value, ModelResult) and len(value.outputs) == 1:
                 value = value.outputs[0]
             if p.type is not None:
-                value = check_arg_type(p, value, arg_expr.span, bindings_of_dims, sc, self)
+                value = check_arg_type(p, value, arg_expr.span, bindings_of_dims, sc, self, owner=d.name)
             env[p.name] = value
         if kwargs:
             k = next(iter(kwargs.values()))
@@ -366,7 +406,8 @@ class Lowerer:
         options = dict(allowed)
         for k in e.kwargs:
             if k.name not in allowed:
-                raise DslTypeError(f"{name} has no option `{k.name}`", k.span, did_you_mean(k.name, allowed))
+                raise DslTypeError(f"{name} has no option `{k.name}`", k.span,
+                                   did_you_mean(k.name, allowed) or f"{name}'s options: {', '.join(allowed)}")
             v = self.expr(sc, k.value)
             if not _is_number(v) and not isinstance(v, bool):
                 raise DslTypeError(f"{name}'s `{k.name}` must be a number, got {describe(v)}", k.value.span)
@@ -374,33 +415,60 @@ class Lowerer:
         return OptimizerSpec(name, options)
 
 
-def check_arg_type(p: A.Param, value, span: Span, dims: dict, sc: Scope, lw: Lowerer):
-    """Check an argument against a declared parameter type, binding symbolic dims (N) as it goes."""
+def check_arg_type(p: A.Param, value, span: Span, dims: dict, sc: Scope, lw: Lowerer, owner: str = ""):
+    """Check an argument against a declared parameter type, binding symbolic dims (N) as it goes.
+    `owner` (the called declaration) names whose parameter it is in the messages."""
     t = p.type
+    who = f"{owner}'s input `{p.name}`" if owner else f"`{p.name}`"
     if t.dtype in ("int", "float", "bool") and t.dims is None:
         ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
               "float": lambda v: _is_number(v), "bool": lambda v: isinstance(v, bool)}[t.dtype]
         if not ok(value):
-            raise DslTypeError(f"`{p.name}` must be {t.dtype}, got {describe(value)}", span)
+            who = f"{owner}'s parameter `{p.name}`" if owner else who
+            got = value if _is_number(value) else describe(value)
+            raise DslTypeError(f"{who} must be {'an' if t.dtype == 'int' else 'a'} {t.dtype}, got {got}", span)
         return value
     if t.dtype not in DTYPES:
         raise DslTypeError(f"unknown type `{t.dtype}`", t.span, did_you_mean(t.dtype, list(DTYPES) + ["int", "float"]))
     if _is_number(value) and not t.dims:  # a literal passed for a scalar tensor parameter
         return sc.b.const(np.asarray(value), t.dtype)
     if not isinstance(value, Value):
-        raise DslTypeError(f"`{p.name}` must be {type_str(t)}, got {describe(value)}", span)
+        raise DslTypeError(f"{who} must be {type_str(t)}, got {describe(value)}", span)
     want = t.dims or ()
     if value.dtype != t.dtype or value.rank != len(want):
-        raise DslTypeError(f"`{p.name}` must be {type_str(t)}, got {value.type}", span)
+        hint = (_reshape_hint(value, want, span) if value.dtype == t.dtype
+                else f"convert it with cast({source_text(span) or 'x'}, {t.dtype})")
+        raise DslTypeError(f"{who} must be {type_str(t)}, got {value.type}", span, hint)
     for w, got in zip(want, value.shape):
         if isinstance(w, int):
             if isinstance(got, int) and got != w:
-                raise DslShapeError(f"`{p.name}` must be {type_str(t)}, got {value.type}", span)
+                raise DslShapeError(f"{who} must be {type_str(t)}, got {value.type}", span)
         elif w in dims and dims[w] != got:
-            raise DslShapeError(f"`{p.name}` must be {type_str(t)} with {w} = {dims[w]}, got {value.type}", span)
+            raise DslShapeError(f"{who} must be {type_str(t)} with {w} = {dims[w]}, got {value.type}", span)
         else:
             dims[w] = got
     return value
+
+
+def _reshape_hint(value: Value, want: tuple, span: Span) -> str | None:
+    """When only the rank is off and the elements per batch row agree: say how to reshape."""
+    if value.rank < 2 or len(want) < 2 or value.rank == len(want) or value.dtype == "bool":
+        return None
+    have, need = value.shape[1:], want[1:]
+    if not all(isinstance(d, int) for d in (*have, *need)) or np.prod(have) != np.prod(need):
+        return None
+    text = source_text(span) or "x"
+    if len(want) == 2:
+        return f"flatten it first: flatten({text})"
+    return f"reshape it first: reshape({text}, [-1, {', '.join(map(str, need))}])"
+
+
+def unbound_output(d: A.Model, name: str, env: dict) -> DslNameError:
+    """`model M(...) -> name` whose body never assigns `name`: point at it after the arrow."""
+    at = d.output_spans[d.outputs.index(name)] if d.output_spans else d.span
+    bound = [k for k, v in env.items() if not k.startswith("__") and k not in (p.name for p in d.params)]
+    return DslNameError(f"model {d.name} never binds its output `{name}`", at,
+                        did_you_mean(name, bound) or f"assign it in the body: `{name} = ...`")
 
 
 def type_str(t: A.TypeExpr) -> str:
@@ -434,16 +502,52 @@ def _single(v):
     return v.outputs[0] if isinstance(v, ModelResult) and len(v.outputs) == 1 else v
 
 
+def _list_array(items: list, span: Span) -> tuple[np.ndarray, str]:
+    """A list literal as a constant: numbers only, nested lists rectangular; f32 if any is a float."""
+    flat = list(items)
+    while any(isinstance(x, list) for x in flat):
+        flat = [y for x in flat for y in (x if isinstance(x, list) else [x])]
+    if not all(_is_number(x) for x in flat):
+        bad = next(x for x in flat if not _is_number(x))
+        raise DslTypeError(f"a list used as a tensor must hold numbers only, got {describe(bad)} in it", span,
+                           "to join tensors, use concat(a, b, axis=...)" if isinstance(bad, Value) else None)
+    dtype = "f32" if any(isinstance(x, float) for x in flat) else "i64"
+    try:
+        return np.asarray(items, dtype=DTYPES[dtype]), dtype
+    except ValueError:
+        raise DslTypeError("a nested list used as a tensor must be rectangular", span) from None
+
+
+def _last_assign(body, name: str) -> Span | None:
+    """The span of the last statement in `body` (or nested repeats) that assigns `name`."""
+    found = None
+    for st in body:
+        if isinstance(st, A.Assign) and name in st.targets:
+            found = st.span
+        elif isinstance(st, A.Repeat):
+            found = _last_assign(st.body, name) or found
+    return found
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _fold(op: str, a, b, span: Span):
+    if op == "^" and isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b >= 64:
+        raise DslError(f"{a}^{b} does not fit in 64 bits", span)  # and Python would take long to compute it
     try:
-        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
-                "^": lambda: a ** b, "==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b,
-                ">": lambda: a > b, "<=": lambda: a <= b, ">=": lambda: a >= b}[op]()
+        r = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+             "^": lambda: a ** b, "==": lambda: a == b, "!=": lambda: a != b, "<": lambda: a < b,
+             ">": lambda: a > b, "<=": lambda: a <= b, ">=": lambda: a >= b}[op]()
     except ZeroDivisionError:
         raise DslError("division by zero", span) from None
+    except OverflowError:
+        raise DslError(f"`{a} {op} {b}` is too large for a number", span) from None
     except KeyError:
         raise DslTypeError(f"`{op}` needs tensors, got two numbers", span) from None
+    if isinstance(r, complex):  # (-8) ^ 0.5: NaN, as numpy (and ONNX Pow) give
+        return float("nan")
+    if isinstance(r, int) and not isinstance(r, bool) and not -2**63 <= r < 2**63:
+        raise DslError(f"`{a} {op} {b}` does not fit in 64 bits", span)
+    return r

@@ -44,15 +44,24 @@ def _load(module: A.Module, file: str) -> Program:
 
 def _add_module(prog: Program, module: A.Module, seen: set[str]) -> None:
     for imp in module.imports:
-        target = (Path(module.file).parent / imp.path).resolve()
+        path = Path(module.file).parent / imp.path
+        target = path.resolve()
         if str(target) in seen:
             continue  # already loaded (or a cycle): its declarations are in the table
         seen.add(str(target))
         if not target.is_file():
-            raise DslError(f"cannot import \"{imp.path}\": no such file {target}", imp.span)
-        _add_module(prog, parse_file(target), seen)
+            raise DslError(f"cannot import \"{imp.path}\": file not found", imp.span,
+                           f"import paths are relative to the importing file: looked for {path}")
+        try:
+            imported = parse_file(path)
+        except DslError as e:
+            if e.span is None:  # unreadable: say so at the import
+                e.span = imp.span
+            raise
+        _add_module(prog, imported, seen)
     for d in module.decls:
         if d.name in prog.decls and prog.decls[d.name] is not d:
-            first = prog.decls[d.name].span
-            raise DslNameError(f"`{d.name}` is declared twice (first at {first})", d.span)
+            first = prog.decls[d.name]
+            raise DslNameError(f"`{d.name}` is declared twice", d.name_span or d.span,
+                               f"the first `{d.name}` is at {first.name_span or first.span}; rename one of them")
         prog.decls[d.name] = d

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..diagnostics import DslError, DslTypeError
+from ..diagnostics import DslError, DslTypeError, did_you_mean
 from ..frontend import ast as A
 from ..ir.core import Graph, Value
-from .lowerer import LayerRecord, Lowerer, Options, Scope, input_type
+from .lowerer import LayerRecord, Lowerer, Options, Scope, input_type, unbound_output
 from .program import Program
 from .values import ModelResult, OptimizerSpec
 
@@ -25,7 +25,6 @@ class Lowered:
 
 def lower_target(program: Program, name: str, options: Options | None = None, emit: str = "forward") -> Lowered:
     if name not in program.decls:
-        from ..diagnostics import did_you_mean
         raise DslError(f"no target named `{name}` in {program.file}", None,
                        did_you_mean(name, program.targets()) or f"targets: {', '.join(program.targets())}")
     d = program.decls[name]
@@ -51,11 +50,12 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
     if isinstance(d, A.Model):
         for o in d.outputs:
             if o not in sc.env:
-                raise DslError(f"model {name} never binds its output `{o}`", d.span)
+                raise unbound_output(d, o, sc.env)
             _output(b, o, lw.tensor(sc, sc.env[o], d.span))
     elif isinstance(d, A.Fn):
         if result is None:
-            raise DslError(f"fn `{name}` ends without `return`", d.span)
+            raise DslError(f"fn `{name}` ends without `return`", d.name_span or d.span,
+                           "give its result with `return <value>` as the last statement")
         names = _return_names(d, len(result))
         for o, v in zip(names, result):
             if isinstance(v, ModelResult):
@@ -64,27 +64,35 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
     else:
         _lower_step(lw, sc, d, emit, out)
     from ..passes import optimize
+    from ..passes.precision import to_float64
     optimize(g)
+    if lw.options.float64:
+        to_float64(g)
     return out
 
 
 def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> None:
     b = lw.root
     if "__loss__" not in sc.env:
-        raise DslError(f"step `{d.name}` has no `minimize` statement", d.span)
+        raise DslError(f"step `{d.name}` has no `minimize` statement", d.name_span or d.span,
+                       "end the step with `minimize <loss>`, the scalar its update makes smaller")
     loss, loss_span = sc.env["__loss__"]
     if not loss.type.is_float or loss.rank != 0:
         raise DslTypeError(f"minimize needs a float scalar, got {loss.type}", loss_span,
                            "average it, e.g. minimize mean(...)")
-    for m in d.updates:
+    models = [k for k, v in lw.program.decls.items() if isinstance(v, A.Model)]
+    for m, at in zip(d.updates, d.update_spans or [d.span] * len(d.updates)):
         if not isinstance(lw.program.decls.get(m), A.Model):
-            raise DslError(f"step `{d.name}` updates `{m}`, which is not a model", d.span)
+            what = "is not a model" if m in lw.program.decls else "is not declared"
+            raise DslError(f"step `{d.name}` updates `{m}`, which {what}", at,
+                           did_you_mean(m, models) or "`updates` names the models whose weights the step trains"
+                           + (f": {', '.join(models)}" if models else ""))
     out.optimizer = lw.optimizer(sc, d.optimizer)
     out.updates = d.updates
     owned = [p for p in lw.graph.params if p.value.name.split(".")[0] in d.updates]
     if not any(p.trainable for p in owned):
         raise DslError(f"step `{d.name}` updates {', '.join(d.updates)} but its loss uses none of their weights",
-                       d.span)
+                       d.name_span or d.span, "call the model(s) it updates inside the step")
     _output(b, "loss", loss)
     for p in owned:
         if p.value.name in lw.state_updates:
@@ -92,9 +100,11 @@ def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> N
     if emit == "gradients":
         from ..autodiff import grad
         b.span = loss_span
-        trainable = [p.value for p in owned if p.trainable]
-        for p, gv in zip(trainable, grad(b, loss, trainable)):
-            _output(b, f"grad.{p.name}", gv)
+        wrt = [p.value for p in owned if p.trainable]
+        if lw.options.wrt_inputs:
+            wrt += [v for v in b.graph.inputs if v.type.is_float and not v.name.startswith("random.")]
+        for v, gv in zip(wrt, grad(b, loss, wrt)):
+            _output(b, f"grad.{v.name}", gv)
         lw.graph.params_are_inputs = True
 
 

@@ -1,3 +1,4 @@
+# target: both
 model Head(x) -> y {
     y = dense(x, 10)
 }

@@ -1,0 +1,146 @@
+"""Gradients of every spec step: finite differences in float64 (weights and inputs), onnxruntime vs
+onnx.reference, and the im2col lowering vs the Conv lowering.
+
+Random ops are compiled as graph inputs (`random="input"`), so both sides of a finite difference
+see the same noise and dropout mask.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import dslc
+from dslc.emit.onnx_emit import check
+from dslc.runtime import run_model
+
+SPECS = Path(__file__).parent.parent / "specs"
+STEPS = [(f.name, t) for f in sorted(SPECS.glob("*.dsl")) for t in dslc.load(f).targets()
+         if dslc.load(f).decls[t].__class__.__name__ == "Step"]
+HEAVY = {"train_discriminator", "train_generator", "train_mnist_node_convnet"}  # big convs: checked once, cheaply
+
+
+def _feeds(model, rng, n=2, dtype=np.float64):
+    """Random values for every graph input that has no initializer (inputs and random draws)."""
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else n for d in t.shape.dim]
+        if t.elem_type == 7:  # int64: class labels
+            feeds[vi.name] = rng.integers(0, 10, size=shape).astype(np.int64)
+        elif vi.name.startswith("random."):
+            feeds[vi.name] = rng.random(shape).astype(dtype)  # uniform: keeps dropout masks meaningful
+        else:
+            feeds[vi.name] = rng.random(shape).astype(dtype)
+    return feeds
+
+
+def _weights(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _ref(model, feeds):
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ReferenceEvaluator(model).run(None, feeds)))
+
+
+@pytest.mark.parametrize("spec,step", STEPS, ids=[s for _, s in STEPS])
+def test_gradients_match_finite_differences(spec, step):
+    if step in HEAVY:
+        pytest.skip("checked in test_heavy_steps_gradients")
+    model = dslc.compile(SPECS / spec, step, emit="gradients", random="input", float64=True, wrt_inputs=True)
+    check(model)
+    _check_directional_derivative(model, np.random.default_rng(0))
+
+
+# Inputs the loss depends on only through stop_gradient: their gradient is zero by design.
+STOPPED = {"train_discriminator": {"z"}}
+
+
+def _check_directional_derivative(model, rng, eps=1e-7):
+    feeds = _feeds(model, rng)
+    # A random point near the initial weights: zero biases put some ReLU inputs exactly on the kink.
+    weights = {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in _weights(model).items()}
+    grads = _ref(model, {**feeds, **weights})
+    stopped = STOPPED.get(model.graph.name, set())
+    for k in stopped:
+        assert not grads[f"grad.{k}"].any()
+    trainable = {k[len("grad."):] for k in grads if k.startswith("grad.")} - stopped
+    point = {**feeds, **weights}
+    direction = {k: rng.standard_normal(point[k].shape) for k in trainable}
+    # eps is small: each ReLU or max-pool kink crossed within eps of the point spoils the difference
+    plus = {k: v + eps * direction[k] if k in direction else v for k, v in point.items()}
+    minus = {k: v - eps * direction[k] if k in direction else v for k, v in point.items()}
+    numeric = (_ref(model, plus)["loss"] - _ref(model, minus)["loss"]) / (2 * eps)
+    analytic = sum(float(np.sum(grads[f"grad.{k}"] * direction[k])) for k in trainable)
+    assert analytic == pytest.approx(float(numeric), rel=1e-5, abs=1e-8)
+    assert any(f"grad.{k}" in grads for k in feeds if not k.startswith("random.") and
+               feeds[k].dtype.kind == "f")  # the inputs were differentiated too
+
+
+@pytest.mark.parametrize("spec,step", STEPS, ids=[s for _, s in STEPS])
+def test_gradient_graphs_agree_between_runtimes(spec, step):
+    model = dslc.compile(SPECS / spec, step, emit="gradients", random="input")
+    check(model)
+    assert all(n.domain == "" for n in model.graph.node)
+    feeds = _feeds(model, np.random.default_rng(1), dtype=np.float32)
+    ort = run_model(model, feeds, device="cpu")
+    ref = _ref(model, feeds)
+    for k, v in ort.items():
+        np.testing.assert_allclose(v, ref[k], rtol=2e-3, atol=2e-5, err_msg=k)
+
+
+CONV_STEPS = [(s, t) for s, t in STEPS if s in ("convnet.dsl", "acgan.dsl")]
+
+
+@pytest.mark.parametrize("spec,step", CONV_STEPS, ids=[s for _, s in CONV_STEPS])
+def test_im2col_lowering_agrees_with_conv(spec, step):
+    """Same numbers forward and backward, compared in float64 (in float32 the two summation orders
+    differ by rounding that batch norm over a batch of 2 amplifies past any useful tolerance)."""
+    options = dict(emit="gradients", random="input", float64=True)
+    conv = dslc.compile(SPECS / spec, step, **options)
+    im2col = dslc.compile(SPECS / spec, step, conv_lowering="im2col", **options)
+    check(im2col)
+    assert not {"Conv", "ConvTranspose"} & {n.op_type for n in im2col.graph.node}
+    feeds = _feeds(conv, np.random.default_rng(2))
+    a, b = _ref(conv, feeds), _ref(im2col, feeds)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    f32 = dslc.compile(SPECS / spec, step, emit="gradients", random="input", conv_lowering="im2col")
+    out = run_model(f32, _feeds(f32, np.random.default_rng(2), dtype=np.float32), device="cpu")
+    assert np.isfinite(out["loss"])  # onnxruntime runs the Conv-free graph too
+
+
+@pytest.mark.parametrize("step", sorted(HEAVY & {t for _, t in STEPS}))
+def test_heavy_steps_gradients(step):
+    """The big conv steps: the same directional check (onnx.reference, float64), weights and inputs."""
+    spec = next(s for s, t in STEPS if t == step)
+    model = dslc.compile(SPECS / spec, step, emit="gradients", random="input", float64=True, wrt_inputs=True)
+    # tens of thousands of ReLU inputs: step well inside the smooth region around the point
+    _check_directional_derivative(model, np.random.default_rng(3), eps=1e-9)
+
+
+def test_gradient_with_respect_to_an_input_of_an_intermediate_activation(tmp_path):
+    """SEEDS 3: d mean(conv2[:, filter]) / d image, against finite differences."""
+    src = tmp_path / "probe.dsl"
+    src.write_text(f'import "{SPECS / "convnet.dsl"}"\n'
+                   "fn probe(image: f32[1, 1, 28, 28], filter: i64) {\n"
+                   "    objective = mean(ConvNet(image).conv2[:, filter])\n"
+                   "    return objective, grad(objective, image)\n}\n")
+    model = dslc.compile(src, "probe", float64=True)
+    check(model)
+    rng = np.random.default_rng(4)
+    image = rng.random((1, 1, 28, 28))
+    # a filter that responds to this image at all (a dead ReLU has a zero gradient everywhere)
+    f = next(np.array(k) for k in range(64) if _ref(model, {"image": image, "filter": np.array(k)})["objective"] > 0)
+    value, g = _ref(model, {"image": image, "filter": f}).values()
+    t = rng.standard_normal(image.shape)
+    eps = 1e-6
+    plus = _ref(model, {"image": image + eps * t, "filter": f})["objective"]
+    minus = _ref(model, {"image": image - eps * t, "filter": f})["objective"]
+    assert float(np.sum(g * t)) == pytest.approx(float((plus - minus) / (2 * eps)), rel=1e-5)
+    assert np.abs(g).max() > 0
