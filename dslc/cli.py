@@ -167,7 +167,7 @@ def _run(args) -> int:
     if args.png:
         first = next(iter(outputs.values()))
         images = np.stack([deprocess(im) for im in first.reshape(-1, *first.shape[-2:])])
-        save_grid(args.png, images)
+        save_grid(args.png, images, scale=4)
         print(f"wrote {args.png}")
     return 0
 

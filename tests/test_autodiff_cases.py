@@ -27,12 +27,15 @@ def evaluate(b: Builder, outputs: list[Value], feeds: dict[str, np.ndarray]) -> 
     return reference(model).run(None, feeds)
 
 
+def ort_session(model) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def run_ort(b: Builder, outputs: list[Value], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     b.graph.outputs = [b.op("Identity", [v]) for v in outputs]
     model = to_onnx(b.graph)
     check(model)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+    return ort_session(model).run(None, feeds)
 
 
 def f64(b: Builder, name: str, shape) -> Value:
@@ -48,7 +51,8 @@ def test_bias_gradient_is_dy_summed_over_the_batch():
     dx, dbias = vjp(b, [y], [dy], [x, bias])
     assert "ReduceSum" in [n.op for n in b.graph.nodes[first_new:]]
     assert dbias.shape == (3,)
-    feeds = {"x": RNG.standard_normal((4, 3)), "bias": RNG.standard_normal(3), "dy": RNG.standard_normal((4, 3))}
+    feeds = {"x": RNG.standard_normal((4, 3)), "bias": RNG.standard_normal(3),
+             "dy": RNG.standard_normal((4, 3))}
     got_dx, got_dbias = evaluate(b, [dx, dbias], feeds)
     np.testing.assert_allclose(got_dx, feeds["dy"])
     np.testing.assert_allclose(got_dbias, feeds["dy"].sum(axis=0))
@@ -140,8 +144,8 @@ def test_backward_nodes_carry_the_forward_span_and_loops_raise_a_located_error()
 
     body = Graph("body")
     bb = b.child(body)
-    i, cond, carried = (bb.input(n, t) for n, t in [("i", TensorType("i64", ())), ("cond", TensorType("bool", ())),
-                                                    ("h", TensorType("f64", (3,)))])
+    bb.input("i", TensorType("i64", ()))
+    cond, carried = bb.input("cond", TensorType("bool", ())), bb.input("h", TensorType("f64", (3,)))
     body.outputs = [bb.op("Identity", [cond]), bb.op("Sin", [carried])]
     b.span = Span("model.dsl", 9, 3)
     looped = b.op("Loop", [b.ints(2), b.const(np.asarray(True), "bool"), y], {"body": body})
@@ -201,7 +205,8 @@ SYMBOLIC = {
     "dense": (dense_symbolic, [Spec((5, 4), declared=("N", 4)), Spec((4, 3)), Spec((3,))]),
     "conv-maxpool": (conv_pool_symbolic, [Spec((2, 2, 5, 5), "distinct", declared=("N", 2, 5, 5)),
                                           Spec((3, 2, 3, 3))]),
-    "slice-split": (slice_and_split_symbolic, [Spec((4, 2), declared=("N", 2)), Spec((3, 3), declared=("M", 3))]),
+    "slice-split": (slice_and_split_symbolic, [Spec((4, 2), declared=("N", 2)),
+                                               Spec((3, 3), declared=("M", 3))]),
     "gather": (gather_rows_symbolic, [Spec((4, 3), declared=("N", 3))]),
 }
 
@@ -233,7 +238,8 @@ def conv_graph(x_shape, w_shape, attrs, transpose: bool, via_patterns: bool):
         y = P.conv_transpose2d_im2col(b, x, w, bias, attrs["strides"], attrs["pads"], attrs["dilations"],
                                       attrs["group"], attrs["output_padding"])
     else:
-        y = P.conv2d_im2col(b, x, w, bias, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["group"])
+        y = P.conv2d_im2col(b, x, w, bias, attrs["strides"], attrs["pads"], attrs["dilations"],
+                            attrs["group"])
     b.graph.outputs = [y]
     model = to_onnx(b.graph)
     check(model)
@@ -256,8 +262,8 @@ def test_im2col_convolution_equals_onnx_conv(setting, transpose):
     feeds["bias"] = rng.standard_normal(ours.graph.output[0].type.tensor_type.shape.dim[1].dim_value
                                         ).astype(np.float32)
     assert not {n.op_type for n in ours.graph.node} & {"Conv", "ConvTranspose"}
-    expected = ort.InferenceSession(theirs.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    got_ort = ort.InferenceSession(ours.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    expected = ort_session(theirs).run(None, feeds)[0]
+    got_ort = ort_session(ours).run(None, feeds)[0]
     got_reference = reference(ours).run(None, feeds)[0]
     np.testing.assert_allclose(got_ort, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(got_reference, expected, rtol=1e-4, atol=1e-4)
@@ -280,7 +286,8 @@ def test_upsample_nearest_repeats_pixels():
     y = P.upsample_nearest(b, x, 2, 3)
     assert y.shape == ("N", 2, 6, 12)
     x_val = RNG.standard_normal((1, 2, 3, 4))
-    np.testing.assert_array_equal(evaluate(b, [y], {"x": x_val})[0], x_val.repeat(2, axis=2).repeat(3, axis=3))
+    expected = x_val.repeat(2, axis=2).repeat(3, axis=3)
+    np.testing.assert_array_equal(evaluate(b, [y], {"x": x_val})[0], expected)
 
 
 # ------------------------------------------------------------------ onnxruntime and the reference agree

@@ -101,3 +101,19 @@ def test_cuda_requested_without_cuda_is_a_clear_error(src, tmp_path, capsys):
 def test_console_script_entry_point(src):
     res = subprocess.run([sys.executable, "-m", "dslc.cli", "check", str(src)], capture_output=True, text=True)
     assert res.returncode == 0 and "ok" in res.stdout
+
+
+def test_filter_visualization_writes_a_png_grid(tmp_path, capsys):
+    """The README's main job, shortened: 2 filters of specs/visualize_filters.dsl as a PNG grid."""
+    from pathlib import Path
+
+    from PIL import Image
+    spec = Path(__file__).parent.parent / "specs" / "visualize_filters.dsl"
+    png = tmp_path / "filters.png"
+    assert main(["run", str(spec), "--target", "visualize", "--sweep", "filter=0:2", "--png", str(png),
+                 "--output", str(tmp_path / "f.npz"), "--device", "cpu"]) == 0
+    images = np.load(tmp_path / "f.npz")["image"]
+    assert images.shape == (2, 1, 28, 28) and images.min() >= 0 and images.max() <= 1
+    assert not np.allclose(images[0], images[1])  # two filters, two patterns
+    with Image.open(png) as im:
+        assert im.size == (4 * (2 + 2 * 30), 4 * (2 + 30))  # 2 images per row, 2 px padding, 4x scale

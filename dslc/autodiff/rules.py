@@ -61,41 +61,69 @@ def _swap_last(b: Builder, v: Value) -> Value:
 
 
 # ------------------------------------------------------------------ elementwise
-def _unary(fn) -> Rule:
-    """A rule for a one-input elementwise op from fn(b, x, y, dy, attrs) -> dx."""
-    return lambda b, node, dys: [fn(b, node.inputs[0], node.outputs[0], dys[0], node.attrs)]
+# One-input elementwise ops y = f(x): f'(x) from (b, x, y, attrs); the rule is dx = dy * f'(x).
+def _elementwise(derivative) -> Rule:
+    def rule(b, node, dys):
+        return [_op(b, "Mul", dys[0], derivative(b, node.inputs[0], node.outputs[0], node.attrs))]
+    return rule
 
 
-def _gelu(b, x, y, dy, attrs):
-    if attrs.get("approximate", "none") == "tanh":
+def _positive(b, x):
+    return _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x)
+
+
+def _d_gelu(b, x, y, attrs):
+    if attrs.get("approximate", "none") == "tanh":  # 0.5 x (1 + tanh(u)), u = k (x + a x^3)
         k, a = math.sqrt(2 / math.pi), 0.044715
         x2 = _op(b, "Mul", x, x)
-        u = _op(b, "Mul", _c(b, k, x), _op(b, "Add", x, _op(b, "Mul", _c(b, a, x), _op(b, "Mul", x2, x))))
-        t = _op(b, "Tanh", u)
+        t = _op(b, "Tanh", _op(b, "Mul", _c(b, k, x), _op(b, "Add", x, _op(b, "Mul", _c(b, a, x),
+                                                                             _op(b, "Mul", x2, x)))))
         du = _op(b, "Mul", _c(b, k, x), _op(b, "Add", _c(b, 1, x), _op(b, "Mul", _c(b, 3 * a, x), x2)))
         outer = _op(b, "Mul", _c(b, 0.5, x), _op(b, "Add", _c(b, 1, x), t))
         inner = _op(b, "Mul", _op(b, "Mul", _c(b, 0.5, x), x),
                     _op(b, "Mul", _op(b, "Sub", _c(b, 1, x), _op(b, "Mul", t, t)), du))
-        return _op(b, "Mul", dy, _op(b, "Add", outer, inner))
-    # d/dx x*Phi(x) = Phi(x) + x*phi(x)
+        return _op(b, "Add", outer, inner)
+    # x * Phi(x): Phi(x) + x * phi(x)
     cdf = _op(b, "Mul", _c(b, 0.5, x),
               _op(b, "Add", _c(b, 1, x), _op(b, "Erf", _op(b, "Mul", x, _c(b, 1 / math.sqrt(2), x)))))
     pdf = _op(b, "Mul", _c(b, 1 / math.sqrt(2 * math.pi), x),
               _op(b, "Exp", _op(b, "Mul", _c(b, -0.5, x), _op(b, "Mul", x, x))))
-    return _op(b, "Mul", dy, _op(b, "Add", cdf, _op(b, "Mul", x, pdf)))
+    return _op(b, "Add", cdf, _op(b, "Mul", x, pdf))
 
 
-def _leaky_relu(b, x, y, dy, attrs):
+def _d_leaky_relu(b, x, y, attrs):
     alpha = attrs.get("alpha", 0.01)
-    pos = _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x)
-    return _op(b, "Mul", dy, _op(b, "Add", _op(b, "Mul", pos, _c(b, 1 - alpha, x)), _c(b, alpha, x)))
+    return _op(b, "Add", _op(b, "Mul", _positive(b, x), _c(b, 1 - alpha, x)), _c(b, alpha, x))
 
 
-def _elu(b, x, y, dy, attrs):
-    pos = _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x)
-    # exp of min(x, 0): the negative branch only, so large x cannot overflow to inf*0
+def _d_elu(b, x, y, attrs):
+    pos = _positive(b, x)
+    # exp of min(x, 0): the negative branch only, so a large x cannot overflow into inf * 0
     neg = _op(b, "Mul", _c(b, attrs.get("alpha", 1.0), x), _op(b, "Exp", _op(b, "Min", x, _c(b, 0, x))))
-    return _op(b, "Mul", dy, _op(b, "Add", pos, _op(b, "Mul", _op(b, "Sub", _c(b, 1, x), pos), neg)))
+    return _op(b, "Add", pos, _op(b, "Mul", _op(b, "Sub", _c(b, 1, x), pos), neg))
+
+
+def _d_erf(b, x, y, attrs):
+    return _op(b, "Mul", _c(b, 2 / math.sqrt(math.pi), x), _op(b, "Exp", _op(b, "Neg", _op(b, "Mul", x, x))))
+
+
+DERIVATIVES = {
+    "Exp": lambda b, x, y, a: y,
+    "Log": lambda b, x, y, a: _op(b, "Reciprocal", x),
+    "Sqrt": lambda b, x, y, a: _op(b, "Div", _c(b, 0.5, y), y),
+    "Abs": lambda b, x, y, a: _op(b, "Sign", x),
+    "Relu": lambda b, x, y, a: _positive(b, x),
+    "Sigmoid": lambda b, x, y, a: _op(b, "Mul", y, _op(b, "Sub", _c(b, 1, y), y)),
+    "Tanh": lambda b, x, y, a: _op(b, "Sub", _c(b, 1, y), _op(b, "Mul", y, y)),
+    "Softplus": lambda b, x, y, a: _op(b, "Sigmoid", x),
+    "Erf": _d_erf,
+    "Reciprocal": lambda b, x, y, a: _op(b, "Neg", _op(b, "Mul", y, y)),
+    "Sin": lambda b, x, y, a: _op(b, "Cos", x),
+    "Cos": lambda b, x, y, a: _op(b, "Neg", _op(b, "Sin", x)),
+    "LeakyRelu": _d_leaky_relu,
+    "Elu": _d_elu,
+    "Gelu": _d_gelu,
+}
 
 
 def _softmax(b, node, dys):
@@ -458,7 +486,7 @@ def _scatter(scatter: str, gather: str) -> Rule:
     """ScatterElements / ScatterND: updates get dy at their targets; data gets dy except where
     overwritten (reduction 'none') or all of it (reduction 'add')."""
     def rule(b, node, dys):
-        (data, idx, updates), dy = node.inputs, dys[0]
+        (_, idx, updates), dy = node.inputs, dys[0]
         reduction = node.attrs.get("reduction", "none")
         axis = {"axis": node.attrs.get("axis", 0)} if scatter == "ScatterElements" else {}
         if reduction == "add":
@@ -474,28 +502,14 @@ def _scatter(scatter: str, gather: str) -> Rule:
 # ------------------------------------------------------------------ the table
 VJP: dict[str, Rule] = {
     "Identity": lambda b, node, dys: [dys[0]],
-    "Neg": _unary(lambda b, x, y, dy, a: _op(b, "Neg", dy)),
-    "Exp": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, y)),
-    "Log": _unary(lambda b, x, y, dy, a: _op(b, "Div", dy, x)),
-    "Sqrt": _unary(lambda b, x, y, dy, a: _op(b, "Div", dy, _op(b, "Add", y, y))),
-    "Abs": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Sign", x))),
-    "Relu": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _mask(b, _op(b, "Greater", x, _c(b, 0, x)), x))),
-    "Sigmoid": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Sub", _c(b, 1, y), y)))),
-    "Tanh": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Sub", _c(b, 1, y), _op(b, "Mul", y, y)))),
-    "Softplus": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Sigmoid", x))),
-    "Erf": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Mul", _c(b, 2 / math.sqrt(math.pi), x),
-                                                              _op(b, "Exp", _op(b, "Neg", _op(b, "Mul", x, x)))))),
-    "Reciprocal": _unary(lambda b, x, y, dy, a: _op(b, "Neg", _op(b, "Mul", dy, _op(b, "Mul", y, y)))),
-    "Sin": _unary(lambda b, x, y, dy, a: _op(b, "Mul", dy, _op(b, "Cos", x))),
-    "Cos": _unary(lambda b, x, y, dy, a: _op(b, "Neg", _op(b, "Mul", dy, _op(b, "Sin", x)))),
-    "LeakyRelu": _unary(_leaky_relu),
-    "Elu": _unary(_elu),
-    "Gelu": _unary(_gelu),
+    "Neg": lambda b, node, dys: [_op(b, "Neg", dys[0])],
+    **{op: _elementwise(d) for op, d in DERIVATIVES.items()},
     "Softmax": _softmax,
     "LogSoftmax": _log_softmax,
     "Add": lambda b, node, dys: [dys[0], dys[0]],
     "Sub": lambda b, node, dys: [dys[0], _op(b, "Neg", dys[0])],
-    "Mul": lambda b, node, dys: [_op(b, "Mul", dys[0], node.inputs[1]), _op(b, "Mul", dys[0], node.inputs[0])],
+    "Mul": lambda b, node, dys: [_op(b, "Mul", dys[0], node.inputs[1]),
+                                 _op(b, "Mul", dys[0], node.inputs[0])],
     "Div": _div,
     "Pow": _pow,
     "Max": _select("GreaterOrEqual"),

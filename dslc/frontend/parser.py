@@ -11,7 +11,7 @@ from pathlib import Path
 import lark
 from lark import Token, Transformer, v_args
 
-from ..diagnostics import DslError, DslSyntaxError, DslTypeError, Span, register_source
+from ..diagnostics import DslError, DslNameError, DslSyntaxError, DslTypeError, Span, register_source
 from . import ast as A
 from .syntax_errors import syntax_error
 
@@ -74,6 +74,14 @@ class _ToAst(Transformer):
     def _tok_span(self, tok: Token) -> Span:
         return Span(self.file, tok.line, tok.column, tok.end_line, tok.end_column)
 
+    def _unique(self, tokens, what: str) -> None:
+        """Names listed together (outputs, `a, b = ...`) must differ: a repeat is a typo."""
+        seen = set()
+        for t in tokens:
+            if str(t) in seen:
+                raise DslNameError(f"{what} `{t}` is listed twice", self._tok_span(t))
+            seen.add(str(t))
+
     # ---- declarations
     def start(self, meta, items):
         imports = tuple(i for i in items if isinstance(i, A.Import))
@@ -85,6 +93,7 @@ class _ToAst(Transformer):
 
     def model(self, meta, c):
         name, params, outputs, body = c
+        self._unique(outputs, "output")
         return A.Model(str(name), params or (), body, self._span(meta), self._tok_span(name),
                        outputs=tuple(str(t) for t in outputs),
                        output_spans=tuple(self._tok_span(t) for t in outputs))
@@ -110,7 +119,13 @@ class _ToAst(Transformer):
         return tuple(c)  # the NAME tokens: step() keeps their spans
 
     def params(self, meta, c):
-        return tuple(p for p in c if p is not None)
+        params = tuple(p for p in c if p is not None)
+        seen = set()
+        for p in params:
+            if p.name in seen:
+                raise DslNameError(f"parameter `{p.name}` is declared twice", p.span)
+            seen.add(p.name)
+        return params
 
     def param(self, meta, c):
         name, type_, default = c
@@ -134,6 +149,7 @@ class _ToAst(Transformer):
     # ---- statements
     def assign(self, meta, c):
         *targets, value = c
+        self._unique(targets, "name")
         return A.Assign(self._span(meta), tuple(str(t) for t in targets), value)
 
     def return_(self, meta, c):

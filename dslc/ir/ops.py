@@ -26,10 +26,18 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
+MAX_ELEMENTS = 2**40  # no device holds a tensor this large; ONNX's own shape arithmetic overflows later
+
+
 def infer(op: str, inputs: list, attrs: dict) -> list[TensorType]:
     if op not in OPS:
         raise ShapeIssue(f"internal: no shape rule for op {op}")
-    return OPS[op].infer(inputs, attrs)
+    out = OPS[op].infer(inputs, attrs)
+    for t in out:
+        n = int(np.prod([d for d in t.shape if isinstance(d, int)], dtype=object))
+        if n > MAX_ELEMENTS:
+            raise ShapeIssue(f"this value would be {t}, {n:,} numbers: more than any device can hold")
+    return out
 
 
 def _register(names, infer_fn, fold_fn=None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..diagnostics import DslShapeError
-from .core import DTYPES, Builder, Dim, Value
+from .core import DTYPES, Builder, Value
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)  # Slice end meaning "past the start" for a negative step
@@ -62,7 +62,8 @@ def slice_axes(b: Builder, x: Value, starts, ends, axes, steps=None) -> Value:
     return b.op("Slice", ins + ([b.ints(steps)] if steps else []))
 
 
-def pad_or_crop(b: Builder, x: Value, widths: dict[int, tuple[int, int]], value: Value | None = None) -> Value:
+def pad_or_crop(b: Builder, x: Value, widths: dict[int, tuple[int, int]],
+                value: Value | None = None) -> Value:
     """Add (positive) or remove (negative) `before, after` elements on each given axis."""
     widths = {a % x.rank: w for a, w in widths.items() if w != (0, 0)}
     crops = {a: (max(-lo, 0), max(-hi, 0)) for a, (lo, hi) in widths.items() if lo < 0 or hi < 0}

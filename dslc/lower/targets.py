@@ -65,9 +65,11 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
         _lower_step(lw, sc, d, emit, out)
     from ..passes import optimize
     from ..passes.precision import to_float64
+    from ..ir.verify import verify
     optimize(g)
     if lw.options.float64:
         to_float64(g)
+    verify(g)
     return out
 
 

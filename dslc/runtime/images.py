@@ -43,12 +43,15 @@ def grid(images: np.ndarray, nrow: int | None = None, value_range=(0, 1), pad: i
 
 
 def save_grid(path, images: np.ndarray, nrow: int | None = None, value_range=(0, 1),
-              pad: int = 2) -> Path:
-    """Write grayscale `images` as one PNG grid; values in `value_range` map to black..white."""
+              pad: int = 2, scale: int = 1) -> Path:
+    """Write grayscale `images` as one PNG grid; values in `value_range` map to black..white.
+    `scale` enlarges every pixel to a scale x scale block (28x28 digits are small on screen)."""
     from PIL import Image  # lazy: only image-writing commands need Pillow
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A 2-D uint8 array becomes a mode-L (8-bit grayscale) image.
-    Image.fromarray(grid(images, nrow, value_range, pad)).save(path)
+    mosaic = grid(images, nrow, value_range, pad)
+    mosaic = mosaic.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(mosaic).save(path)
     return path
