@@ -89,8 +89,8 @@ def summary(source: Program | str | Path, target: str | None = None) -> str:
 
 def _summary_table(low: Lowered) -> str:
     rows = [(r.name, r.kind, r.out, r.params) for r in low.layers]
-    if low.kind != "model":
-        rows = [r for r in rows if r[3]]  # steps and fns: only the layers that own weights
+    if low.kind != "model":  # steps and fns: each weighted layer once, however often it is called
+        rows = [r for i, r in enumerate(rows) if r[3] and r[0] not in {q[0] for q in rows[:i]}]
     header = ("Layer", "Type", "Output shape", "Param #")
     width = [max(len(str(x)) for x in col) for col in zip(header, *[(a, b, c, f"{d:,}") for a, b, c, d in rows])]
     line = "  ".join(f"{{:<{w}}}" for w in width)
@@ -101,6 +101,10 @@ def _summary_table(low: Lowered) -> str:
     out += ["-" * (sum(width) + 2 * (len(width) - 1)),
             f"Total params: {total:,}", f"Trainable params: {trainable:,}",
             f"Non-trainable params: {total - trainable:,}"]
+    if low.kind == "step":
+        updated = sum(int(np.prod(p.value.shape)) for p in low.graph.params
+                      if p.trainable and p.value.name.split(".")[0] in low.updates)
+        out.append(f"Updated by this step: {updated:,} ({', '.join(low.updates)})")
     return "\n".join(out)
 
 

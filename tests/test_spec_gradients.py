@@ -61,7 +61,7 @@ def test_gradients_match_finite_differences(spec, step):
 STOPPED = {"train_discriminator": {"z"}}
 
 
-def _check_directional_derivative(model, rng, eps=1e-7):
+def _check_directional_derivative(model, rng, eps=1e-8):
     feeds = _feeds(model, rng)
     # A random point near the initial weights: zero biases put some ReLU inputs exactly on the kink.
     weights = {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in _weights(model).items()}

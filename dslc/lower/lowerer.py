@@ -116,7 +116,7 @@ class Lowerer:
     # ------------------------------------------------------------------ statements
     def run_block(self, sc: Scope, body: tuple[A.Stmt, ...]):
         """Lower statements; returns what a `return` gives (a tuple) or None."""
-        for st in body:
+        for k, st in enumerate(body):
             if isinstance(st, A.Assign):
                 sc.binding = st.targets[0] if len(st.targets) == 1 else "_".join(st.targets)
                 sc.b.scope = self._scope_name(sc)
@@ -126,6 +126,9 @@ class Lowerer:
                 if sc.kind in ("model", "step"):
                     raise DslError(f"`return` is not allowed in a {sc.kind}", st.span,
                                    "a model's outputs are named after `->`; a step ends with `minimize`")
+                if k + 1 < len(body):
+                    raise DslError("this statement comes after `return`, so it would never run", body[k + 1].span,
+                                   "`return` must be the last statement")
                 sc.binding = "return"
                 return tuple(self.expr(sc, e) for e in st.values)
             elif isinstance(st, A.Minimize):
@@ -133,6 +136,9 @@ class Lowerer:
                     raise DslError("`minimize` is only allowed in a step", st.span,
                                    f"a {sc.kind} gives its result with `return`" if sc.kind in ("fn", "layer")
                                    else "move the loss into a `step`")
+                if "__loss__" in sc.env:
+                    raise DslError("a step has one `minimize`", st.span,
+                                   "add the losses up in one: `minimize loss_a + loss_b`")
                 sc.binding = "loss"
                 sc.b.scope = "loss"
                 sc.env["__loss__"] = (self.tensor(sc, self.expr(sc, st.value), st.value.span), st.value.span)
@@ -163,6 +169,11 @@ class Lowerer:
 
     # ------------------------------------------------------------------ repeat -> Loop
     def repeat(self, sc: Scope, st: A.Repeat) -> None:
+        ends = next((s for s in st.body if isinstance(s, (A.Return, A.Minimize))), None)
+        if ends is not None:
+            word = "return" if isinstance(ends, A.Return) else "minimize"
+            raise DslError(f"`{word}` cannot be inside `repeat`", ends.span,
+                           f"assign inside the loop, then `{word}` after it")
         count = self.expr(sc, st.count)
         if isinstance(count, bool) or not isinstance(count, (int, Value)):
             raise DslTypeError(f"repeat needs an integer count, got {describe(count)}", st.count.span)
@@ -240,15 +251,20 @@ class Lowerer:
         from .builtins import BUILTINS
         if e.id in BUILTINS:
             raise DslNameError(f"`{e.id}` is a function: call it, e.g. `{e.id}(x)`", e.span)
-        candidates = [k for k in sc.env if not k.startswith("__")] + list(self.program.decls)
+        candidates = [k for k in sc.env if not k.startswith("__")] + list(self.program.decls) + list(WORDS)
         raise DslNameError(f"unknown name `{e.id}`", e.span, did_you_mean(e.id, candidates))
 
     def tensor(self, sc: Scope, v, span: Span, like: Value | None = None) -> Value:
         """`v` as an IR value; a literal takes `like`'s dtype (f32 without one)."""
         if isinstance(v, Value):
             return v
-        if isinstance(v, ModelResult) and len(v.outputs) == 1:
-            return v.outputs[0]
+        if isinstance(v, ModelResult):
+            if len(v.outputs) == 1:
+                return v.outputs[0]
+            outs = self.program.decls[v.model].outputs
+            raise DslTypeError(f"expected one tensor, got the {len(outs)} outputs of {v.model}", span,
+                               f"unpack them first (`{', '.join(outs)} = {v.model}(...)`) or pick one: "
+                               f"`{v.model}(...).{outs[0]}`")
         if isinstance(v, (bool, int, float)):
             dtype = like.dtype if like is not None else ("bool" if isinstance(v, bool) else
                                                          "i64" if isinstance(v, int) else "f32")
@@ -259,7 +275,10 @@ class Lowerer:
             return sc.b.const(np.asarray(v), dtype)
         if isinstance(v, list):
             return sc.b.const(*_list_array(v, span))
-        raise DslTypeError(f"expected a tensor, got {describe(v)}", span)
+        from .builtins import BUILTINS
+        hint = (f"`{v.name}` is also a function: call it, e.g. `{v.name}(x)`"
+                if isinstance(v, Symbol) and v.name in BUILTINS else None)
+        raise DslTypeError(f"expected a tensor, got {describe(v)}", span, hint)
 
     def binop(self, sc: Scope, e: A.BinOp):
         left, right = (_single(self.expr(sc, x)) for x in (e.left, e.right))
@@ -294,8 +313,9 @@ class Lowerer:
                 return base.bindings[e.name]
             # Point at the name after the dot: it is the last thing the Attr spans.
             at = Span(e.span.file, e.span.end_line, e.span.end_col - len(e.name), e.span.end_line, e.span.end_col)
+            names = [k for k in base.bindings if not k.startswith("__")]
             raise DslNameError(f"{base.model} has no binding `{e.name}`", at,
-                               did_you_mean(e.name, [k for k in base.bindings if not k.startswith("__")]))
+                               did_you_mean(e.name, names) or f"{base.model}'s bindings: {', '.join(names)}")
         if isinstance(base, DeclRef):
             path = f"{base.path}.{e.name}" if base.path else f"{base.name}.{e.name}"
             if path in self.weights:

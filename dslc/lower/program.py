@@ -17,12 +17,14 @@ class Program:
     own: list[str] = field(default_factory=list)
 
     def targets(self) -> list[str]:
-        """Declarations that compile to a graph of their own: models, steps, fully typed fns."""
+        """Declarations that compile to a graph of their own: models, steps, and fns whose parameters
+        all have tensor types (an `int` or `float` hyperparameter makes a fn a helper)."""
         out = []
         for name in self.own:
             d = self.decls[name]
-            if isinstance(d, (A.Model, A.Step)) or (isinstance(d, A.Fn) and d.params and
-                                                     all(p.type is not None for p in d.params)):
+            if isinstance(d, (A.Model, A.Step)) or (isinstance(d, A.Fn) and d.params and all(
+                    p.type is not None and not (p.type.dtype in ("int", "float") and p.type.dims is None)
+                    for p in d.params)):
                 out.append(name)
         return out
 

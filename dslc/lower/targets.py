@@ -48,19 +48,23 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
     out = Lowered(name, kind, g, lw.layers)
 
     if isinstance(d, A.Model):
-        for o in d.outputs:
+        for o, at in zip(d.outputs, d.output_spans or [d.span] * len(d.outputs)):
             if o not in sc.env:
                 raise unbound_output(d, o, sc.env)
-            _output(b, o, lw.tensor(sc, sc.env[o], d.span))
+            if any(p.name == o for p in d.params):
+                raise DslError(f"output `{o}` has the name of an input", at,
+                               "name the output after the binding that computes it")
+            _output(b, o, lw.tensor(sc, sc.env[o], at))
     elif isinstance(d, A.Fn):
         if result is None:
             raise DslError(f"fn `{name}` ends without `return`", d.name_span or d.span,
                            "give its result with `return <value>` as the last statement")
         names = _return_names(d, len(result))
-        for o, v in zip(names, result):
-            if isinstance(v, ModelResult):
+        ret = next(s for s in d.body if isinstance(s, A.Return))
+        for o, v, e in zip(names, result, ret.values):
+            if isinstance(v, ModelResult) and len(v.outputs) == 1:
                 v = v.outputs[0]
-            _output(b, o, lw.tensor(sc, v, d.span))
+            _output(b, o, lw.tensor(sc, v, e.span))
     else:
         _lower_step(lw, sc, d, emit, out)
     from ..passes import optimize
@@ -117,10 +121,13 @@ def _output(b, name: str, v: Value) -> None:
 
 
 def _return_names(d: A.Fn, n: int) -> list[str]:
-    ret = next((s for s in reversed(d.body) if isinstance(s, A.Return)), None)
+    """Outputs are named after the returned bindings; `return x` of an input `x` gives `x_out`."""
+    ret = next((s for s in d.body if isinstance(s, A.Return)), None)
+    inputs = {p.name for p in d.params}
     names = []
     for i in range(n):
         e = ret.values[i] if ret is not None and i < len(ret.values) else None
         name = e.id if isinstance(e, A.Name) else ("output" if n == 1 else f"output_{i}")
+        name = f"{name}_out" if name in inputs else name
         names.append(name if name not in names else f"{name}_{i}")
     return names

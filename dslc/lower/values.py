@@ -48,6 +48,8 @@ def describe(v: object) -> str:
         return "a number"
     if isinstance(v, list):
         return "a list"
+    if isinstance(v, str):
+        return "a string"
     if isinstance(v, Symbol):
         return f"the word `{v.name}`"
     if isinstance(v, ModelResult):
