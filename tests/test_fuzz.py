@@ -6,6 +6,7 @@ target or fail with a `DslError` that has a source location. Any other exception
 """
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -83,9 +84,9 @@ fn walk(x: f32[2, 6]) {
 SEEDS = [CONVNET, VAE, LAYER, INDEXING]
 TOKEN = re.compile(r"[A-Za-z_]\w*|\d+\.\d*(?:e-?\d+)?|\d+|\|>|->|\.\.\.|[=!<>]=|\s+|.")
 IDENT = re.compile(r"[A-Za-z_]\w*")
-# Names to swap in: the seeds' own, every built-in but grad (autodiff may be absent), option words.
 KEYWORDS = ["model", "layer", "fn", "step", "import", "updates", "using", "return", "minimize", "repeat",
             "true", "false"]
+# Names to swap in: the seeds' own, every built-in but grad (tested with the autodiff), option words.
 NAMES = sorted(({t for s in SEEDS for t in IDENT.findall(s)} | (set(BUILTINS) - {"grad"}) | set(OPTIMIZERS)
                 | {"glorot_normal", "he_uniform", "nearest", "valid", "f64", "bool", "int", "float", "training"})
                - set(KEYWORDS))
@@ -147,7 +148,8 @@ def check_compiles_or_located_error(text: str) -> None:
         for target in prog.targets():
             dslc.lower(prog, target)
     except dslc.DslError as e:
-        assert e.span is not None and e.span.line >= 1, f"error without a location: {e.render()}"
+        message = e.render()  # rendering (source line, caret) must not fail either
+        assert e.span is not None and e.span.line >= 1, f"error without a location: {message}"
 
 
 @pytest.mark.parametrize("seed", range(len(SEEDS)))
@@ -176,11 +178,46 @@ def spliced_sources(draw) -> str:
     return mutate(a[:draw(st.integers(0, len(a)))] + b[draw(st.integers(0, len(b))):], _pick(draw))
 
 
+# Arguments for generated built-in calls, by the annotation of the parameter they go to.
+ARGS = {
+    "T": ["a", "b", "c", "d", "e", "s", "g", "1", "0.5", "a[:, 0]", "c[0]", "-a", "a * 2", "cast(a, i64)",
+          "c[..., 0:3]", "[1.0, 2.0]"],
+    "int": ["0", "1", "-1", "2", "3", "-3", "7"], "count": ["1", "2", "3", "4", "0", "-2"],
+    "float": ["0.0", "0.5", "1", "0.99", "-1.5"], "bool": ["true", "false"],
+    "word": ["same", "valid", "f32", "i64", "bool", "glorot_normal", "zeros", "uniform", "foo"],
+    "ints": ["1", "2", "3", "[1, 2]", "[2, 2]", "[0, 1]", "[1, 1, 1, 1]", "-1", "[3, 1]", "[-1]"],
+    "any": ["[2, 3]", "[-1, 4]", "[1, 4]", "[2, 4, 1]", "a", "[4]", "[0, -1]", "[2, 3, 8, 8]", "same", "relu"],
+}
+CALL_HOST = ["fn f({params}) {{\n    return {call}\n}}\n", "model M({params}) -> y {{\n    y = {call}\n}}\n"]
+CALL_PARAMS = "a: f32[N, 4], b: i64[N], c: f32[2, 3, 8, 8], d: bool[N, 4], e: f32[4], s: f32[], g: f32[2, 4]"
+
+
+@st.composite
+def builtin_calls(draw) -> str:
+    """A call of a random built-in (but grad) with arguments mostly of the kind each parameter takes,
+    in a fn or a model: the built-ins' own checks, on every rank and dtype."""
+    name = draw(st.sampled_from(sorted(set(BUILTINS) - {"grad"})))
+    args, kwargs = [], []
+    for p in list(inspect.signature(BUILTINS[name]).parameters.values())[1:]:
+        ann = p.annotation if isinstance(p.annotation, str) and p.annotation in ARGS else "any"
+        pool = ARGS[ann] if draw(st.integers(0, 9)) else [v for vs in ARGS.values() for v in vs]
+        if p.kind == p.VAR_POSITIONAL:
+            args += draw(st.lists(st.sampled_from(ARGS["T"]), min_size=1, max_size=3))
+        elif p.default is inspect.Parameter.empty or draw(st.booleans()):
+            value = draw(st.sampled_from(pool))
+            if p.kind == p.KEYWORD_ONLY or kwargs or draw(st.integers(0, 4)) == 0:
+                kwargs.append(f"{p.name}={value}")
+            else:
+                args.append(value)
+    call = f"{name}({', '.join(args + kwargs)})"
+    return draw(st.sampled_from(CALL_HOST)).format(params=CALL_PARAMS, call=call)
+
+
 FUZZ = settings(max_examples=1000, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-# Two runs of 1,000 each (2,000 sources in all), so that each run stays short.
+# Three runs of 1,000 each (3,000 sources in all), so that each run stays short.
 @FUZZ
 @given(mutated_sources())
 def test_fuzz_mutated_sources(text: str):
@@ -190,4 +227,10 @@ def test_fuzz_mutated_sources(text: str):
 @FUZZ
 @given(spliced_sources())
 def test_fuzz_spliced_sources(text: str):
+    check_compiles_or_located_error(text)
+
+
+@FUZZ
+@given(builtin_calls())
+def test_fuzz_builtin_calls(text: str):
     check_compiles_or_located_error(text)

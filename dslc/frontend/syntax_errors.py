@@ -47,37 +47,58 @@ def syntax_error(e: lark.UnexpectedInput, text: str, file: str, literals: dict[s
     accepts = _accepts(e)
     history = getattr(e, "token_history", None) or []
     prev = history[-1] if history else None
-    pos = len(text) if at_end else token.start_pos
-    opener = _unclosed(text, pos)
+    open_ = _unclosed(text, len(text) if at_end else token.start_pos)
+    opener = open_[-1] if open_ else None
 
     if prev is not None and prev.type == "NAME" and prev.value in _DECL_WORDS and opener and opener[0] == "{":
         return DslSyntaxError(
             f"`{prev.value}` starts a declaration, but the '{{' at line {opener[1]} is never closed",
             Span(file, prev.line, prev.column, prev.end_line, prev.end_column),
             "add the missing '}' before this line")
+    if prev is not None and prev.type == "NAME" and prev.value == "using" and "USING" in accepts:
+        return DslSyntaxError("`updates` names no model", Span(file, prev.line, prev.column, prev.end_line,
+                                                               prev.end_column),
+                              "list the models the step trains: `updates Encoder, Decoder using adam()`")
 
     if at_end:
         span, what = _end_span(text, file), "end of file"
     else:
         span = Span(file, token.line, token.column, token.end_line, token.end_column)
         what = _token_words(token)
-    if prev is not None and prev.type == "__ANON_1":
-        hint = "after `|>` write a function or a call: `x |> relu` or `x |> dense(10)`"
-    else:
-        hint = f"expected {_expected(accepts, literals)}" if accepts else None
-    if opener and _CLOSER[opener[0]] in {literals.get(t) for t in accepts} and (
-            at_end or token.value in ")]}" or token.line > opener[1]):
+    hint = _after(prev, token) or (f"expected {_expected(accepts, literals)}" if accepts else None)
+    note = None
+    if not at_end and token.value in (")", "]", "}") and token.type != "STRING":
+        # A closer with no opener of its kind, or one that leaves an inner bracket open.
+        wanted = {")": "(", "]": "[", "}": "{"}[token.value]
+        has_wanted = any(o[0] == wanted for o in open_)
+        if opener and opener[0] != wanted and (opener[0] != "{" or has_wanted):
+            note = f"the '{opener[0]}' at line {opener[1]}, column {opener[2]} is not closed"
+        elif not has_wanted:
+            note = f"there is no '{wanted}' to close here"
+    elif opener and _CLOSER[opener[0]] in {literals.get(t) for t in accepts} and (
+            at_end or token.line > opener[1]):
         note = f"the '{opener[0]}' at line {opener[1]}, column {opener[2]} is not closed"
+    if note:
         hint = f"{hint} ({note})" if hint else note
     return DslSyntaxError(f"unexpected {what}", span, hint)
 
 
+def _after(prev, token) -> str | None:
+    """A hint for a mistake that the previous token gives away."""
+    if prev is None:
+        return None
+    if prev.type == "__ANON_1":
+        return "after `|>` write a function or a call: `x |> relu` or `x |> dense(10)`"
+    if prev.type == "REPEAT":
+        return "write the number of passes after `repeat`: `repeat 10 { ... }`"
+    if prev.type == "EQUAL" and token is not None and token.value == "=":
+        return "a binding is `name = value`; `==` compares two values"
+    return None
+
+
 def _accepts(e) -> set[str]:
     """The terminals the parser could take here: exact when lark can tell (`accepts`)."""
-    try:
-        exact = e.accepts if isinstance(e, lark.UnexpectedToken) else None
-    except Exception:  # the interactive parser could not be replayed: fall back to lark's guess
-        exact = None
+    exact = e.accepts if isinstance(e, lark.UnexpectedToken) else None
     return set(exact or getattr(e, "expected", None) or ())
 
 
@@ -117,18 +138,18 @@ def _end_span(text: str, file: str) -> Span:
     return Span(file, 1, 1)
 
 
-def _unclosed(text: str, pos: int) -> tuple[str, int, int] | None:
-    """The innermost bracket opened before `pos` and not closed: (bracket, line, column)."""
+def _unclosed(text: str, pos: int) -> list[tuple[str, int, int]]:
+    """The brackets opened before `pos` and not closed, innermost last: (bracket, line, column)."""
     stack, line, col, i = [], 1, 1, 0
     while i < pos:
         c = text[i]
-        if c == "#" or c == '"':  # skip a comment or a string (without crossing a line end)
-            end = text.find("\n" if c == "#" else '"', i + 1)
-            stop = text.find("\n", i + 1)
-            end = stop if end < 0 or (c == '"' and 0 <= stop < end) else end
-            end = pos if end < 0 else min(end, pos)
-            col += end - i
-            i = end
+        if c == "#":  # a comment: on to the end of the line
+            end = text.find("\n", i)
+            i = pos if end < 0 else end
+            continue
+        if c == '"':  # a string: one line, and closed, as the lexer has read it
+            end = text.find('"', i + 1) + 1 or pos
+            col, i = col + end - i, end
             continue
         if c in _CLOSER:
             stack.append((c, line, col))
@@ -139,4 +160,4 @@ def _unclosed(text: str, pos: int) -> tuple[str, int, int] | None:
         else:
             col += 1
         i += 1
-    return stack[-1] if stack else None
+    return stack

@@ -133,7 +133,7 @@ def _unary_numeric(inputs, attrs, opname: str):
 
 
 # Each rule names its op in messages: "exp needs a floating-point value, got i64[N]".
-for _name in ("Exp Log Sqrt Relu Sigmoid Tanh Softplus Erf Reciprocal Floor Ceil LeakyRelu Elu Gelu Sin Cos").split():
+for _name in "Exp Log Sqrt Relu Sigmoid Tanh Softplus Erf Reciprocal Floor Ceil LeakyRelu Elu Gelu Sin Cos".split():
     _register(_name, lambda i, a, _op=_name.lower(): _unary(i, a, _op))
 for _name, _word in {"Neg": "negation", "Abs": "abs", "Sign": "sign"}.items():
     _register(_name, lambda i, a, _op=_word: _unary_numeric(i, a, _op))
@@ -261,7 +261,8 @@ def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=
     out = (size + p0 + p1 - (k - 1) * d - 1) // s + 1
     if out < 1:
         padded = f" padded by {p0 + p1}" if p0 + p1 else ""
-        raise ShapeIssue(f"{what} ({(k - 1) * d + 1} wide) is larger than its input {x.type if x else size}{padded}",
+        raise ShapeIssue(f"{what} ({(k - 1) * d + 1} wide) is larger than its input "
+                         f"{x.type if x else size}{padded}",
                          "use padding=same or a smaller window, or shrink the input less before it")
     return out
 
@@ -473,7 +474,11 @@ def _slice_len(dim: Dim, start: int, end: int, step: int) -> Dim:
         return dim
     if step == 1 and start >= 0 and end >= 2**62:
         return f"{dim}-{start}"
-    raise ShapeIssue(f"cannot slice the dynamic dim {dim} with [{start}:{end}:{step}]")
+    if step == -1 and start == -1 and end <= -2**62:  # x[::-1]: the whole axis, reversed
+        return dim
+    bounds = ":".join("" if abs(b) >= 2**62 else str(b) for b in (start, end)) + ("" if step == 1 else f":{step}")
+    raise ShapeIssue(f"cannot take [{bounds}] of an axis of size {dim}, known only at run time",
+                     "on such an axis, slice with step 1 and bounds >= 0, or take the whole axis")
 
 
 def _slice(inputs, attrs):

@@ -2,7 +2,8 @@
 
 Each entry's Python signature is the language-level signature (`calls.bind_call` binds and checks
 arguments); annotations say what a parameter takes: "T" a tensor, "int", "count" (a positive int),
-"float", "bool", "word", "ints". Layers with weights name them after the binding they appear in (`ConvNet.conv1.weight`).
+"float", "bool", "word", "ints". Layers with weights name them after the binding they appear in
+(`ConvNet.conv1.weight`).
 """
 
 import inspect
@@ -15,7 +16,7 @@ from ..ir.core import Value
 from ..ir.ops import DTYPE_CODE
 from . import init as I
 from .calls import Ctx, bind_call
-from .values import Symbol
+from .values import Symbol, describe
 
 EPS = 1e-7  # Keras' epsilon: probabilities are clipped to [EPS, 1 - EPS] in the losses
 
@@ -38,6 +39,13 @@ def _float_tensor(ctx: Ctx, v, arg: str) -> Value:
     x = _t(ctx, v, arg=arg)
     if not x.type.is_float:
         raise ctx.error(f"{ctx.name}() needs a floating-point `{arg}`, got {x.type}", arg, "use cast(x, f32)")
+    return x
+
+
+def _numbers(ctx: Ctx, x: Value, arg: str = "x") -> Value:
+    if x.dtype == "bool":  # ONNX reductions take no bools: count with a cast
+        text = source_text(ctx.arg_spans.get(arg)) or arg
+        raise ctx.error(f"{ctx.name}() needs numbers, got {x.type}", arg, f"convert first: cast({text}, f32)")
     return x
 
 
@@ -78,6 +86,9 @@ def _activate(ctx: Ctx, y: Value, activation) -> Value:
     if activation is None:
         return y
     name = activation.name if isinstance(activation, Symbol) else activation
+    if not isinstance(name, str):
+        raise ctx.error(f"`activation=` takes an activation's name such as relu, got {describe(activation)}",
+                        "activation")
     if name not in ACTIVATIONS:
         raise ctx.error(f"unknown activation `{name}`", "activation", f"use one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name](ctx, y)
@@ -375,7 +386,7 @@ def clip(ctx: Ctx, x: "T", low: "T", high: "T"):
 
 def _reduction(op: str):
     def reduce(ctx: Ctx, x: "T", axis: "ints" = None, keepdims: "bool" = False):
-        x = _t(ctx, x, arg="x")
+        x = _numbers(ctx, _t(ctx, x, arg="x"))
         axes = _keepdims_axes(ctx, x, axis)
         b = ctx.b
         inputs = [x] if axes is None else [x, b.ints(axes)]
@@ -384,7 +395,7 @@ def _reduction(op: str):
 
 
 def argmax(ctx: Ctx, x: "T", axis: "int" = -1, keepdims: "bool" = False):
-    x = _t(ctx, x, arg="x")
+    x = _numbers(ctx, _t(ctx, x, arg="x"))
     _keepdims_axes(ctx, x, axis)
     return ctx.b.op("ArgMax", [x], {"axis": axis, "keepdims": int(keepdims)})
 

@@ -104,7 +104,8 @@ def convert(ctx: Ctx, name: str, v, annotation, span: Span):
         return v
     check, what = _KINDS[annotation]
     if not check(v):
-        if isinstance(v, Value) and v.const is not None and v.const.ndim == 0 and annotation in ("int", "float", "count"):
+        if (isinstance(v, Value) and v.const is not None and v.const.ndim == 0
+                and annotation in ("int", "count", "float")):
             return convert(ctx, name, v.const.item(), annotation, span)  # a constant computed at compile time
         got = v if _KINDS["float"][0](v) else describe(v)
         raise DslTypeError(f"{ctx.name}() expects {what} for `{name}`, got {got}", span)

@@ -104,7 +104,7 @@ class Lowerer:
         at that call (the layer inside the model is fine, the call's input is not)."""
         model = name.split(".")[0]
         at = next((s for n, s in zip(self.call_stack, self.call_spans) if n == model), span)
-        layer = f" (the weight belongs to the layer at line {span.line})" if span is not None and at is not span else ""
+        layer = f" (the weight belongs to the layer at line {span.line})" if span and at is not span else ""
         return DslShapeError(f"this call of {model} needs its weight `{name}` as "
                              f"{w.dtype}[{', '.join(map(str, shape))}], but an earlier call made it {w.type}", at,
                              f"a model's weights are shared by all its calls: give every call inputs of the "
@@ -175,8 +175,10 @@ class Lowerer:
             raise DslError(f"`{word}` cannot be inside `repeat`", ends.span,
                            f"assign inside the loop, then `{word}` after it")
         count = self.expr(sc, st.count)
-        if isinstance(count, bool) or not isinstance(count, (int, Value)):
-            raise DslTypeError(f"repeat needs an integer count, got {describe(count)}", st.count.span)
+        if (isinstance(count, bool) or not isinstance(count, (int, Value)) or
+                isinstance(count, Value) and (count.dtype != "i64" or count.rank != 0)):
+            raise DslTypeError(f"repeat needs an integer count, got {describe(count)}", st.count.span,
+                               "a number, or an i64 scalar input such as `steps: i64`")
         assigned = _assigned_names(st.body)
         carried = [n for n in assigned if isinstance(sc.env.get(n), Value)]
         if not carried:
@@ -278,6 +280,11 @@ class Lowerer:
         from .builtins import BUILTINS
         hint = (f"`{v.name}` is also a function: call it, e.g. `{v.name}(x)`"
                 if isinstance(v, Symbol) and v.name in BUILTINS else None)
+        if isinstance(v, DeclRef) and v.path:
+            raise DslNameError(f"`{v.path}` is not a weight of this graph", span,
+                               f"a model's weights exist once it is called here: call `{v.name}(...)` first")
+        if isinstance(v, DeclRef):
+            hint = f"call it: `{v.name}(...)`"
         raise DslTypeError(f"expected a tensor, got {describe(v)}", span, hint)
 
     def binop(self, sc: Scope, e: A.BinOp):
@@ -296,7 +303,7 @@ class Lowerer:
             return sc.b.op("Mul", [a, a])
         c = self.tensor(sc, right, e.right.span, like)
         sc.b.span = e.span
-        if a.dtype != c.dtype:
+        if a.dtype != c.dtype and op != "^":  # (Pow takes an exponent of another dtype)
             # Quote the operand to convert (the integer one, as a float is what arithmetic wants).
             convert, other = (e.left, c) if not a.type.is_float else (e.right, a)
             text = source_text(convert.span) or "x"
@@ -409,7 +416,8 @@ class Lowerer:
         if kwargs:
             k = next(iter(kwargs.values()))
             raise DslTypeError(f"`{d.name}` has no parameter `{k.name}`", k.span,
-                               did_you_mean(k.name, [p.name for p in params]))
+                               did_you_mean(k.name, [p.name for p in params]) or
+                               f"{d.name}({', '.join(p.name for p in params)}) is declared at line {d.span.line}")
         return env
 
     # ------------------------------------------------------------------ optimizers
