@@ -12,6 +12,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import dslc
+from feeds import random_feeds
 from dslc.emit.onnx_emit import check
 from dslc.runtime import run_model
 
@@ -19,24 +20,6 @@ SPECS = Path(__file__).parent.parent / "specs"
 STEPS = [(f.name, t) for f in sorted(SPECS.glob("*.dsl")) for t in dslc.load(f).targets()
          if dslc.load(f).decls[t].__class__.__name__ == "Step"]
 HEAVY = {"train_discriminator", "train_generator", "train_mnist_node_convnet"}  # big convs: checked once, cheaply
-
-
-def _feeds(model, rng, n=2, dtype=np.float64):
-    """Random values for every graph input that has no initializer (inputs and random draws)."""
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else n for d in t.shape.dim]
-        if t.elem_type == 7:  # int64: class labels
-            feeds[vi.name] = rng.integers(0, 10, size=shape).astype(np.int64)
-        elif vi.name.startswith("random."):
-            feeds[vi.name] = rng.random(shape).astype(dtype)  # uniform: keeps dropout masks meaningful
-        else:
-            feeds[vi.name] = rng.random(shape).astype(dtype)
-    return feeds
 
 
 def _weights(model):
@@ -62,7 +45,7 @@ STOPPED = {"train_discriminator": {"z"}}
 
 
 def _check_directional_derivative(model, rng, eps=1e-8):
-    feeds = _feeds(model, rng)
+    feeds = random_feeds(model, rng)
     # A random point near the initial weights: zero biases put some ReLU inputs exactly on the kink.
     weights = {k: v + 0.01 * rng.standard_normal(v.shape) for k, v in _weights(model).items()}
     grads = _ref(model, {**feeds, **weights})
@@ -87,7 +70,7 @@ def test_gradient_graphs_agree_between_runtimes(spec, step):
     model = dslc.compile(SPECS / spec, step, emit="gradients", random="input")
     check(model)
     assert all(n.domain == "" for n in model.graph.node)
-    feeds = _feeds(model, np.random.default_rng(1), dtype=np.float32)
+    feeds = random_feeds(model, np.random.default_rng(1))
     ort = run_model(model, feeds, device="cpu")
     ref = _ref(model, feeds)
     for k, v in ort.items():
@@ -106,12 +89,12 @@ def test_im2col_lowering_agrees_with_conv(spec, step):
     im2col = dslc.compile(SPECS / spec, step, conv_lowering="im2col", **options)
     check(im2col)
     assert not {"Conv", "ConvTranspose"} & {n.op_type for n in im2col.graph.node}
-    feeds = _feeds(conv, np.random.default_rng(2))
+    feeds = random_feeds(conv, np.random.default_rng(2))
     a, b = _ref(conv, feeds), _ref(im2col, feeds)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
     f32 = dslc.compile(SPECS / spec, step, emit="gradients", random="input", conv_lowering="im2col")
-    out = run_model(f32, _feeds(f32, np.random.default_rng(2), dtype=np.float32), device="cpu")
+    out = run_model(f32, random_feeds(f32, np.random.default_rng(2)), device="cpu")
     assert np.isfinite(out["loss"])  # onnxruntime runs the Conv-free graph too
 
 

@@ -14,6 +14,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.ops.op_one_hot import OneHot as _RefOneHot
 
 import dslc
+from feeds import graphs, random_feeds, random_kind
 from dslc.emit.onnx_emit import check
 from dslc.runtime import run_model
 
@@ -104,51 +105,6 @@ def test_steps_update_the_named_models_only():
 
 
 # ------------------------------------------------------------------ every target, two runtimes
-_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-       onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}
-
-
-def _graphs(g: onnx.GraphProto):
-    """A graph and its subgraphs (Loop bodies), recursively."""
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            for sub in a.graphs:
-                yield from _graphs(sub)
-
-
-def _random_kind(model: onnx.ModelProto, name: str) -> str:
-    """'normal' if the graph input `name` stands for a random_normal() draw, else 'uniform' (random_uniform,
-    dropout's mask, randint): read from the source that the first consumer's doc_string points to."""
-    for g in _graphs(model.graph):
-        for n in g.node:
-            if name in n.input:
-                file, line, col = n.doc_string.rsplit(":", 2)
-                text = Path(file).read_text().splitlines()[int(line) - 1][int(col) - 1:]
-                return "normal" if text.startswith("random_normal") else "uniform"
-    raise AssertionError(f"input {name} has no consumer")
-
-
-def _feeds(model: onnx.ModelProto, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    inits = {t.name for t in model.graph.initializer}
-    feeds = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else N for d in tt.shape.dim]
-        dtype = _NP[tt.elem_type]
-        if np.issubdtype(dtype, np.integer):
-            feeds[vi.name] = rng.integers(0, 10, size=shape).astype(dtype)
-        elif vi.name.startswith("random.") and _random_kind(model, vi.name) == "normal":
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:  # images, one-hot-ish targets and uniform draws: values in [0, 1)
-            feeds[vi.name] = rng.random(shape).astype(dtype)
-    return feeds
-
-
 def _shorten_loops(model: onnx.ModelProto, trips: int) -> onnx.ModelProto:
     """A copy whose Loops run `trips` times: the reference evaluator is slow on long loops."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -191,9 +147,9 @@ def _compile(file: str, target: str, **options) -> onnx.ModelProto:
 def test_target_runs_alike_in_two_runtimes(file, target):
     model = _compile(file, target, random="input")
     check(model)
-    has_loop = any(n.op_type == "Loop" for g in _graphs(model.graph) for n in g.node)
+    has_loop = any(n.op_type == "Loop" for g in graphs(model.graph) for n in g.node)
     rng = np.random.default_rng(0)
-    feeds = _feeds(model, rng)
+    feeds = random_feeds(model, rng)
     if has_loop:
         # The full loop in onnxruntime only; both runtimes compare on a 3-trip version.
         full = run_model(model, feeds, device="cpu")
@@ -216,7 +172,7 @@ def test_target_with_random_ops(file, target):
     model = _compile(file, target)
     check(model)
     assert not any(i.name.startswith("random.") for i in model.graph.input)
-    out = run_model(model, _feeds(model, np.random.default_rng(1)), device="cpu")
+    out = run_model(model, random_feeds(model, np.random.default_rng(1)), device="cpu")
     assert all(np.isfinite(v).all() for v in out.values())
 
 
@@ -225,7 +181,7 @@ def test_standard_ops_and_source_locations(file, target):
     model = _compile(file, target, random="input")
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
     where = re.compile(r"^(?P<file>.+\.dsl):(?P<line>\d+):(?P<col>\d+)$")
-    for g in _graphs(model.graph):
+    for g in graphs(model.graph):
         for n in g.node:
             assert n.domain in ("", "ai.onnx"), f"{n.op_type} in domain {n.domain}"
             m = where.match(n.doc_string)
@@ -238,7 +194,7 @@ def test_standard_ops_and_source_locations(file, target):
 def test_random_draws_are_inputs_by_kind():
     enc = dslc.compile(SPECS / "vae.dsl", "Encoder", random="input")
     assert [i.name for i in enc.graph.input] == ["x", "random.0"]
-    assert _random_kind(enc, "random.0") == "normal"
+    assert random_kind(enc, "random.0") == "normal"
     ops = {n.op_type for n in dslc.compile(SPECS / "vae.dsl", "Encoder").graph.node}
     assert "RandomNormalLike" in ops
 
