@@ -155,11 +155,11 @@ def dense(ctx: Ctx, x: "T", units: "count", activation=None, use_bias: "bool" = 
     if not isinstance(fan_in, int):
         raise ctx.error(f"dense needs a static last dim, got {x.type}", "x", cls=DslShapeError)
     path = _weighted(ctx)
-    w = ctx.lw.weight(f"{path}.weight", (fan_in, units), _init(ctx, kernel_init, "kernel_init", fan_in, units), span=ctx.span)
+    w = ctx.lw.weight(f"{path}.weight", (fan_in, units), _init(ctx, kernel_init, "kernel_init", fan_in, units), span=ctx.span, dtype=x.dtype)
     y = ctx.b.op("MatMul", [x, w])
     n = fan_in * units
     if use_bias:
-        y = ctx.b.op("Add", [y, ctx.lw.weight(f"{path}.bias", (units,), I.zeros, span=ctx.span)])
+        y = ctx.b.op("Add", [y, ctx.lw.weight(f"{path}.bias", (units,), I.zeros, span=ctx.span, dtype=x.dtype)])
         n += units
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
@@ -177,8 +177,8 @@ def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     path = _weighted(ctx)
     fan_in, fan_out = cin // groups * k[0] * k[1], filters * k[0] * k[1]
     w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, *k), _init(ctx, kernel_init, "kernel_init", fan_in, fan_out),
-                      span=ctx.span)
-    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span) if use_bias else None
+                      span=ctx.span, dtype=x.dtype)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
     attrs = {"strides": s, "pads": pads, "dilations": d, "group": groups}
     if ctx.lw.options.conv_lowering == "im2col":
         from ..ir import patterns
@@ -213,8 +213,8 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
     path = _weighted(ctx)
     fan_in, fan_out = filters * k[0] * k[1], cin * k[0] * k[1]
     w = ctx.lw.weight(f"{path}.weight", (cin, filters, *k), _init(ctx, kernel_init, "kernel_init", fan_in, fan_out),
-                      span=ctx.span)
-    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span) if use_bias else None
+                      span=ctx.span, dtype=x.dtype)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
     if ctx.lw.options.conv_lowering == "im2col":
         from ..ir import patterns
         y = patterns.conv_transpose2d_im2col(ctx.b, x, w, bias, s, pads, d, 1, out_pad)
@@ -234,10 +234,10 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     c = x.shape[1]
     path = _weighted(ctx)
     lw, b = ctx.lw, ctx.b
-    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span)
-    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span)
-    mean_w = lw.weight(f"{path}.moving_mean", (c,), I.zeros, trainable=False, span=ctx.span)
-    var_w = lw.weight(f"{path}.moving_variance", (c,), I.ones, trainable=False, span=ctx.span)
+    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span, dtype=x.dtype)
+    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span, dtype=x.dtype)
+    mean_w = lw.weight(f"{path}.moving_mean", (c,), I.zeros, trainable=False, span=ctx.span, dtype=x.dtype)
+    var_w = lw.weight(f"{path}.moving_variance", (c,), I.ones, trainable=False, span=ctx.span, dtype=x.dtype)
     bshape = b.ints([1, c] + [1] * (x.rank - 2))
     axes = [0] + list(range(2, x.rank))
     if ctx.sc.training:
@@ -437,7 +437,7 @@ def _random(ctx: Ctx, op: str, like_or_shape, attrs: dict) -> Value:
         from ..ir.core import TensorType
         shape = like_or_shape.shape if isinstance(like_or_shape, Value) else tuple(like_or_shape)
         dtype = like_or_shape.dtype if isinstance(like_or_shape, Value) else "f32"
-        return lw.root.input(f"random.{next(lw.random_inputs)}", TensorType(dtype, shape))
+        return lw.root.input(f"random.{next(lw.random_count)}", TensorType(dtype, shape))
     attrs = {**attrs, "seed": lw.seed_attr()}
     if isinstance(like_or_shape, Value):
         return b.op(op, [like_or_shape], attrs)
@@ -573,7 +573,7 @@ def grad(ctx: Ctx, y: "T", x: "any"):
             raise ctx.error(f"grad() can differentiate with respect to float tensors only, got "
                             f"{v.type if isinstance(v, Value) else type(v).__name__}", "x")
     grads = autodiff_grad(ctx.b, y, xs)
-    return list(grads) if isinstance(x, list) else grads[0]
+    return tuple(grads) if isinstance(x, list) else grads[0]  # a tuple unpacks: `gx, gw = grad(...)`
 
 
 def stop_gradient(ctx: Ctx, x: "T"):

@@ -76,17 +76,19 @@ class Lowerer:
         self.weights: dict[str, Value] = {}
         self.state_updates: dict[str, Value] = {}  # batch-norm statistics after a training pass
         self.layers: list[LayerRecord] = []
-        self.random_inputs = itertools.count()
+        self.random_count = itertools.count()  # random ops: seeds, or input names
         self.call_stack: list[str] = []
         self.call_spans: list[Span] = []  # where each call of call_stack was made
 
     # ------------------------------------------------------------------ weights
-    def weight(self, name: str, shape: tuple, init, trainable: bool = True, span: Span | None = None) -> Value:
-        """The weight `name`, created on first use with `init(rng, shape)`; later uses share it."""
+    def weight(self, name: str, shape: tuple, init, trainable: bool = True, span: Span | None = None,
+               dtype: str = "f32") -> Value:
+        """The weight `name`, created on first use with `init(rng, shape)` in the float type of the
+        layer's input; later uses share it."""
         if name in self.weights:
             w = self.weights[name]
-            if tuple(w.shape) != tuple(shape):
-                raise self._weight_mismatch(name, w, shape, span)
+            if tuple(w.shape) != tuple(shape) or w.dtype != dtype:
+                raise self._weight_mismatch(name, w, shape, dtype, span)
             return w
         if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise DslShapeError(f"weight `{name}` needs static, positive sizes, got "
@@ -95,23 +97,23 @@ class Lowerer:
             raise DslShapeError(f"weight `{name}` would hold {math.prod(shape):,} numbers, more than the "
                                 f"{MAX_WEIGHT:,} an ONNX file can hold (2 GiB)", span)
         rng = np.random.default_rng([self.options.seed, zlib.crc32(name.encode())])
-        w = self.root.param(name, np.asarray(init(rng, shape), dtype=np.float32), trainable)
+        w = self.root.param(name, np.asarray(init(rng, shape), dtype=DTYPES[dtype]), trainable)
         self.weights[name] = w
         return w
 
-    def _weight_mismatch(self, name: str, w: Value, shape: tuple, span: Span | None) -> DslShapeError:
+    def _weight_mismatch(self, name: str, w: Value, shape: tuple, dtype: str, span: Span | None) -> DslShapeError:
         """A second call of a model whose inputs do not fit the weights its first call made: report it
         at that call (the layer inside the model is fine, the call's input is not)."""
         model = name.split(".")[0]
         at = next((s for n, s in zip(self.call_stack, self.call_spans) if n == model), span)
         layer = f" (the weight belongs to the layer at line {span.line})" if span and at is not span else ""
         return DslShapeError(f"this call of {model} needs its weight `{name}` as "
-                             f"{w.dtype}[{', '.join(map(str, shape))}], but an earlier call made it {w.type}", at,
+                             f"{dtype}[{', '.join(map(str, shape))}], but an earlier call made it {w.type}", at,
                              f"a model's weights are shared by all its calls: give every call inputs of the "
                              f"same shape{layer}")
 
     def seed_attr(self) -> float:
-        return float((self.options.seed * 7919 + next(self.random_inputs)) % 65536)
+        return float((self.options.seed * 7919 + next(self.random_count)) % 65536)
 
     # ------------------------------------------------------------------ statements
     def run_block(self, sc: Scope, body: tuple[A.Stmt, ...]):
@@ -396,7 +398,7 @@ class Lowerer:
                                f"got {len(e.args)}", e.args[len(params)].span,
                                f"{d.name}({', '.join(p.name for p in params)}) is declared at line {d.span.line}")
         env: dict[str, object] = {}
-        bindings_of_dims: dict[str, object] = {}
+        dims: dict[str, object] = {}
         for i, p in enumerate(params):
             if i < len(e.args):
                 arg_expr = e.args[i]
@@ -411,7 +413,7 @@ class Lowerer:
             if isinstance(value, ModelResult) and len(value.outputs) == 1:
                 value = value.outputs[0]
             if p.type is not None:
-                value = check_arg_type(p, value, arg_expr.span, bindings_of_dims, sc, self, owner=d.name)
+                value = check_arg_type(p, value, arg_expr.span, dims, sc, self, owner=d.name)
             env[p.name] = value
         if kwargs:
             k = next(iter(kwargs.values()))

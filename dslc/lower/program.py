@@ -22,7 +22,7 @@ class Program:
         out = []
         for name in self.own:
             d = self.decls[name]
-            if isinstance(d, (A.Model, A.Step)) or (isinstance(d, A.Fn) and d.params and all(
+            if isinstance(d, (A.Model, A.Step)) or (isinstance(d, A.Fn) and all(
                     p.type is not None and not (p.type.dtype in ("int", "float") and p.type.dims is None)
                     for p in d.params)):
                 out.append(name)
