@@ -2,6 +2,7 @@
 each by its annotation, so every built-in reports wrong arguments the same way."""
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -42,16 +43,22 @@ _KINDS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _parameters(fn) -> list[inspect.Parameter]:
+    """A built-in's language-level parameters (its Python ones after `ctx`); cached: read per call."""
+    return list(inspect.signature(fn).parameters.values())[1:]
+
+
 def bind_call(ctx: Ctx, fn, e: A.Call) -> dict:
     lw, sc = ctx.lw, ctx.sc
-    params = list(inspect.signature(fn).parameters.values())[1:]  # skip ctx
+    params = _parameters(fn)
     names = [p.name for p in params if p.kind != p.VAR_POSITIONAL]
     varargs = next((p for p in params if p.kind == p.VAR_POSITIONAL), None)
     positional = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
     bound: dict[str, object] = {}
     extra = []
     for i, a in enumerate(e.args):
-        if i < len(positional) and not (varargs and i >= _first_kw_only(positional)):
+        if i < len(positional):
             bound[positional[i].name] = (a, a.span)
         elif varargs:
             extra.append(a)
@@ -85,10 +92,6 @@ def bind_call(ctx: Ctx, fn, e: A.Call) -> dict:
     return values
 
 
-def _first_kw_only(positional) -> int:
-    return len(positional)
-
-
 def convert(ctx: Ctx, name: str, v, annotation, span: Span):
     if isinstance(v, ModelResult) and len(v.outputs) == 1:
         v = v.outputs[0]
@@ -113,9 +116,8 @@ def convert(ctx: Ctx, name: str, v, annotation, span: Span):
 
 
 def signature(name: str, fn) -> str:
-    params = list(inspect.signature(fn).parameters.values())[1:]
     parts = []
-    for p in params:
+    for p in _parameters(fn):
         if p.kind == p.VAR_POSITIONAL:
             parts.append(f"*{p.name}")
         elif p.default is inspect.Parameter.empty:
