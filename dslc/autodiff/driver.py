@@ -30,10 +30,11 @@ def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Val
     for out, cot in zip(outputs, cotangents):
         if out in live:
             grads.setdefault(out, []).append(cot)
-    outer_span = b.span
+    outer_span, outer_scope = b.span, b.scope
     try:
         for node in reversed(path):
             b.span = node.span  # backward nodes point at the source line of their forward node
+            b.scope = "grad/" + node.name.rpartition("/")[0]  # and are named after its binding
             dys = [_total(b, grads, out) for out in node.outputs]
             if all(dy is None for dy in dys):
                 continue
@@ -43,7 +44,7 @@ def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Val
         b.span = outer_span
         results = [None if not w.type.is_float else _total(b, grads, w) or P.zeros_like(b, w) for w in wrt]
     finally:
-        b.span = outer_span
+        b.span, b.scope = outer_span, outer_scope
     _prune(b.graph, first_new, results)
     return results
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 from ..ir.core import Graph
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
+from .fold import fold_constants
 
-PASSES = (eliminate_common_subexpressions, eliminate_dead_code)
+PASSES = (fold_constants, eliminate_common_subexpressions, eliminate_dead_code)
 
 
 def optimize(graph: Graph) -> bool:
