@@ -1,6 +1,6 @@
 """Gradient evaluation: loss + the gradients of all weights of ConvNet, batch 64, CPU, 2 threads.
 
-    python bench/gradients.py [--rounds 15] [--calls 5] [--ortt-python /tmp/venv-ortt/bin/python]
+    python bench/gradients.py [--rounds 20] [--calls 5] [--ortt-python /tmp/venv-ortt/bin/python]
 
 One gradient evaluation = the forward pass of `ConvNet` (specs/convnet.dsl) in training mode
 (dropout 0.25 active), sparse categorical cross-entropy from logits (mean over the batch), and
@@ -25,8 +25,10 @@ Rounds are interleaved: in each round every contender runs one untimed call and 
 timed calls, the starting contender rotating from round to round. The table shows the median of
 all timed calls (rounds x calls) per contender and the ratio to PyTorch eager, which is the median
 over rounds of (contender's median in the round / PyTorch's median in the same round), because
-the machine's speed drifts by tens of percent within seconds. "build" is the one-off cost
-(compile / export / artifacts + session), "first" the first call after it.
+the machine's speed drifts by tens of percent within seconds. "build" is the one-off cost after
+imports (dslc: compile + session, the first one also building lark's parser; PyTorch: model
+construction; onnxsim: dslc's forward compile + differentiation + session; onnxruntime-training:
+generate_artifacts + Module), "first" the first call after it. Exit status 1 if dslc's check fails.
 
 Before timing, dslc's loss and gradients (and onnxsim's, when present) are checked against
 PyTorch autograd with identical weights and inputs and no dropout, to 1e-4 relative (max |diff|
@@ -87,10 +89,12 @@ def node_count(model) -> str:
 
     foreign = [n for n in model.graph.node
                if n.domain not in ("", "ai.onnx") or not onnx.defs.has(n.op_type)]
+    constants = sum(1 for n in model.graph.node if n.op_type == "Constant")
+    total = f"{len(model.graph.node)}" + (f" ({constants} Constant)" if constants else "")
     if not foreign:
-        return f"{len(model.graph.node)} (all standard ONNX)"
+        return f"{total}, all standard ONNX"
     kinds = sorted({f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in foreign})
-    return f"{len(model.graph.node)} ({len(foreign)} not standard ONNX: {', '.join(kinds)})"
+    return f"{total}, {len(foreign)} not standard ONNX: {', '.join(kinds)}"
 
 
 def first_line(e: BaseException) -> str:
@@ -334,11 +338,14 @@ def onnxsim_gradients(model, params: list[str]):
 
 
 def build_onnxsim(notes: list[str]):
-    """The onnxsim gradient model, trying dslc's forward graph unchanged first."""
+    """(gradient model, {param: gradient output}, build ms) with onnxsim, trying dslc's forward
+    graph unchanged first; build ms = dslc's forward compile + the successful differentiation."""
     import dslc
     from onnxsim import graph_grad
 
+    start = time.perf_counter()
     forward = dslc.compile(str(SPEC), "ConvNet")
+    compile_ms = (time.perf_counter() - start) * 1e3
     try:
         onnxsim_gradients(onnxsim_forward(forward, rewrite=False, dropout_mask=False), PARAMS)
         notes.append("onnxsim: dslc's ConvNet differentiated unchanged")
@@ -348,7 +355,6 @@ def build_onnxsim(notes: list[str]):
                      "rewritten Flatten -> Reshape [64, 3136]")
     try:
         import numpy as np
-        import onnx
         from onnx import helper as oh, numpy_helper as nh
 
         probe = onnxsim_forward(forward, rewrite=True, dropout_mask=False)
@@ -366,7 +372,9 @@ def build_onnxsim(notes: list[str]):
     except graph_grad.UnsupportedOpError as e:
         notes.append(f"onnxsim: training-mode Dropout -> UnsupportedOpError: {e}; "
                      "dropout done as Mul by a fed mask (drawn in numpy each call, timed)")
-    return onnxsim_gradients(onnxsim_forward(forward, rewrite=True, dropout_mask=True), PARAMS)
+    start = time.perf_counter()
+    model, grads = onnxsim_gradients(onnxsim_forward(forward, rewrite=True, dropout_mask=True), PARAMS)
+    return model, grads, compile_ms + (time.perf_counter() - start) * 1e3
 
 
 class OnnxsimContender(Contender):
@@ -374,11 +382,11 @@ class OnnxsimContender(Contender):
         import numpy as np
 
         self.name = f"onnxsim graph_grad, {session_label(nchwc)}"
-        start = time.perf_counter()
         with quiet():
-            model, grads = built if built is not None else build_onnxsim(notes if notes is not None else [])
+            model, grads, build_ms = built if built is not None else build_onnxsim(notes or [])
+            start = time.perf_counter()
             self.sess = ort_session(model, nchwc)
-        self.build_ms = (time.perf_counter() - start) * 1e3
+        self.build_ms = build_ms + (time.perf_counter() - start) * 1e3
         self.model = model
         self.nodes = node_count(model)
         self.outputs = ["loss"] + [grads[p] for p in PARAMS]
@@ -587,7 +595,7 @@ def check_against_torch(tmp: Path, image, label, onnxsim_model=None) -> bool:
         got = {"loss": out["loss"], **{k: out[f"grad.{k}"] for k in weights}}
         results[f"dslc, {session_label(nchwc)}"] = got
     if onnxsim_model is not None:
-        sim_model, grads = onnxsim_model
+        sim_model, grads, _ = onnxsim_model
         with quiet():
             sess = ort_session(sim_model, True)
         feeds = {"image": image, "onehot": np.eye(10, dtype=np.float32)[label],
@@ -609,10 +617,25 @@ def check_against_torch(tmp: Path, image, label, onnxsim_model=None) -> bool:
     return ok
 
 
+def cpu_snapshot(pids: list[int]):
+    """(CPU seconds used by the whole machine, CPU seconds used by pids) from /proc, or None."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (guest is in user)
+        ours = 0
+        for pid in pids:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ours += int(stat[11]) + int(stat[12])  # utime, stime
+        return busy / tick, ours / tick
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # ------------------------------------------------------------------ driver
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
     ap.add_argument("--calls", type=int, default=5, help="timed calls per contender per round")
     ap.add_argument("--ortt-python", default=os.environ.get("ORTT_PYTHON", DEFAULT_ORTT_PYTHON),
                     help="python of the onnxruntime-training venv (skipped when missing)")
@@ -627,8 +650,8 @@ def main(argv=None) -> int:
 
 def bench(tmp: Path, args) -> int:
     sys.path.insert(0, str(ROOT))
-    with quiet():
-        import numpy as np
+    with quiet():  # imports are not part of any build time
+        import dslc  # noqa: F401
         import onnxruntime as ort
         import torch
 
@@ -661,7 +684,7 @@ def bench(tmp: Path, args) -> int:
         try:
             with quiet():
                 import onnxsim
-            sim_version = getattr(onnxsim, "__version__", "?")
+            sim_version = str(getattr(onnxsim, "__version__", "?")).lstrip("v")
             with quiet():
                 sim_built = build_onnxsim(notes)
             notes.append(f"onnxsim {sim_version}")
@@ -683,6 +706,8 @@ def bench(tmp: Path, args) -> int:
     ok = check_against_torch(tmp, image, label, sim_built)
 
     by_name = {c.name: c for c in contenders}
+    pids = [os.getpid()] + [c.proc.pid for c in contenders if isinstance(c, OrttContender)]
+    cpu_before, wall_before = cpu_snapshot(pids), time.perf_counter()
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     per_round: dict[str, list[float]] = {c.name: [] for c in contenders}
     try:
@@ -692,21 +717,28 @@ def bench(tmp: Path, args) -> int:
                 ms = c.block(args.calls)
                 times[c.name] += ms
                 per_round[c.name].append(statistics.median(ms))
+        cpu_after, wall = cpu_snapshot(pids), time.perf_counter() - wall_before
     finally:
         for c in contenders:
             c.close()
+    others = None
+    if cpu_before and cpu_after:
+        others = max(0.0, (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1])) / wall
 
     base = "PyTorch eager" if "PyTorch eager" in by_name else None
     print(f"\nConvNet, batch {BATCH}, loss + gradients of all 8 weights; CPU, {THREADS} threads "
           f"(machine: {os.cpu_count()} cores); torch {torch.__version__}, onnxruntime {ort.__version__}")
     print(f"median of {args.rounds} interleaved rounds x {args.calls} calls per contender; "
           "ratio = median over rounds of (round median / PyTorch's round median)\n")
-    print(f"{'contender':<44} {'median ms':>9} {'vs torch':>8} {'build ms':>9} {'first ms':>9}  graph nodes")
+    print(f"{'contender':<47} {'median ms':>9} {'vs torch':>8} {'build ms':>9} {'first ms':>9}  graph nodes")
     for c in contenders:
         med = statistics.median(times[c.name])
         ratio = (statistics.median(a / b for a, b in zip(per_round[c.name], per_round[base]))
                  if base else float("nan"))
-        print(f"{c.name:<44} {med:>9.1f} {ratio:>7.2f}x {c.build_ms:>9.0f} {c.first_ms:>9.1f}  {c.nodes}")
+        print(f"{c.name:<47} {med:>9.1f} {ratio:>7.2f}x {c.build_ms:>9.0f} {c.first_ms:>9.1f}  {c.nodes}")
+    if others is not None:
+        print(f"\nother processes used {others:.2f} of the {os.cpu_count()} cores on average while timing"
+              " (from /proc; above ~0.1 the numbers are perturbed, rerun when the machine is idle)")
     for note in notes:
         print("note: " + note)
     for s in skipped:

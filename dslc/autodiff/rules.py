@@ -244,16 +244,41 @@ def _max_pool(b, node, dys):
 
 
 def _max_pool_tiles(b, x, y, dy, kernel):
-    """Non-overlapping windows: view x as [N, C, Ho, kh, Wo, kw] tiles and compare with y per tile.
+    """Non-overlapping windows. Pooled values are spread back over their windows by `_spread` and
+    window sums taken by `_window_sum`, each one MatMul with a constant 0/1 matrix: every op stays
+    2- to 4-D, where onnxruntime is several times faster than on 6-D broadcast tiles (PERF-NOTES).
     Ties share the gradient equally (as ReduceMax's rule does)."""
-    (kh, kw), (h, w), (ho, wo) = kernel, x.shape[2:], y.shape[2:]
-    covered = P.slice_axes(b, x, [0, 0], [ho * kh, wo * kw], [2, 3]) if (ho * kh, wo * kw) != (h, w) else x
-    tiles = _op(b, "Reshape", covered, b.ints([0, 0, ho, kh, wo, kw]))
-    at_max = _mask(b, _op(b, "Equal", tiles, _op(b, "Unsqueeze", y, b.ints([3, 5]))), dy)
-    ties = _op(b, "ReduceSum", at_max, b.ints([3, 5]), keepdims=1)
-    share = _op(b, "Div", _op(b, "Unsqueeze", dy, b.ints([3, 5])), ties)
-    dx = _op(b, "Reshape", _op(b, "Mul", at_max, share), b.ints([0, 0, ho * kh, wo * kw]))
-    return P.pad_or_crop(b, dx, {2: (0, h - ho * kh), 3: (0, w - wo * kw)})  # rows no window read
+    if not isinstance(x.shape[1], int):
+        return _max_pool_windows(b, x, y, dy, kernel, kernel, [0, 0, 0, 0], [1, 1])
+    at_max = _mask(b, _op(b, "Equal", x, _spread(b, y, x, kernel)), dy)
+    ties = _window_sum(b, at_max, y, kernel)
+    return _op(b, "Mul", at_max, _spread(b, _op(b, "Div", dy, ties), x, kernel))
+
+
+def _tile_matrix(kernel, w: int, wo: int) -> np.ndarray:
+    """[kh*W, Wo]: row (r, c) of a band of kh image rows belongs to window column o when c does."""
+    kh, kw = kernel
+    m = np.zeros((kh, w, wo))
+    for o in range(wo):
+        m[:, o * kw:(o + 1) * kw, o] = 1
+    return m.reshape(kh * w, wo)
+
+
+def _spread(b, v, full, kernel):
+    """[N, C, Ho, Wo] -> full's shape, each value repeated over its kh x kw window (zeros where no
+    window reaches)."""
+    (kh, kw), (h, w), (ho, wo) = kernel, full.shape[2:], v.shape[2:]
+    bands = _op(b, "MatMul", _op(b, "Reshape", v, b.ints([-1, wo])), _c(b, _tile_matrix(kernel, w, wo).T, v))
+    out = _op(b, "Reshape", bands, P.shape_with(b, full, {2: ho * kh}))
+    return P.pad_or_crop(b, out, {2: (0, h - ho * kh)})  # rows past the last window
+
+
+def _window_sum(b, v, pooled, kernel):
+    """Window sums of a full-size v, as [N, C, Ho, Wo] (the adjoint of `_spread`)."""
+    (kh, kw), (h, w), (ho, wo) = kernel, v.shape[2:], pooled.shape[2:]
+    covered = P.slice_axes(b, v, [0], [ho * kh], [2]) if ho * kh != h else v
+    bands = _op(b, "Reshape", covered, b.ints([-1, kh * w]))
+    return _op(b, "Reshape", _op(b, "MatMul", bands, _c(b, _tile_matrix(kernel, w, wo), v)), P.shape_of(b, pooled))
 
 
 def _max_pool_windows(b, x, y, dy, kernel, s, p, d):
