@@ -283,7 +283,8 @@ def max_pool2d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, paddi
 
 
 def avg_pool2d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
-    return _pool(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 1})
+    # Keras averages over the window taps inside the image: padding is not counted
+    return _pool(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 0})
 
 
 def global_avg_pool2d(ctx: Ctx, x: "T"):
