@@ -47,8 +47,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
+
+from common import quiet  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -58,28 +59,6 @@ SPEC = ROOT / "specs" / "convnet.dsl"
 PARAMS = [f"ConvNet.{layer}.{kind}" for layer in ("conv1", "conv2", "hidden", "logits")
           for kind in ("weight", "bias")]
 DEFAULT_ORTT_PYTHON = "/tmp/venv-ortt/bin/python"
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence everything written to fd 1 and 2 (onnxruntime and torch print warnings)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
 
 
 def node_count(model) -> str:

@@ -267,7 +267,7 @@ def _tile_matrix(kernel, w: int, wo: int) -> np.ndarray:
 def _spread(b, v, full, kernel):
     """[N, C, Ho, Wo] -> full's shape, each value repeated over its kh x kw window (zeros where no
     window reaches)."""
-    (kh, kw), (h, w), (ho, wo) = kernel, full.shape[2:], v.shape[2:]
+    kh, (h, w), (ho, wo) = kernel[0], full.shape[2:], v.shape[2:]
     bands = _op(b, "MatMul", _op(b, "Reshape", v, b.ints([-1, wo])), _c(b, _tile_matrix(kernel, w, wo).T, v))
     out = _op(b, "Reshape", bands, P.shape_with(b, full, {2: ho * kh}))
     return P.pad_or_crop(b, out, {2: (0, h - ho * kh)})  # rows past the last window
@@ -275,7 +275,7 @@ def _spread(b, v, full, kernel):
 
 def _window_sum(b, v, pooled, kernel):
     """Window sums of a full-size v, as [N, C, Ho, Wo] (the adjoint of `_spread`)."""
-    (kh, kw), (h, w), (ho, wo) = kernel, v.shape[2:], pooled.shape[2:]
+    kh, (h, w), (ho, wo) = kernel[0], v.shape[2:], pooled.shape[2:]
     covered = P.slice_axes(b, v, [0], [ho * kh], [2]) if ho * kh != h else v
     bands = _op(b, "Reshape", covered, b.ints([-1, kh * w]))
     return _op(b, "Reshape", _op(b, "MatMul", bands, _c(b, _tile_matrix(kernel, w, wo), v)), P.shape_of(b, pooled))

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..diagnostics import DslError, DslShapeError, DslTypeError, source_text
+from ..diagnostics import DslShapeError, source_text
 from ..ir.core import Value
 from ..ir.ops import DTYPE_CODE
 from . import init as I
@@ -117,7 +117,7 @@ def _pads(ctx: Ctx, padding, x: Value, kernel, strides, dilation) -> list[int]:
         return [padding] * 4
     if isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (2, 4):
         return padding * 2 if len(padding) == 2 else padding
-    raise ctx.error(f"padding must be `same`, `valid`, an integer or a list of 2 or 4 integers", "padding")
+    raise ctx.error("padding must be `same`, `valid`, an integer or a list of 2 or 4 integers", "padding")
 
 
 def _spatial_input(ctx: Ctx, x: Value) -> Value:

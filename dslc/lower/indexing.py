@@ -1,7 +1,6 @@
 """`x[...]`: static slices become one Slice, integer literals a Slice + Squeeze, tensor indices a Gather."""
 from __future__ import annotations
 
-import numpy as np
 
 from ..diagnostics import DslError, DslShapeError, DslTypeError
 from ..frontend import ast as A
