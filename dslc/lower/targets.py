@@ -3,9 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..autodiff import grad
 from ..diagnostics import DslError, DslTypeError, did_you_mean
 from ..frontend import ast as A
 from ..ir.core import Graph, Value
+from ..ir.verify import verify
+from ..passes import optimize
+from ..passes.precision import to_float64
 from .lowerer import LayerRecord, Lowerer, Options, Scope, input_type, unbound_output
 from .program import Program
 from .values import ModelResult, OptimizerSpec
@@ -67,9 +71,6 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
             _output(b, o, lw.tensor(sc, v, e.span))
     else:
         _lower_step(lw, sc, d, emit, out)
-    from ..passes import optimize
-    from ..passes.precision import to_float64
-    from ..ir.verify import verify
     optimize(g)
     if lw.options.float64:
         to_float64(g)
@@ -104,7 +105,6 @@ def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> N
         if p.value.name in lw.state_updates:
             _output(b, f"new.{p.value.name}", lw.state_updates[p.value.name])
     if emit == "gradients":
-        from ..autodiff import grad
         b.span = loss_span
         wrt = [p.value for p in owned if p.trainable]
         if lw.options.wrt_inputs:
