@@ -117,3 +117,17 @@ def test_filter_visualization_writes_a_png_grid(tmp_path, capsys):
     assert not np.allclose(images[0], images[1])  # two filters, two patterns
     with Image.open(png) as im:
         assert im.size == (4 * (2 + 2 * 30), 4 * (2 + 30))  # 2 images per row, 2 px padding, 4x scale
+
+
+def test_compiling_imports_no_runtime():
+    """`dslc compile` needs lark, onnx and numpy only (DESIGN: the compiler does not need a runtime)."""
+    code = ("import sys, dslc; from dslc.cli import main; "
+            "main(['compile', 'specs/convnet.dsl', '-o', sys.argv[1], '--emit', 'forward']); "
+            "print(sorted(m for m in ('onnxruntime', 'PIL', 'torch') if m in sys.modules))")
+    import tempfile
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    with tempfile.TemporaryDirectory() as out:
+        res = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"
