@@ -148,3 +148,14 @@ def test_nodes_point_back_to_the_source(prog):
     model = dslc.compile(prog, "Net")
     assert all(n.doc_string.startswith("feat.dsl:") for n in model.graph.node)
     assert all(n.domain == "" for n in model.graph.node)
+
+
+def test_the_readme_example_compiles():
+    """The language tour in README.md is real code."""
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in readme.split("```")[1::2] if "model Encoder" in b)
+    prog = dslc.loads(block, "README.dsl")
+    assert prog.targets() == ["Encoder", "Decoder", "train_vae"]
+    for t in prog.targets():
+        check(dslc.compile(prog, t))
