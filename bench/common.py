@@ -1,4 +1,5 @@
-"""What the benchmarks share: silencing the contenders alike while they are timed."""
+"""What the benchmarks share: silencing the contenders alike while they are timed, and the
+PyTorch twin of the convnet they compare against."""
 from __future__ import annotations
 
 import contextlib
@@ -27,3 +28,26 @@ def quiet():
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
             os.close(fd)
+
+
+def torch_convnet():
+    """ConvNet of specs/convnet.dsl in PyTorch (dropout 0.25; call .eval() or .train())."""
+    from torch import nn
+
+    class ConvNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+            self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.fc1 = nn.Linear(64 * 7 * 7, 128)
+            self.drop = nn.Dropout(0.25)
+            self.fc2 = nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = self.pool(self.conv1(x).relu())
+            x = self.pool(self.conv2(x).relu())
+            x = self.fc1(x.flatten(1)).relu()
+            return self.fc2(self.drop(x))
+
+    return ConvNet()

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import quiet  # bench/ is on sys.path when a bench script runs
+from common import quiet, torch_convnet  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,29 +39,6 @@ def dslc_contender(spec: Path, out_dir: Path, targets: list[str] | None = None):
         return compile_file(str(spec), str(out_dir), targets)
 
     return run
-
-
-def torch_convnet():
-    """ConvNet of specs/convnet.dsl in PyTorch, in eval mode (dropout is identity on export)."""
-    from torch import nn
-
-    class ConvNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-            self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
-            self.fc1 = nn.Linear(64 * 7 * 7, 128)
-            self.drop = nn.Dropout(0.25)
-            self.fc2 = nn.Linear(128, 10)
-
-        def forward(self, x):
-            x = self.pool(self.conv1(x).relu())
-            x = self.pool(self.conv2(x).relu())
-            x = self.fc1(x.flatten(1)).relu()
-            return self.fc2(self.drop(x))
-
-    return ConvNet().eval()
 
 
 def torch_contender(model, path: Path, dynamo: bool):
@@ -117,7 +94,7 @@ def bench(tmp: Path, reps: int) -> int:
         candidates[f"dslc {spec.name}"] = dslc_contender(spec, tmp / spec.stem)
     if have_api:  # the like-for-like row: the one forward model torch exports too
         candidates[SAME] = dslc_contender(ROOT / "specs" / "convnet.dsl", tmp / "convnet", ["ConvNet"])
-    model = torch_convnet()
+    model = torch_convnet().eval()  # dropout is identity on export
     for dynamo, label in EXPORTERS.items():
         candidates[label] = torch_contender(model, tmp / f"torch-{dynamo}.onnx", dynamo)
 

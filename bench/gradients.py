@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import quiet  # bench/ is on sys.path when a bench script runs
+from common import quiet, torch_convnet  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -168,29 +168,6 @@ class DslcContender(Contender):
 
 
 # ------------------------------------------------------------------ PyTorch
-def torch_convnet():
-    """ConvNet of specs/convnet.dsl in PyTorch."""
-    from torch import nn
-
-    class ConvNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
-            self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-            self.pool = nn.MaxPool2d(2)
-            self.fc1 = nn.Linear(64 * 7 * 7, 128)
-            self.drop = nn.Dropout(DROPOUT)
-            self.fc2 = nn.Linear(128, 10)
-
-        def forward(self, x):
-            x = self.pool(self.conv1(x).relu())
-            x = self.pool(self.conv2(x).relu())
-            x = self.fc1(x.flatten(1)).relu()
-            return self.fc2(self.drop(x))
-
-    return ConvNet()
-
-
 TORCH_NAMES = {"ConvNet.conv1": "conv1", "ConvNet.conv2": "conv2", "ConvNet.hidden": "fc1",
                "ConvNet.logits": "fc2"}
 

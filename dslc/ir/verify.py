@@ -15,10 +15,14 @@ class IRError(Exception):
 
 def verify(graph: Graph, outer: frozenset[str] = frozenset()) -> None:
     defined = set(outer)
-    for v in graph.inputs + [p.value for p in graph.params]:
+
+    def define(v) -> None:
         if v.name in defined:
             raise IRError(f"{graph.name}: `{v.name}` is defined twice")
         defined.add(v.name)
+
+    for v in graph.inputs + [p.value for p in graph.params]:
+        define(v)
     for n in graph.nodes:
         if n.op not in OPS:
             raise IRError(f"{graph.name}: node {n.name} has op {n.op}, which the op table lacks")
@@ -35,9 +39,7 @@ def verify(graph: Graph, outer: frozenset[str] = frozenset()) -> None:
         for v, t in zip(n.outputs, expected):
             if v.type != t:
                 raise IRError(f"{graph.name}: `{v.name}` is {v.type} but {n.op} makes {t}")
-            if v.name in defined:
-                raise IRError(f"{graph.name}: `{v.name}` is defined twice")
-            defined.add(v.name)
+            define(v)
     for v in graph.outputs:
         if v.name not in defined:
             raise IRError(f"{graph.name}: output `{v.name}` is never defined")
