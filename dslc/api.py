@@ -18,6 +18,7 @@ import onnx
 
 from .diagnostics import DslError
 from .emit.onnx_emit import check, to_onnx
+from .fileio import save_onnx
 from .lower.lowerer import Options
 from .lower.program import Program, load_program, load_source
 from .lower.targets import Lowered, lower_target
@@ -75,7 +76,7 @@ def compile_file(path: str | Path, out_dir: str | Path | None = None, targets: l
         if verify:
             check(model)
         dest = out / f"{t}.onnx"
-        onnx.save(model, dest)
+        save_onnx(dest, model)
         written.append(dest)
     return written
 

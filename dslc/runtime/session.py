@@ -10,9 +10,7 @@ import contextlib
 import ctypes
 import os
 import sys
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ortx
 
 from dslc.diagnostics import DslError
+from dslc.fileio import save_npz
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -242,20 +241,4 @@ def load_weights(path) -> dict[str, np.ndarray]:
 
 def save_weights(path, weights: dict[str, np.ndarray]) -> None:
     """Write an .npz atomically: a crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # The .npz layout by hand: np.savez(f, **weights) breaks on a weight named `file`.
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-                for name, value in weights.items():
-                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    save_npz(path, weights)
