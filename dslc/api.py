@@ -38,7 +38,7 @@ def _program(source: Program | str | Path) -> Program:
     return source if isinstance(source, Program) else load(source)
 
 
-def lower(source: Program | str | Path, target: str, *, emit: str = "forward", conv_lowering: str = "conv",
+def lower(source: Program | str | Path, target: str, *, emit: str | None = None, conv_lowering: str = "conv",
           seed: int = 0, random: str = "op", float64: bool = False, wrt_inputs: bool = False) -> Lowered:
     """A target as IR (with its layer table for summaries)."""
     if conv_lowering not in ("conv", "im2col"):
@@ -49,7 +49,8 @@ def lower(source: Program | str | Path, target: str, *, emit: str = "forward", c
 
 
 def compile(source: Program | str | Path, target: str, **options) -> onnx.ModelProto:
-    """One target as an ONNX model. Options: emit ('forward' | 'gradients'), conv_lowering
+    """One target as an ONNX model. Options: emit (for a step: 'train', the default, the whole training
+    step; 'gradients'; 'apply', the update alone; 'forward', the loss alone), conv_lowering
     ('conv' | 'im2col'), seed (weight initialization), random ('op' | 'input'), float64 (widen
     every float32 value: for finite-difference checks), wrt_inputs (with emit='gradients', also
     the gradients of the step's float inputs)."""
@@ -85,7 +86,7 @@ def summary(source: Program | str | Path, target: str | None = None) -> str:
     """A Keras-style table (layer, output shape, parameters) of each model in the file, or of one target."""
     prog = _program(source)
     names = [target] if target else [t for t in prog.targets()]
-    return "\n\n".join(_summary_table(lower(prog, t)) for t in names)
+    return "\n\n".join(_summary_table(lower(prog, t, emit="forward")) for t in names)
 
 
 def _summary_table(low: Lowered) -> str:

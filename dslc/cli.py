@@ -72,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compile_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--emit", choices=("forward", "gradients"), default="forward",
-                   help="gradients: (weights, inputs) -> (loss, one gradient per weight), for steps")
+    p.add_argument("--emit", choices=("train", "gradients", "apply", "forward"), default=None,
+                   help="for steps: train (default) the whole training step; gradients: (weights, inputs) -> "
+                        "(loss, one gradient per weight); apply: the optimizer update alone; forward: the loss")
     p.add_argument("--conv-lowering", choices=("conv", "im2col"), default="conv",
                    help="im2col: convolutions as patches + MatMul, no Conv/ConvTranspose ops")
     p.add_argument("--wrt-inputs", action="store_true",

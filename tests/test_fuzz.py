@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dslc
-from dslc.lower.builtins import BUILTINS, OPTIMIZERS
+from dslc.lower.builtins import BUILTINS
+from dslc.train.optimizers import OPTIMIZERS
 
 CONVNET = """
 model ConvNet(image: f32[N, 1, 12, 12]) -> logits {

@@ -26,6 +26,7 @@ NON_DIFFERENTIABLE = {
     "Shape", "Size", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin",
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Constant",
     "ConstantOfShape", "OneHot", "Not", "And", "Or", "Sign", "Floor", "Ceil", "StopGradient",
+    "BitwiseXor", "BitwiseAnd", "BitwiseOr", "BitShift", "Range",
 }
 # Ops with neither: reaching one on a gradient path is the driver's located error.
 NO_RULE = {"Loop"}

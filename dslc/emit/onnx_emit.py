@@ -33,6 +33,11 @@ def _attr(name: str, value) -> onnx.AttributeProto:
     return helper.make_attribute(name, value)
 
 
+def _initializer(array: np.ndarray, name: str) -> onnx.TensorProto:
+    # (np.ascontiguousarray would turn a 0-d scalar such as `seed` into shape [1])
+    return numpy_helper.from_array(np.array(array, order="C", copy=None), name)
+
+
 def graph_proto(graph: Graph) -> onnx.GraphProto:
     nodes = []
     for n in graph.nodes:
@@ -43,7 +48,8 @@ def graph_proto(graph: Graph) -> onnx.GraphProto:
         nodes.append(node)
     output_names = {v.name for v in graph.outputs}
     infos = [value_info(o) for n in graph.nodes for o in n.outputs if o.name not in output_names]
-    inits = [numpy_helper.from_array(np.ascontiguousarray(p.init), p.value.name) for p in graph.params]
+    inits = [_initializer(p.init, p.value.name) for p in graph.params]
+    inits += [_initializer(v, name) for name, v in graph.input_defaults.items()]
     inputs = list(graph.inputs) + ([p.value for p in graph.params] if graph.params_are_inputs else [])
     return helper.make_graph(nodes, graph.name, [value_info(v) for v in inputs],
                              [value_info(v) for v in graph.outputs], initializer=inits, value_info=infos,

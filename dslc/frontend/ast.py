@@ -115,6 +115,12 @@ class Minimize(Stmt):
 
 
 @dataclass(frozen=True)
+class Metric(Stmt):
+    name: str = ""
+    value: Expr = None
+
+
+@dataclass(frozen=True)
 class Repeat(Stmt):
     count: Expr = None
     body: tuple[Stmt, ...] = ()

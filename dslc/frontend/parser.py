@@ -161,6 +161,9 @@ class _ToAst(Transformer):
     def minimize(self, meta, c):
         return A.Minimize(self._span(meta), c[0])
 
+    def metric(self, meta, c):
+        return A.Metric(self._span(meta), str(c[0]), c[1])
+
     def repeat(self, meta, c):
         return A.Repeat(self._span(meta), c[0], c[1])
 

@@ -18,7 +18,7 @@ _WORDS = {
 # Sets of terminals that read better as one word, tried in this order.
 _GROUPS = [
     ("a declaration (model, layer, fn, step or import)", {"MODEL", "LAYER", "FN", "STEP", "IMPORT"}),
-    ("a statement", {"NAME", "RETURN", "MINIMIZE", "REPEAT"}),
+    ("a statement", {"NAME", "RETURN", "MINIMIZE", "METRIC", "REPEAT"}),
     ("an expression", {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}),
     ("an operator", {"ADD_OP", "MUL_OP", "COMP_OP", "CIRCUMFLEX", "__ANON_1", "DOT", "LPAR", "LSQB"}),
 ]

@@ -17,7 +17,7 @@ Dim = int | str
 
 # dslc dtype name -> numpy dtype; the ONNX enum lives in emit/.
 DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "i64": np.int64,
-          "i32": np.int32, "u8": np.uint8, "bool": np.bool_}
+          "i32": np.int32, "u32": np.uint32, "u8": np.uint8, "bool": np.bool_}
 FLOAT_DTYPES = ("f32", "f64", "f16")
 
 
@@ -144,6 +144,9 @@ class Graph:
     params: list[Param] = field(default_factory=list)  # emitted as initializers
     doc: str = ""
     params_are_inputs: bool = False  # also list the weights as inputs, so callers can feed their own
+    # Inputs a caller may leave out (emitted as initializers of the same name): the random seed, the
+    # step counter, optimizer state that starts at zero.
+    input_defaults: dict[str, np.ndarray] = field(default_factory=dict)
 
     def param_values(self) -> dict[str, Param]:
         return {p.value.name: p for p in self.params}
@@ -197,9 +200,11 @@ class Builder:
     def ints(self, data) -> Value:
         return self.const(np.asarray(data, dtype=np.int64), "i64")
 
-    def input(self, name: str, type: TensorType) -> Value:
+    def input(self, name: str, type: TensorType, default: np.ndarray | None = None) -> Value:
         v = Value(name, type)
         self.graph.inputs.append(v)
+        if default is not None:
+            self.graph.input_defaults[name] = np.asarray(default, dtype=DTYPES[type.dtype]).reshape(type.shape)
         return v
 
     def param(self, name: str, init: np.ndarray, trainable: bool = True) -> Value:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_mul, dtype_of
 
-ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 2: "u8", 9: "bool"}
+ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 12: "u32", 2: "u8", 9: "bool"}
 DTYPE_CODE = {v: k for k, v in ONNX_DTYPE_CODES.items()}
 
 
@@ -669,11 +669,35 @@ _register("Shape", _shape, _fold_shape)
 
 def _fold_size(node: Node):
     x = node.inputs[0]
+    node.outputs[0].sym = (_numel(x.shape),)
     if x.type.static():
         node.outputs[0].const = np.asarray(int(np.prod(x.shape)), dtype=np.int64)
 
 
 _register("Size", lambda i, a: [TensorType("i64", ())], _fold_size)
+
+
+# ------------------------------------------------------------------ integers (the counter-based random generator)
+def _bitwise(inputs, attrs):
+    a, b = inputs
+    if a.dtype != b.dtype or a.dtype not in ("u32", "i64", "i32", "u8"):
+        raise ShapeIssue(f"bitwise ops need integers of one dtype, got {a.type} and {b.type}", kind="type")
+    return [TensorType(a.dtype, broadcast(a.shape, b.shape))]
+
+
+_register("BitwiseXor BitwiseAnd BitwiseOr BitShift", _bitwise)
+
+
+def _range(inputs, attrs):
+    start, limit, delta = inputs
+    if start.rank or limit.rank or delta.rank:
+        raise ShapeIssue("range takes scalars")
+    # Range(0, n, 1) is the only form dslc emits: its length is n (a symbol when n comes from a shape).
+    n = limit.sym[0] if limit.sym is not None else limit.const.item() if limit.const is not None else "range"
+    return [TensorType(start.dtype, (n,))]
+
+
+_register("Range", _range)
 
 
 def _constant(inputs, attrs):

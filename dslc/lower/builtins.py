@@ -15,6 +15,7 @@ from ..diagnostics import DslShapeError, source_text
 from ..ir.core import Value
 from ..ir.ops import DTYPE_CODE
 from . import init as I
+from . import random as R
 from .calls import Ctx, bind_call
 from .values import Symbol, describe
 
@@ -246,8 +247,8 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
         var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), b.ints(axes)], {"keepdims": 1})
         flat = b.ints([c])
         for w, stat in ((mean_w, mean), (var_w, var)):
-            kept = b.op("Mul", [w, b.const(momentum, "f32")])
-            new = b.op("Add", [kept, b.op("Mul", [b.op("Reshape", [stat, flat]), b.const(1 - momentum, "f32")])])
+            kept = b.op("Mul", [w, b.const(momentum, x.dtype)])
+            new = b.op("Add", [kept, b.op("Mul", [b.op("Reshape", [stat, flat]), b.const(1 - momentum, x.dtype)])])
             lw.state_updates[w.name] = new
     else:
         mean, var = b.op("Reshape", [mean_w, bshape]), b.op("Reshape", [var_w, bshape])
@@ -300,7 +301,7 @@ def dropout(ctx: Ctx, x: "T", rate: "float"):
     if not ctx.sc.training or rate == 0:
         return _record(ctx, _layer_name(ctx), x)
     b = ctx.b
-    u = _random(ctx, "RandomUniformLike", x, {"low": 0.0, "high": 1.0})
+    u = _random(ctx, "uniform", x)
     keep = b.op("Cast", [b.op("GreaterOrEqual", [u, b.const(rate, x.dtype)])], {"to": DTYPE_CODE[x.dtype]})
     y = b.op("Mul", [x, b.op("Mul", [keep, b.const(1.0 / (1.0 - rate), x.dtype)])])
     return _record(ctx, _layer_name(ctx), y)
@@ -430,19 +431,23 @@ def transpose(ctx: Ctx, x: "T", perm: "ints" = None):
 
 
 # ------------------------------------------------------------------ random
-def _random(ctx: Ctx, op: str, like_or_shape, attrs: dict) -> Value:
-    """A random tensor; with the `random="input"` option it is a graph input instead, so that a test
-    can feed the same noise to two runtimes."""
+def _random(ctx: Ctx, kind: str, like_or_shape) -> Value:
+    """Standard draws (uniform in [0, 1) or normal) shaped like a tensor or a shape, from the
+    counter-based generator (random.py); with the `random="input"` option a graph input instead,
+    so that a test can feed its own noise."""
     lw, b = ctx.lw, ctx.b
+    if isinstance(like_or_shape, Value) and like_or_shape.dtype == "i64":  # a shape computed at run time
+        like_or_shape = R.shaped_like(b, like_or_shape)
     if lw.options.random == "input":
         from ..ir.core import TensorType
         shape = like_or_shape.shape if isinstance(like_or_shape, Value) else tuple(like_or_shape)
         dtype = like_or_shape.dtype if isinstance(like_or_shape, Value) else "f32"
         return lw.root.input(f"random.{next(lw.random_count)}", TensorType(dtype, shape))
-    attrs = {**attrs, "seed": lw.seed_attr()}
-    if isinstance(like_or_shape, Value):
-        return b.op(op, [like_or_shape], attrs)
-    return b.op(op.replace("Like", ""), [], {**attrs, "shape": list(like_or_shape), "dtype": 1})
+    like = like_or_shape if isinstance(like_or_shape, Value) else R.shaped_like(b, like_or_shape)
+    dtype = like.dtype if like.type.is_float else "f32"
+    keys = [lw.random_key(ctx.sc) for _ in range(2 if kind == "normal" else 1)]
+    b = ctx.b  # (random_key moved the builder's span)
+    return R.normal(b, like, keys, dtype) if kind == "normal" else R.uniform(b, like, keys, dtype)
 
 
 def _shape_or_like(ctx: Ctx, shape, like) -> Value | list:
@@ -450,29 +455,29 @@ def _shape_or_like(ctx: Ctx, shape, like) -> Value | list:
         raise ctx.error(f"{ctx.name}() takes either a shape or like=")
     if like is not None:
         return _float_tensor(ctx, like, "like")
+    if isinstance(shape, Value) and shape.dtype == "i64" and shape.rank == 1:  # [N, 100]: a run-time shape
+        return shape
     if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ctx.error(f"{ctx.name}() needs the shape as a list of positive integers", "shape")
+        raise ctx.error(f"{ctx.name}() needs the shape as a list of positive integers or dims such as "
+                        f"[N, 100]", "shape")
     return shape
 
 
-def random_normal(ctx: Ctx, shape: "any" = None, mean: "float" = 0.0, stddev: "float" = 1.0, like: "any" = None):
-    src = _shape_or_like(ctx, shape, like)
-    z = _random(ctx, "RandomNormalLike", src, {"mean": 0.0, "scale": 1.0})
-    if ctx.lw.options.random == "op":  # the op draws with mean/scale itself
-        z.producer.attrs.update({"mean": float(mean), "scale": float(stddev)})
-        return z
+def _affine(ctx: Ctx, x: Value, scale: float, shift: float) -> Value:
     b = ctx.b
-    return b.op("Add", [b.op("Mul", [z, b.const(stddev, z.dtype)]), b.const(mean, z.dtype)])
+    if scale != 1.0 or ctx.lw.options.random == "input":  # (a fed draw's first use is its own call)
+        x = b.op("Mul", [x, b.const(scale, x.dtype)])
+    return b.op("Add", [x, b.const(shift, x.dtype)]) if shift != 0.0 else x
+
+
+def random_normal(ctx: Ctx, shape: "any" = None, mean: "float" = 0.0, stddev: "float" = 1.0, like: "any" = None):
+    z = _random(ctx, "normal", _shape_or_like(ctx, shape, like))
+    return _affine(ctx, z, float(stddev), float(mean))
 
 
 def random_uniform(ctx: Ctx, shape: "any" = None, low: "float" = 0.0, high: "float" = 1.0, like: "any" = None):
-    src = _shape_or_like(ctx, shape, like)
-    u = _random(ctx, "RandomUniformLike", src, {"low": 0.0, "high": 1.0})
-    if ctx.lw.options.random == "op":
-        u.producer.attrs.update({"low": float(low), "high": float(high)})
-        return u
-    b = ctx.b
-    return b.op("Add", [b.op("Mul", [u, b.const(high - low, u.dtype)]), b.const(low, u.dtype)])
+    u = _random(ctx, "uniform", _shape_or_like(ctx, shape, like))
+    return _affine(ctx, u, float(high) - float(low), float(low))
 
 
 def randint(ctx: Ctx, high: "count", shape: "any" = None, like: "any" = None):
@@ -602,11 +607,4 @@ BUILTINS = {
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy, "kl_divergence": kl_divergence,
     # gradients
     "grad": grad, "stop_gradient": stop_gradient,
-}
-
-# Optimizers appear only after `using`; their options and defaults (TF.js / Keras defaults).
-OPTIMIZERS = {
-    "sgd": {"lr": 0.01, "momentum": 0.0, "nesterov": False},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-7},
-    "rmsprop": {"lr": 0.001, "rho": 0.9, "eps": 1e-7, "momentum": 0.0},
 }

@@ -76,7 +76,9 @@ class Lowerer:
         self.weights: dict[str, Value] = {}
         self.state_updates: dict[str, Value] = {}  # batch-norm statistics after a training pass
         self.layers: list[LayerRecord] = []
-        self.random_count = itertools.count()  # random ops: seeds, or input names
+        self.random_count = itertools.count()  # random ops: their site number, or input names
+        self.counters: dict[str, Value] = {}  # the `seed` and `step` inputs, once used
+        self.is_step = False  # random draws depend on the step counter too
         self.call_stack: list[str] = []
         self.call_spans: list[Span] = []  # where each call of call_stack was made
 
@@ -112,8 +114,17 @@ class Lowerer:
                              f"a model's weights are shared by all its calls: give every call inputs of the "
                              f"same shape{layer}")
 
-    def seed_attr(self) -> float:
-        return float((self.options.seed * 7919 + next(self.random_count)) % 65536)
+    def counter(self, name: str) -> Value:
+        """The i64 scalar input `seed` or `step` (created on first use, 0 when the caller leaves it out)."""
+        if name not in self.counters:
+            self.counters[name] = self.root.input(name, TensorType("i64", ()), default=np.int64(0))
+        return self.counters[name]
+
+    def random_key(self, sc: Scope) -> Value:
+        """The key of one more random op: (seed, step in a training step, loop pass, op number)."""
+        from . import random as R
+        step = self.counter("step") if self.is_step else None
+        return R.site_key(sc.b, self.counter("seed"), step, next(self.random_count), sc.env.get("__iteration__"))
 
     # ------------------------------------------------------------------ statements
     def run_block(self, sc: Scope, body: tuple[A.Stmt, ...]):
@@ -144,9 +155,28 @@ class Lowerer:
                 sc.binding = "loss"
                 sc.b.scope = "loss"
                 sc.env["__loss__"] = (self.tensor(sc, self.expr(sc, st.value), st.value.span), st.value.span)
+            elif isinstance(st, A.Metric):
+                self.metric(sc, st)
             elif isinstance(st, A.Repeat):
                 self.repeat(sc, st)
         return None
+
+    def metric(self, sc: Scope, st: A.Metric) -> None:
+        """`metric accuracy = ...`: a named scalar the step reports next to its loss."""
+        if sc.kind != "step":
+            raise DslError("`metric` is only allowed in a step", st.span,
+                           "a step reports metrics next to its loss; elsewhere bind the value with `=`")
+        metrics = sc.env.setdefault("__metrics__", {})
+        if st.name in metrics or st.name == "loss":
+            raise DslError(f"the step already reports `{st.name}`", st.span, "give each metric its own name")
+        sc.binding = st.name
+        sc.b.scope = f"metric.{st.name}"
+        v = self.tensor(sc, self.expr(sc, st.value), st.value.span)
+        if v.rank != 0 or v.dtype == "bool":
+            raise DslTypeError(f"a metric is a number: a scalar, got {v.type}", st.value.span,
+                               "average it, e.g. metric accuracy = mean(cast(argmax(p, axis=1) == label, f32))")
+        metrics[st.name] = v
+        sc.env[st.name] = v
 
     def bind(self, sc: Scope, targets: tuple[str, ...], value, span: Span) -> None:
         if len(targets) == 1:
@@ -424,25 +454,68 @@ class Lowerer:
 
     # ------------------------------------------------------------------ optimizers
     def optimizer(self, sc: Scope, e: A.Expr) -> OptimizerSpec:
-        from .builtins import OPTIMIZERS
+        """`adam(lr=0.001, beta1=0.5)`: options by name, each checked where it is written; `lr` may be
+        a schedule such as `cosine_decay(0.001, decay_steps=1000)`."""
+        from ..train.optimizers import OPTIMIZERS, options_of
         if not isinstance(e, A.Call) or not isinstance(e.func, A.Name):
             raise DslError("`using` needs an optimizer call such as `adam(lr=0.001)`", e.span)
         name = e.func.id
         if name not in OPTIMIZERS:
-            raise DslNameError(f"unknown optimizer `{name}`", e.func.span, did_you_mean(name, OPTIMIZERS))
-        allowed = OPTIMIZERS[name]
+            raise DslNameError(f"unknown optimizer `{name}`", e.func.span, did_you_mean(name, OPTIMIZERS)
+                               or f"optimizers: {', '.join(OPTIMIZERS)}")
+        allowed = options_of(name)
         if e.args:
             raise DslTypeError(f"give {name}'s options by name, e.g. {name}(lr=0.001)", e.args[0].span)
-        options = dict(allowed)
+        options = {k: default for k, (default, _) in allowed.items()}
         for k in e.kwargs:
             if k.name not in allowed:
                 raise DslTypeError(f"{name} has no option `{k.name}`", k.span,
                                    did_you_mean(k.name, allowed) or f"{name}'s options: {', '.join(allowed)}")
-            v = self.expr(sc, k.value)
-            if not _is_number(v) and not isinstance(v, bool):
-                raise DslTypeError(f"{name}'s `{k.name}` must be a number, got {describe(v)}", k.value.span)
-            options[k.name] = v
+            if k.name == "lr" and isinstance(k.value, A.Call):
+                options["lr"] = self.schedule(sc, k.value)
+                continue
+            options[k.name] = _option_value(self.expr(sc, k.value), f"{name}'s `{k.name}`", allowed[k.name],
+                                            k.value.span)
         return OptimizerSpec(name, options)
+
+    def schedule(self, sc: Scope, e: A.Call):
+        from ..train.schedules import SCHEDULES, Schedule
+        name = e.func.id if isinstance(e.func, A.Name) else "?"
+        if name not in SCHEDULES:
+            raise DslNameError(f"unknown learning-rate schedule `{name}`", e.func.span,
+                               did_you_mean(name, SCHEDULES) or f"schedules: {', '.join(SCHEDULES)}")
+        params = SCHEDULES[name]
+        names = [p for p, _, _ in params]
+        given: dict[str, A.Expr] = {}
+        if len(e.args) > len(params):
+            raise DslTypeError(f"{name} takes at most {len(params)} arguments", e.args[len(params)].span)
+        for p, a in zip(names, e.args):
+            given[p] = a
+        for k in e.kwargs:
+            if k.name not in names:
+                raise DslTypeError(f"{name} has no parameter `{k.name}`", k.span,
+                                   did_you_mean(k.name, names) or f"{name}({', '.join(names)})")
+            given[k.name] = k.value
+        args = []
+        for p, default, check in params:
+            if p not in given:
+                if default is None:
+                    raise DslTypeError(f"{name} needs `{p}`", e.span, f"{name}({', '.join(names)})")
+                args.append((p, default))
+                continue
+            args.append((p, _option_value(self.expr(sc, given[p]), f"{name}'s `{p}`", (default, check),
+                                          given[p].span)))
+        return Schedule(name, tuple(args))
+
+
+def _option_value(v, what: str, spec: tuple, span: Span):
+    """An optimizer or schedule option: a number (or true/false where the default is a bool), checked."""
+    default, (ok, wants) = spec
+    if isinstance(default, bool) != isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise DslTypeError(f"{what} must be {wants}, got {describe(v)}", span)
+    if not ok(v):
+        raise DslError(f"{what} must be {wants}, got {v}", span)
+    return v
 
 
 def check_arg_type(p: A.Param, value, span: Span, dims: dict, sc: Scope, lw: Lowerer, owner: str = ""):

@@ -3,18 +3,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..autodiff import grad
 from ..diagnostics import DslError, DslTypeError, did_you_mean
 from ..frontend import ast as A
-from ..ir.core import Graph, Value
+from ..ir.core import DTYPES, Builder, Graph, Value
 from ..ir.verify import verify
 from ..passes import optimize
 from ..passes.precision import to_float64
+from ..train.optimizers import apply_updates
 from .lowerer import LayerRecord, Lowerer, Options, Scope, input_type, unbound_output
 from .program import Program
 from .values import ModelResult, OptimizerSpec
 
-EMITS = ("forward", "gradients")
+# What a step compiles to: `train` (the default) is the whole step, forward + backward + update;
+# `gradients` stops before the update; `apply` is the update alone; `forward` is the loss alone.
+EMITS = ("forward", "gradients", "train", "apply")
+STEP_ONLY = ("gradients", "train", "apply")
+COUNTERS = ("seed", "step")  # i64 inputs of every graph that draws random numbers or updates weights
 
 
 @dataclass
@@ -27,17 +34,20 @@ class Lowered:
     updates: tuple[str, ...] = ()
 
 
-def lower_target(program: Program, name: str, options: Options | None = None, emit: str = "forward") -> Lowered:
+def lower_target(program: Program, name: str, options: Options | None = None, emit: str | None = None) -> Lowered:
+    """`emit` None is the target's own graph: the train step for a step, the forward graph otherwise."""
     if name not in program.decls:
         raise DslError(f"no target named `{name}` in {program.file}", None,
                        did_you_mean(name, program.targets()) or f"targets: {', '.join(program.targets())}")
     d = program.decls[name]
     if isinstance(d, A.Layer):
         raise DslError(f"`{name}` is a layer template; it compiles as part of the models that call it", d.span)
+    if emit is None:
+        emit = "train" if isinstance(d, A.Step) else "forward"
     if emit not in EMITS:
         raise DslError(f"unknown --emit `{emit}`: use one of {', '.join(EMITS)}")
-    if emit == "gradients" and not isinstance(d, A.Step):
-        raise DslError(f"--emit gradients needs a step; `{name}` is a {type(d).__name__.lower()}", d.span,
+    if emit in STEP_ONLY and not isinstance(d, A.Step):
+        raise DslError(f"--emit {emit} needs a step; `{name}` is a {type(d).__name__.lower()}", d.span,
                        "a fn can call grad() itself and compiles with its backward pass inside")
     lw = Lowerer(program, options)
     g = lw.graph
@@ -45,8 +55,13 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
     g.doc = f"{type(d).__name__.lower()} {name} from {d.span}"
     b = lw.root
     b.span = d.span
-    env = {p.name: b.input(p.name, input_type(p)) for p in d.params}
     kind = {A.Model: "model", A.Fn: "fn", A.Step: "step"}[type(d)]
+    for p in d.params:
+        if kind == "step" and p.name in COUNTERS:
+            raise DslError(f"a step's input cannot be named `{p.name}`: every step has a `{p.name}` input of its "
+                           f"own", p.span, "rename it")
+    env = {p.name: b.input(p.name, input_type(p)) for p in d.params}
+    lw.is_step = kind == "step"
     sc = Scope(b, env, d.name if kind == "model" else "", training=(kind == "step"), kind=kind)
     result = lw.run_block(sc, d.body)
     out = Lowered(name, kind, g, lw.layers)
@@ -71,6 +86,7 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
             _output(b, o, lw.tensor(sc, v, e.span))
     else:
         _lower_step(lw, sc, d, emit, out)
+        g = out.graph
     optimize(g)
     if lw.options.float64:
         to_float64(g)
@@ -100,18 +116,56 @@ def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> N
     if not any(p.trainable for p in owned):
         raise DslError(f"step `{d.name}` updates {', '.join(d.updates)} but its loss uses none of their weights",
                        d.name_span or d.span, "call the model(s) it updates inside the step")
+    if emit == "apply":
+        _lower_apply(lw, d, out, [p for p in owned if p.trainable])
+        return
     _output(b, "loss", loss)
-    for p in owned:
+    for metric, v in sc.env.get("__metrics__", {}).items():
+        _output(b, metric, v)
+    for p in owned:  # batch-norm statistics of the updated models, after this pass
         if p.value.name in lw.state_updates:
-            _output(b, f"new.{p.value.name}", lw.state_updates[p.value.name])
+            _output(b, f"{p.value.name}.next", lw.state_updates[p.value.name])
+    if emit == "forward":
+        return
+    b.span = loss_span
+    trainable = [p.value for p in owned if p.trainable]
+    wrt = list(trainable)
+    if emit == "gradients" and lw.options.wrt_inputs:
+        wrt += [v for v in b.graph.inputs if v.type.is_float and not v.name.startswith("random.")]
+    grads = grad(b, loss, wrt)
+    lw.graph.params_are_inputs = True
     if emit == "gradients":
-        b.span = loss_span
-        wrt = [p.value for p in owned if p.trainable]
-        if lw.options.wrt_inputs:
-            wrt += [v for v in b.graph.inputs if v.type.is_float and not v.name.startswith("random.")]
-        for v, gv in zip(wrt, grad(b, loss, wrt)):
+        for v, gv in zip(wrt, grads):
             _output(b, f"grad.{v.name}", gv)
-        lw.graph.params_are_inputs = True
+        return
+    _update(lw, b, out.optimizer, trainable, grads[:len(trainable)])
+
+
+def _update(lw: Lowerer, b, spec, weights: list[Value], grads: list[Value]) -> None:
+    """The optimizer's update as graph outputs: `W.next` per weight, `S.next` per state input, `step.next`."""
+    def state_input(name: str, like: Value) -> Value:
+        return b.input(name, like.type, default=np.zeros(like.shape, DTYPES[like.dtype]))
+
+    step = lw.counter("step")
+    new_weights, new_state = apply_updates(b, spec.name, spec.options, weights, grads, step, state_input)
+    for w, nw in zip(weights, new_weights):
+        _output(b, f"{w.name}.next", nw)
+    for name, v in new_state:
+        _output(b, f"{name}.next", v)
+    _output(b, "step.next", b.op("Add", [step, b.const(np.int64(1), "i64")]))
+
+
+def _lower_apply(lw: Lowerer, d: A.Step, out: Lowered, owned: list) -> None:
+    """`--emit apply`: (weights, grad.<weight>, optimizer state, step) -> (weights', state', step'), a graph
+    of its own, so gradients averaged elsewhere (workers, micro-batches) can be applied."""
+    g = Graph(lw.graph.name, doc=f"{lw.graph.doc}: the optimizer update alone")
+    b = Builder(g, span=d.span)
+    weights = [b.param(p.value.name, p.init, trainable=True) for p in owned]
+    grads = [b.input(f"grad.{w.name}", w.type) for w in weights]
+    g.params_are_inputs = True
+    lw.graph, lw.root, lw.counters = g, b, {}
+    _update(lw, b, out.optimizer, weights, grads)
+    out.graph = g
 
 
 def _output(b, name: str, v: Value) -> None:

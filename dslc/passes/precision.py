@@ -27,6 +27,9 @@ def to_float64(graph: Graph) -> bool:
         _widen(p.value)
         if p.init.dtype == np.float32:
             p.init = p.init.astype(np.float64)
+    for name, v in graph.input_defaults.items():
+        if v.dtype == np.float32:
+            graph.input_defaults[name] = v.astype(np.float64)
     for n in graph.nodes:
         for v in n.outputs:
             _widen(v)

@@ -1,0 +1,91 @@
+"""Random numbers as a pure function of (seed, step, site, position), built from standard integer ops.
+
+ONNX's RandomUniform / RandomNormal keep their state in the runtime session and every runtime draws
+differently, so a graph using them can neither be resumed bit for bit nor compared across runtimes.
+Here each random tensor is a hash of counters instead (a counter-based generator, as Philox and
+JAX's threefry are):
+
+    key  = mix(mix(seed * GOLDEN + site) ^ mix(step * GOLDEN2 + C))   per random op ("site")
+    bits = mix(mix(position * GOLDEN + key) ^ key)                     per element (uint32)
+
+where `mix` is MurmurHash3's 32-bit finalizer (a bijection with full avalanche), `position` is the
+element's row-major index, `site` numbers the random ops of the graph in source order, `seed` and
+`step` are i64 graph inputs (taken mod 2^32) and, inside a `repeat`, the loop iteration is mixed
+into the key as well. Uniforms take the top 24 bits (`bits >> 8) * 2^-24` in [0, 1); normals come
+from two uniform streams by Box-Muller. Everything is uint32 Mul/Add/BitwiseXor/BitShift, which
+onnxruntime, onnx.reference and other runtimes compute identically.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.core import Builder, Value
+from ..ir.ops import DTYPE_CODE
+
+GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters over the whole range
+GOLDEN2 = 0x85EBCA77
+OFFSET = 0x165667B1
+
+
+def _u32(b: Builder, x: int) -> Value:
+    return b.const(np.uint32(x & 0xFFFFFFFF), "u32")
+
+
+def _mix(b: Builder, h: Value) -> Value:
+    """MurmurHash3 fmix32: h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16."""
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        h = b.op("BitwiseXor", [h, b.op("BitShift", [h, _u32(b, shift)], {"direction": "RIGHT"})])
+        h = b.op("Mul", [h, _u32(b, mult)])
+    return b.op("BitwiseXor", [h, b.op("BitShift", [h, _u32(b, 16)], {"direction": "RIGHT"})])
+
+
+def _as_u32(b: Builder, v: Value) -> Value:
+    return v if v.dtype == "u32" else b.op("Cast", [v], {"to": DTYPE_CODE["u32"]})
+
+
+def site_key(b: Builder, seed: Value, step: Value | None, site: int, iteration: Value | None) -> Value:
+    """The uint32 key of one random op: a function of the seed, the step, the site and the loop pass."""
+    h = _mix(b, b.op("Add", [b.op("Mul", [_as_u32(b, seed), _u32(b, GOLDEN)]), _u32(b, site)]))
+    for counter in (step, iteration):
+        if counter is not None:
+            c = _mix(b, b.op("Add", [b.op("Mul", [_as_u32(b, counter), _u32(b, GOLDEN2)]), _u32(b, OFFSET)]))
+            h = _mix(b, b.op("BitwiseXor", [h, c]))
+    return h
+
+
+def _bits(b: Builder, like: Value, key: Value) -> Value:
+    """One uint32 hash per element of `like` (its values are not read, only its shape)."""
+    n = b.op("Size", [like])
+    pos = b.op("Range", [b.const(np.int64(0), "i64"), n, b.const(np.int64(1), "i64")])
+    pos = b.op("Reshape", [_as_u32(b, pos), b.op("Shape", [like])])
+    h = _mix(b, b.op("Add", [b.op("Mul", [pos, _u32(b, GOLDEN)]), key]))
+    return _mix(b, b.op("BitwiseXor", [h, key]))
+
+
+def _unit(b: Builder, bits: Value, dtype: str, half: bool = False) -> Value:
+    """bits -> [0, 1) in steps of 2^-24 (or (0, 1) with `half`: offset by half a step, for log)."""
+    top = b.op("Cast", [b.op("BitShift", [bits, _u32(b, 8)], {"direction": "RIGHT"})], {"to": DTYPE_CODE[dtype]})
+    if half:
+        top = b.op("Add", [top, b.const(0.5, dtype)])
+    return b.op("Mul", [top, b.const(2.0 ** -24, dtype)])
+
+
+def uniform(b: Builder, like: Value, keys: list[Value], dtype: str) -> Value:
+    return _unit(b, _bits(b, like, keys[0]), dtype)
+
+
+def normal(b: Builder, like: Value, keys: list[Value], dtype: str) -> Value:
+    """Box-Muller: sqrt(-2 log u1) * cos(2 pi u2), u1 in (0, 1) so the log is finite."""
+    u1 = _unit(b, _bits(b, like, keys[0]), dtype, half=True)
+    u2 = _unit(b, _bits(b, like, keys[1]), dtype)
+    radius = b.op("Sqrt", [b.op("Mul", [b.op("Log", [u1]), b.const(-2.0, dtype)])])
+    return b.op("Mul", [radius, b.op("Cos", [b.op("Mul", [u2, b.const(2 * np.pi, dtype)])])])
+
+
+def shaped_like(b: Builder, shape: Value | list) -> Value:
+    """A tensor of the given shape (a list of ints, or a 1-D i64 shape value) whose shape the
+    generator reads; its contents are never used."""
+    if isinstance(shape, Value):
+        return b.op("ConstantOfShape", [shape], {"value": np.zeros(1, dtype=np.float32)})
+    return b.op("ConstantOfShape", [b.ints(shape)], {"value": np.zeros(1, dtype=np.float32)})
+

@@ -1,0 +1,1 @@
+"""Training: optimizers and learning-rate schedules as IR update graphs."""
