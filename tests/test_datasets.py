@@ -121,6 +121,10 @@ def test_source_errors(tmp_path):
         load_dataset("cifar", "train")
     with pytest.raises(DslError, match="unknown split `valid`"):
         load_dataset("mnist", "valid")
+    write_split(tmp_path / "fashion")
+    with pytest.raises(DslError, match="fashion looks like the Fashion-MNIST folder, but this run "
+                                       "asks for MNIST"):
+        load_dataset("mnist", "test", tmp_path / "fashion")
 
 
 # ------------------------------------------------------------------ .npz files
@@ -193,6 +197,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     np.testing.assert_array_equal(a, epoch_order(100, seed=7, epoch=1))
     assert a.tolist() != epoch_order(100, seed=7, epoch=2).tolist()
     assert a.tolist() != epoch_order(100, seed=8, epoch=1).tolist()
+    with pytest.raises(DslError, match="non-negative"):
+        epoch_order(10, seed=-1, epoch=0)
 
 
 def test_batches_keep_the_last_partial_batch():

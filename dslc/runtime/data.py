@@ -13,8 +13,6 @@ from dslc.diagnostics import DslError
 from . import datasets
 from .datasets import ENV_VAR, IMAGES_MAGIC, LABELS_MAGIC, SPLITS, read_idx  # noqa: F401 (re-exported)
 
-DATASETS = ("mnist", "fashion")
-
 # dslc/runtime/data.py -> the repository root is two folders above dslc/.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -101,10 +101,20 @@ def _idx_folder(root: Path, dataset: str) -> Path:
     folders = [root / sub for sub in DATASETS[dataset][1]] + [root]
     for folder in folders:
         if any(folder.glob("*-images-idx3-ubyte*")):
+            _check_not_other_dataset(folder, dataset)
             return folder
     raise DslError(f"{DATASETS[dataset][2]} IDX files not found under {root}",
                    hint=f"expected {root / dataset / 'train-images-idx3-ubyte.gz'} "
                         "(or the files directly in that folder)")
+
+
+def _check_not_other_dataset(folder: Path, dataset: str) -> None:
+    # Both datasets have the same file names: the folder's name is the only clue to a mix-up.
+    for other, (_, folder_names, title) in DATASETS.items():
+        if other != dataset and folder.name.lower() in folder_names:
+            raise DslError(f"{folder} looks like the {title} folder, but this run asks for "
+                           f"{DATASETS[dataset][2]}",
+                           hint=f"point at its parent folder, or at the {DATASETS[dataset][2]} files")
 
 
 # ------------------------------------------------------------------ loading
@@ -229,7 +239,9 @@ def _embedded_counts(dataset: str) -> dict[str, int]:
 # ------------------------------------------------------------------ batching
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """A permutation of range(n) that depends only on (seed, epoch): reruns shuffle alike."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    if int(seed) < 0 or int(epoch) < 0:
+        raise DslError(f"seed and epoch must be non-negative integers, got seed {seed}, epoch {epoch}")
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
 
 
 def batches(n_examples: int, batch_size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -270,8 +282,9 @@ def preprocess(array: np.ndarray, ops) -> np.ndarray:
     """`array` passed through the named PREPROCESS steps in order, e.g. ["scale01", "flatten"]."""
     for op in [ops] if isinstance(ops, str) else ops:
         if op not in PREPROCESS:
+            known = "known steps: " + ", ".join(PREPROCESS)
+            close = did_you_mean(op, PREPROCESS)
             raise DslError(f"unknown preprocessing step `{op}`",
-                           hint=(did_you_mean(op, PREPROCESS) or "") + " known steps: "
-                           + ", ".join(PREPROCESS))
+                           hint=f"{close} ({known})" if close else known)
         array = PREPROCESS[op](array)
     return array
