@@ -1,15 +1,17 @@
 """Image grids as PNG, and the post-processing of filter visualizations.
 
-Pillow is imported inside save_grid only, so `dslc compile` never loads it.
+Pillow is imported inside the PNG writers only, so `dslc compile` never loads it.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from dslc.diagnostics import DslError
+from dslc.fileio import write_bytes
 
 
 def deprocess(x: np.ndarray) -> np.ndarray:
@@ -19,8 +21,10 @@ def deprocess(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
-def grid(images: np.ndarray, nrow: int | None = None, value_range=(0, 1), pad: int = 2) -> np.ndarray:
-    """The uint8 [H', W'] mosaic save_grid writes: nrow images per row, `pad` black pixels between."""
+def grid(images: np.ndarray, nrow: int | None = None, value_range=(0, 1), pad: int = 2,
+         rows: int | None = None) -> np.ndarray:
+    """The uint8 [H', W'] mosaic save_grid writes: nrow images per row, `pad` black pixels between;
+    `rows` fixes the number of rows (cells past the last image stay black)."""
     x = np.asarray(images, dtype=np.float64)
     if x.ndim == 4 and x.shape[1] == 1:
         x = x[:, 0]
@@ -30,7 +34,9 @@ def grid(images: np.ndarray, nrow: int | None = None, value_range=(0, 1), pad: i
     if k == 0:
         raise DslError("save_grid got no images")
     nrow = nrow or math.ceil(math.sqrt(k))  # images per row, torchvision's convention
-    rows = math.ceil(k / nrow)
+    rows = rows or math.ceil(k / nrow)
+    if k > rows * nrow:
+        raise DslError(f"{k} images do not fit a grid of {rows} x {nrow}")
     lo, hi = value_range
     pixels = np.clip((x - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
     pixels = np.round(pixels * 255).astype(np.uint8)
@@ -46,12 +52,22 @@ def save_grid(path, images: np.ndarray, nrow: int | None = None, value_range=(0,
               pad: int = 2, scale: int = 1) -> Path:
     """Write grayscale `images` as one PNG grid; values in `value_range` map to black..white.
     `scale` enlarges every pixel to a scale x scale block (28x28 digits are small on screen)."""
+    mosaic = grid(images, nrow, value_range, pad)
+    return write_png(path, mosaic.repeat(scale, axis=0).repeat(scale, axis=1))
+
+
+def png_bytes(pixels) -> bytes:
+    """PNG encoding of a uint8 [H, W] (grayscale) or [H, W, 3] (RGB) array, or of a PIL image."""
     from PIL import Image  # lazy: only image-writing commands need Pillow
 
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.asarray(pixels, np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(path, pixels) -> Path:
+    """Write `pixels` (see png_bytes) as a PNG, atomically (dslc.fileio)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A 2-D uint8 array becomes a mode-L (8-bit grayscale) image.
-    mosaic = grid(images, nrow, value_range, pad)
-    mosaic = mosaic.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(mosaic).save(path)
+    write_bytes(path, png_bytes(pixels))
     return path
