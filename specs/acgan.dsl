@@ -30,20 +30,29 @@ model Discriminator(image: f32[N, 1, 28, 28]) -> (realness, class_probs) {
 # The intended ACGAN discriminator step (Keras original): it trains ALL discriminator weights.
 # (tfjs quirk: setting discriminator.trainable = false after compiling freezes the two dense heads
 # in this step too, so tfjs trains only the 4 conv layers here; see refs/mnist-acgan.md.)
-# The generator runs in inference mode (batch norm on its moving statistics), as predict() does.
-step train_discriminator(real: f32[N, 1, 28, 28], real_class: i64[N], z: f32[N, 100], fake_class: i64[N])
+# It draws its own latent codes z ~ U(-1, 1) and classes for the N fakes (a pure function of the
+# step's `seed` and `step` inputs). The generator runs in inference mode (batch norm on its moving
+# statistics), as predict() does.
+step train_discriminator(real: f32[N, 1, 28, 28], real_class: i64[N])
         updates Discriminator using adam(lr=0.0002, beta1=0.5) {
+    z              = random_uniform([N, 100], -1, 1)
+    fake_class     = randint(10, [N])
     fake           = stop_gradient(Generator(z, fake_class, training=false))
     real_p, real_c = Discriminator(real)
     fake_p, fake_c = Discriminator(fake)
     minimize binary_crossentropy(real_p, 0.95) + binary_crossentropy(fake_p, 0.0)   # soft one: 0.95
            + sparse_categorical_crossentropy(real_c, real_class)
            + sparse_categorical_crossentropy(fake_c, fake_class)
+    metric real_accuracy = mean(cast(real_p > 0.5, f32))
+    metric fake_accuracy = mean(cast(fake_p < 0.5, f32))
 }
 
-# The combined model: realness targets set to the soft one to fool the discriminator, classes
-# as asked. Gradients flow through D into G; only the Generator is updated (D is frozen here).
-step train_generator(z: f32[N, 100], cls: i64[N]) updates Generator using adam(lr=0.0002, beta1=0.5) {
+# The combined model, on n fresh latent codes and classes (tfjs: n = 2 * batch): realness targets
+# set to the soft one to fool the discriminator, classes as asked. Gradients flow through D into G;
+# only the Generator is updated (D is frozen here: its weights are inputs the step does not change).
+step train_generator(n: i64) updates Generator using adam(lr=0.0002, beta1=0.5) {
+    z    = random_uniform([n, 100], -1, 1)
+    cls  = randint(10, [n])
     p, c = Discriminator(Generator(z, cls))
     minimize binary_crossentropy(p, 0.95) + sparse_categorical_crossentropy(c, cls)
 }

@@ -1,7 +1,7 @@
 """Random feeds for a compiled model's inputs, shared by the spec tests.
 
 Every graph input without an initializer gets values of its declared type (symbolic dims = `n`):
-integers (class labels) in [0, 10), `random.K` draws from the distribution their source asks for,
+integers (class labels) in [0, 10) (integer scalars, counts, in [1, 10)), `random.K` draws from the distribution their source asks for,
 everything else in [0, 1).
 """
 from pathlib import Path
@@ -45,8 +45,8 @@ def random_feeds(model: onnx.ModelProto, rng: np.random.Generator, n: int = 2) -
         tt = vi.type.tensor_type
         shape = [d.dim_value if d.HasField("dim_value") else n for d in tt.shape.dim]
         dtype = _NP[tt.elem_type]
-        if np.issubdtype(dtype, np.integer):
-            feeds[vi.name] = rng.integers(0, 10, size=shape).astype(dtype)
+        if np.issubdtype(dtype, np.integer):  # class labels; a scalar is a count (a batch size): >= 1
+            feeds[vi.name] = rng.integers(0 if shape else 1, 10, size=shape).astype(dtype)
         elif vi.name.startswith("random.") and random_kind(model, vi.name) == "normal":
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         else:  # images, one-hot-ish targets and uniform draws: values in [0, 1)

@@ -165,8 +165,32 @@ def _binary(inputs, attrs):
 
 
 _NP_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
-for _name, _fn in _NP_BINARY.items():
-    _register(_name, _binary, _fold_numpy(_fn))
+_DIM_ARITHMETIC = {"Add": dim_add, "Mul": dim_mul}
+
+
+def _dims_of(v: Value):
+    """The dims an i64 value holds, when known: its symbolic contents or its constant."""
+    if v.sym is not None:
+        return v.sym
+    if v.const is not None and v.dtype == "i64" and v.const.size <= 8:
+        return tuple(int(x) for x in v.const.reshape(-1))
+    return None
+
+
+def _fold_binary(op: str):
+    """Constants fold with numpy; dims fold symbolically (2 * N is the dim `2*N` of a shape)."""
+    numeric = _fold_numpy(_NP_BINARY[op])
+
+    def fold(node: Node):
+        numeric(node)
+        a, b = (_dims_of(v) for v in node.inputs)
+        if op in _DIM_ARITHMETIC and a is not None and b is not None and len(a) == len(b) and node.outputs[0].rank <= 1:
+            node.outputs[0].sym = tuple(_DIM_ARITHMETIC[op](x, y) for x, y in zip(a, b))
+    return fold
+
+
+for _name in _NP_BINARY:
+    _register(_name, _binary, _fold_binary(_name))
 _register("Div", _binary, _fold_numpy(lambda a, b: a // b if a.dtype.kind == "i" else a / b))
 def _pow(inputs, attrs):
     for v in inputs:
@@ -550,12 +574,16 @@ def _fold_unsqueeze(node: Node):
         node.outputs[0].const = x.const.reshape([d for d in node.outputs[0].shape])
     if x.rank == 0 and x.const is not None:
         node.outputs[0].sym = (int(x.const),)
+    elif x.rank == 0 and x.sym is not None:  # a dim such as N, on its way into a shape vector
+        node.outputs[0].sym = x.sym
 
 
 def _fold_squeeze(node: Node):
     x = node.inputs[0]
     if x.const is not None:
         node.outputs[0].const = x.const.reshape([d for d in node.outputs[0].shape])
+    if x.sym is not None and len(x.sym) == 1:
+        node.outputs[0].sym = x.sym
 
 
 _register("Squeeze", _squeeze, _fold_squeeze)

@@ -17,6 +17,7 @@ from ..ir.ops import DTYPE_CODE
 from . import init as I
 from . import random as R
 from .calls import Ctx, bind_call
+from .lowerer import is_shape_list
 from .values import Symbol, describe
 
 EPS = 1e-7  # Keras' epsilon: probabilities are clipped to [EPS, 1 - EPS] in the losses
@@ -316,6 +317,9 @@ def flatten(ctx: Ctx, x: "T"):
 
 def reshape(ctx: Ctx, x: "T", shape: "any"):
     x = _t(ctx, x, arg="x")
+    if isinstance(shape, list) and is_shape_list(shape):  # [N, 12]: dims as values
+        target = ctx.lw.shape_vector(ctx.sc, shape, ctx.arg_spans.get("shape", ctx.span))
+        return _record(ctx, _layer_name(ctx), ctx.b.op("Reshape", [x, target]))
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise ctx.error("reshape() expects the shape as a list of integers (-1 for one inferred dim)", "shape")
     return _record(ctx, _layer_name(ctx), ctx.b.op("Reshape", [x, ctx.b.ints(shape)]))
@@ -455,8 +459,8 @@ def _shape_or_like(ctx: Ctx, shape, like) -> Value | list:
         raise ctx.error(f"{ctx.name}() takes either a shape or like=")
     if like is not None:
         return _float_tensor(ctx, like, "like")
-    if isinstance(shape, Value) and shape.dtype == "i64" and shape.rank == 1:  # [N, 100]: a run-time shape
-        return shape
+    if isinstance(shape, list) and is_shape_list(shape):  # [N, 100]: a run-time shape
+        return ctx.lw.shape_vector(ctx.sc, shape, ctx.arg_spans.get("shape", ctx.span))
     if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ctx.error(f"{ctx.name}() needs the shape as a list of positive integers or dims such as "
                         f"[N, 100]", "shape")

@@ -278,6 +278,9 @@ class Lowerer:
     def lookup(self, sc: Scope, e: A.Name):
         if e.id in sc.env:
             return sc.env[e.id]
+        if e.id in sc.env.get("__dims__", {}):  # a symbolic dim of an input, as a value: [N, 100]
+            x, axis = sc.env["__dims__"][e.id]
+            return sc.b.op("Gather", [sc.b.op("Shape", [x]), sc.b.const(axis, "i64")], {"axis": 0})
         if e.id in self.program.decls:
             return DeclRef(e.id)
         if e.id in WORDS:
@@ -307,6 +310,8 @@ class Lowerer:
                                    "use cast(x, f32) first")
             sc.b.span = span
             return sc.b.const(np.asarray(v), dtype)
+        if isinstance(v, list) and is_shape_list(v):
+            return self.shape_vector(sc, v, span)
         if isinstance(v, list):
             return sc.b.const(*_list_array(v, span))
         from .builtins import BUILTINS
@@ -318,6 +323,21 @@ class Lowerer:
         if isinstance(v, DeclRef):
             hint = f"call it: `{v.name}(...)`"
         raise DslTypeError(f"expected a tensor, got {describe(v)}", span, hint)
+
+    def shape_vector(self, sc: Scope, items: list, span: Span) -> Value:
+        """`[N, 100]`, `[2 * N, 12]`, `[x.shape[0], -1]`: a 1-D i64 shape computed at run time, whose
+        symbolic contents the shape rules read."""
+        b = sc.b
+        parts = []
+        for x in items:
+            if isinstance(x, int) and not isinstance(x, bool):
+                parts.append(b.ints([x]))
+            elif isinstance(x, Value) and x.dtype == "i64" and x.rank == 0:
+                parts.append(b.op("Unsqueeze", [x, b.ints([0])]))
+            else:
+                raise DslTypeError(f"a shape holds integers and dims, got {describe(x)} in it", span,
+                                   "e.g. [N, 100] with N a dim of an input, or x.shape[0]")
+        return b.op("Concat", parts, {"axis": 0}) if len(parts) > 1 else parts[0]
 
     def binop(self, sc: Scope, e: A.BinOp):
         left, right = (_single(self.expr(sc, x)) for x in (e.left, e.right))
@@ -355,6 +375,8 @@ class Lowerer:
             names = [k for k in base.bindings if not k.startswith("__")]
             raise DslNameError(f"{base.model} has no binding `{e.name}`", at,
                                did_you_mean(e.name, names) or f"{base.model}'s bindings: {', '.join(names)}")
+        if isinstance(base, Value) and e.name == "shape":  # x.shape[0]: the run-time shape, as i64
+            return sc.b.op("Shape", [base])
         if isinstance(base, DeclRef):
             path = f"{base.path}.{e.name}" if base.path else f"{base.name}.{e.name}"
             if path in self.weights:
@@ -444,6 +466,7 @@ class Lowerer:
                 value = value.outputs[0]
             if p.type is not None:
                 value = check_arg_type(p, value, arg_expr.span, dims, sc, self, owner=d.name)
+                add_dims(env, p, value)
             env[p.name] = value
         if kwargs:
             k = next(iter(kwargs.values()))
@@ -564,6 +587,23 @@ def _reshape_hint(value: Value, want: tuple, span: Span) -> str | None:
     if len(want) == 2:
         return f"flatten it first: flatten({text})"
     return f"reshape it first: reshape({text}, [-1, {', '.join(map(str, need))}])"
+
+
+def is_shape_list(items: list) -> bool:
+    """`[N, 100]`: integers and at least one i64 scalar (a dim used as a value)."""
+    def dim(x):
+        return isinstance(x, Value) and x.dtype == "i64" and x.rank == 0
+    return any(dim(x) for x in items) and all(dim(x) or isinstance(x, int) and not isinstance(x, bool)
+                                               for x in items)
+
+
+def add_dims(env: dict, p: A.Param, value) -> None:
+    """Make the symbolic dims of a typed parameter (`N` of `x: f32[N, 784]`) usable as values in the body."""
+    if isinstance(value, Value) and p.type is not None and p.type.dims:
+        dims = env.setdefault("__dims__", {})
+        for axis, d in enumerate(p.type.dims):
+            if isinstance(d, str) and d not in dims:
+                dims[d] = (value, axis)
 
 
 def unbound_output(d: A.Model, name: str, env: dict) -> DslNameError:

@@ -8,12 +8,12 @@ import numpy as np
 from ..autodiff import grad
 from ..diagnostics import DslError, DslTypeError, did_you_mean
 from ..frontend import ast as A
-from ..ir.core import DTYPES, Builder, Graph, Value
+from ..ir.core import DTYPES, Builder, Graph, TensorType, Value
 from ..ir.verify import verify
 from ..passes import optimize
 from ..passes.precision import to_float64
 from ..train.optimizers import apply_updates
-from .lowerer import LayerRecord, Lowerer, Options, Scope, input_type, unbound_output
+from .lowerer import LayerRecord, Lowerer, Options, Scope, add_dims, input_type, unbound_output
 from .program import Program
 from .values import ModelResult, OptimizerSpec
 
@@ -61,6 +61,10 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
             raise DslError(f"a step's input cannot be named `{p.name}`: every step has a `{p.name}` input of its "
                            f"own", p.span, "rename it")
     env = {p.name: b.input(p.name, input_type(p)) for p in d.params}
+    for p in d.params:
+        add_dims(env, p, env[p.name])
+        if env[p.name].type == TensorType("i64", ()):  # a count such as `n: i64` can size a shape: [2 * n, 100]
+            env[p.name].sym = (p.name,)
     lw.is_step = kind == "step"
     sc = Scope(b, env, d.name if kind == "model" else "", training=(kind == "step"), kind=kind)
     result = lw.run_block(sc, d.body)
