@@ -6,6 +6,7 @@
     dslc.compile_file("specs/vae.dsl", "out/")       # one .onnx per target
     print(dslc.summary("specs/vae.dsl", "Encoder"))
     outputs = dslc.run("out/Encoder.onnx", {"x": batch})
+    history = dslc.train("specs/convnet.dsl", epochs=1)  # the file's `train` declaration
 
 `compile` needs only lark, onnx and numpy; `run` imports onnxruntime when called.
 """
@@ -108,6 +109,16 @@ def _summary_table(low: Lowered) -> str:
                       if p.trainable and p.value.name.split(".")[0] in low.updates)
         out.append(f"Updated by this step: {updated:,} ({', '.join(low.updates)})")
     return "\n".join(out)
+
+
+def train(path: str | Path, *, target: str | None = None, data: str | None = None, epochs: int | None = None,
+          batch: int | None = None, seed: int | None = None, device: str = "auto", out: str | Path | None = None,
+          resume: bool = False, max_steps: int | None = None, log=print) -> list[dict]:
+    """Run the file's first `train` declaration (or `target`): returns the per-epoch history (the
+    rows of history.json). Writes checkpoints, curves, pictures and the trained model into `out`."""
+    from .runtime.trainer import train as run_training
+    return run_training(path, target=target, data=data, epochs=epochs, batch=batch, seed=seed, device=device,
+                        out=out, resume=resume, max_steps=max_steps, log=log)
 
 
 def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray], *, target: str | None = None,

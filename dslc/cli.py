@@ -1,4 +1,4 @@
-"""`dslc compile | check | summary | run`: parse arguments, call the API, report.
+"""`dslc compile | check | summary | run | train`: parse arguments, call the API, report.
 
 Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a usage error,
 3 an internal error (a bug in dslc: please report it).
@@ -68,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     _compile_options(r)
     r.set_defaults(func=_run)
+
+    t = sub.add_parser("train", help="train a model as the file's `train` declaration says")
+    t.add_argument("file")
+    t.add_argument("--target", default=None, help="the train declaration to run (default: the file's first)")
+    t.add_argument("--data", default=None, metavar="DIR|FILE.npz",
+                   help="IDX files or an .npz (default: $DSLC_DATA, else the embedded subset)")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None, help="weights, data order and noise all follow it")
+    t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    t.add_argument("--out", default=None, help="output folder (default: runs/TRAIN)")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--max-steps", type=int, default=None, metavar="K", help="stop at global step K")
+    t.set_defaults(func=_train)
     return p
 
 
@@ -170,6 +184,12 @@ def _run(args) -> int:
         images = np.stack([deprocess(im) for im in first.reshape(-1, *first.shape[-2:])])
         save_grid(args.png, images, scale=4)
         print(f"wrote {args.png}")
+    return 0
+
+
+def _train(args) -> int:
+    api.train(args.file, target=args.target, data=args.data, epochs=args.epochs, batch=args.batch, seed=args.seed,
+              device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps)
     return 0
 
 

@@ -2,6 +2,8 @@
 # Channels-first: images are f32[N, 1, 28, 28] scaled to [-1, 1] to match the generator's tanh.
 # Generator 2,657,897 params (576 of them batch-norm moving statistics); Discriminator 525,835.
 
+import "convnet.dsl"   # the `mnist` training of ConvNet: the judge of the generated digits
+
 model Generator(z: f32[N, 100], cls: i64[N]) -> image {
     emb   = embedding(cls, 10, 100, init=glorot_normal)            # [N, 100]
     h     = z * emb                                                # the latent code, class-modulated
@@ -55,4 +57,19 @@ step train_generator(n: i64) updates Generator using adam(lr=0.0002, beta1=0.5) 
     cls  = randint(10, [n])
     p, c = Discriminator(Generator(z, cls))
     minimize binary_crossentropy(p, 0.95) + sparse_categorical_crossentropy(c, cls)
+}
+
+# `dslc train specs/acgan.dsl`: per batch the discriminator step, then the generator step on twice
+# as many samples (as the TF.js example). After each epoch: the share of 1,000 generated digits
+# that a ConvNet trained by `mnist` (convnet.dsl; trained first into judge-mnist/) classifies as
+# the class asked for, and a grid of generated digits, one row per class.
+train acgan {
+    data     = mnist
+    image    = image |> scale(-1, 1) |> channels_first           # the generator's tanh range
+    batch    = 100
+    epochs   = 20
+    steps    = [train_discriminator(image, label), train_generator(2 * batch)]
+    evaluate = generated_accuracy(Generator, judge=mnist)
+    show     = [class_grid(Generator)]
+    export   = Generator
 }

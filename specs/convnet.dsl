@@ -56,3 +56,38 @@ step train_mnist_node_convnet(image: f32[N, 1, 28, 28], label: f32[N, 10])
         updates MnistNodeConvNet using rmsprop(lr=0.001) {
     minimize categorical_crossentropy(MnistNodeConvNet(image), label)
 }
+
+# ---------------------------------------------------------------- training (`dslc train specs/convnet.dsl`)
+# The README's first command: the ConvNet above on MNIST (the embedded 5,000-image subset when no
+# --data is given); its trained weights feed visualize_filters.dsl.
+train mnist {
+    data     = mnist
+    image    = image |> scale(0, 1) |> channels_first            # u8[N, 28, 28] -> f32[N, 1, 28, 28]
+    batch    = 64
+    epochs   = 3
+    steps    = [train_convnet(image, label)]
+    evaluate = accuracy(ConvNet(image), label)
+    show     = [filters(ConvNet)]
+}
+
+# tfjs-examples mnist/: rmsprop, batch 320 (there: 3 epochs on 46,750 images).
+train mnist_small {
+    data     = mnist
+    image    = image |> scale(0, 1) |> channels_first
+    onehot   = label |> one_hot(10)
+    batch    = 320
+    epochs   = 10
+    steps    = [train_mnist_convnet(image, onehot)]
+    evaluate = accuracy(MnistConvNet(image), label)
+}
+
+# tfjs-examples mnist-node/: rmsprop, batch 128, 20 epochs.
+train mnist_node {
+    data     = mnist
+    image    = image |> scale(0, 1) |> channels_first
+    onehot   = label |> one_hot(10)
+    batch    = 128
+    epochs   = 20
+    steps    = [train_mnist_node_convnet(image, onehot)]
+    evaluate = accuracy(MnistNodeConvNet(image), label)
+}

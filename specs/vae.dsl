@@ -35,3 +35,16 @@ step train_vae(x: f32[N, 784]) updates Encoder, Decoder using adam(lr=0.001) {
     z_mean, z_log_var, z = Encoder(x)
     minimize vae_loss(x, Decoder(z), z_mean, z_log_var)
 }
+
+# `dslc train specs/vae.dsl`: Fashion-MNIST as the TF.js example trains it (Adam, batch 256), the
+# test loss per epoch (784 x MSE + KL), the decoded 2-D latent grid and test reconstructions.
+train fashion_vae {
+    data     = fashion_mnist
+    image    = image |> scale(0, 1) |> flatten                   # u8[N, 28, 28] -> f32[N, 784]
+    batch    = 256
+    epochs   = 20
+    steps    = [train_vae(image)]
+    evaluate = loss(train_vae(image))
+    show     = [latent_grid(Decoder), reconstructions(VAE(image))]
+    export   = Decoder
+}

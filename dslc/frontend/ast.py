@@ -176,6 +176,11 @@ class Step(Decl):
 
 
 @dataclass(frozen=True)
+class Train(Decl):
+    """`train NAME { key = expr ... }`: what `dslc train` runs (read by train/plan.py)."""
+
+
+@dataclass(frozen=True)
 class Import:
     path: str
     span: Span = field(compare=False, repr=False)

@@ -118,6 +118,10 @@ class _ToAst(Transformer):
                       updates=tuple(str(t) for t in updates), optimizer=opt,
                       update_spans=tuple(self._tok_span(t) for t in updates))
 
+    def train(self, meta, c):
+        name, body = c
+        return A.Train(str(name), (), body, self._span(meta), self._tok_span(name))
+
     def updates(self, meta, c):
         return tuple(c)  # the NAME tokens: step() keeps their spans
 

@@ -17,13 +17,13 @@ _WORDS = {
 }
 # Sets of terminals that read better as one word, tried in this order.
 _GROUPS = [
-    ("a declaration (model, layer, fn, step or import)", {"MODEL", "LAYER", "FN", "STEP", "IMPORT"}),
+    ("a declaration (model, layer, fn, step, train or import)", {"MODEL", "LAYER", "FN", "STEP", "TRAIN", "IMPORT"}),
     ("a statement", {"NAME", "RETURN", "MINIMIZE", "METRIC", "REPEAT"}),
     ("an expression", {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "TRUE", "FALSE"}),
     ("an operator", {"ADD_OP", "MUL_OP", "COMP_OP", "CIRCUMFLEX", "__ANON_1", "DOT", "LPAR", "LSQB"}),
 ]
 _GROUP_MIN = 3  # fold a group when at least this many of its members are accepted
-_ORDER = ["an expression", "an operator", "a statement", "a declaration (model, layer, fn, step or import)"]
+_ORDER = ["an expression", "an operator", "a statement", "a declaration (model, layer, fn, step, train or import)"]
 # Keywords that start a declaration: inside a block they lex as plain names (lark's contextual lexer).
 _DECL_WORDS = {"model", "layer", "fn", "step", "import"}
 _CLOSER = {"(": ")", "[": "]", "{": "}"}

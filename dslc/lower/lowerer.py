@@ -403,6 +403,8 @@ class Lowerer:
     def call_decl(self, sc: Scope, d: A.Decl, e: A.Call):
         if isinstance(d, A.Step):
             raise DslTypeError(f"`{d.name}` is a step; steps are compiled, not called", e.span)
+        if isinstance(d, A.Train):
+            raise DslTypeError(f"`{d.name}` is a train declaration; `dslc train` runs it", e.span)
         if d.name in self.call_stack:
             chain = self.call_stack[self.call_stack.index(d.name):] + [d.name]
             raise DslError(f"`{d.name}` calls itself ({' -> '.join(chain)}): recursion is not supported", e.span,

@@ -16,6 +16,10 @@ class Program:
     # Declarations of the file itself (not its imports): what `dslc compile` emits by default.
     own: list[str] = field(default_factory=list)
 
+    def trainings(self) -> list[str]:
+        """The file's own `train` declarations, in source order (`dslc train` runs the first by default)."""
+        return [n for n in self.own if isinstance(self.decls[n], A.Train)]
+
     def targets(self) -> list[str]:
         """Declarations that compile to a graph of their own: models, steps, and fns whose parameters
         all have tensor types (an `int` or `float` hyperparameter makes a fn a helper)."""

@@ -40,6 +40,9 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
         raise DslError(f"no target named `{name}` in {program.file}", None,
                        did_you_mean(name, program.targets()) or f"targets: {', '.join(program.targets())}")
     d = program.decls[name]
+    if isinstance(d, A.Train):
+        raise DslError(f"`{name}` is a train declaration: run it with `dslc train {program.file} --target {name}`",
+                       d.name_span or d.span)
     if isinstance(d, A.Layer):
         raise DslError(f"`{name}` is a layer template; it compiles as part of the models that call it", d.span)
     if emit is None:

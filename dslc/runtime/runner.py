@@ -1,0 +1,72 @@
+"""Running one compiled step again and again: its state stays where the session computes.
+
+A train-step graph's inputs are data, state (every input `X` with an output `X.next`: weights,
+optimizer slots, batch-norm statistics) and the `seed` / `step` counters. On the CPU, state lives
+in NumPy arrays fed to `session.run`. On CUDA it lives in OrtValues on the device, bound with
+IOBinding: each step's `X.next` outputs stay on the GPU and become the next step's inputs, and only
+the loss and metrics are copied back.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .session import make_session
+
+NEXT = ".next"
+
+
+class StepRunner:
+    def __init__(self, model: onnx.ModelProto, device: str):
+        self.session = make_session(model, device)
+        self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.state_outputs = [o for o in outputs if o.endswith(NEXT) and o != "step.next"]
+        self.report_outputs = [o for o in outputs if not o.endswith(NEXT)]  # loss and metrics
+        inits = {t.name for t in model.graph.initializer}
+        self.state_inputs = [o[:-len(NEXT)] for o in self.state_outputs]
+        # Inputs read but never written (a frozen model's weights): state too, shared with other steps.
+        self.read_only = [i.name for i in model.graph.input
+                          if i.name in inits and i.name not in self.state_inputs and i.name not in ("step", "seed")]
+        self.counters = [i.name for i in model.graph.input if i.name in ("step", "seed")]
+
+    def device_value(self, array: np.ndarray):
+        """State as this runner keeps it: a NumPy array, or an OrtValue on the GPU."""
+        if not self.on_cuda:
+            return array
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+
+    def run(self, data: dict[str, np.ndarray], state: dict, counters: dict[str, np.ndarray]):
+        """One step: returns ({loss, metric: float}, {state name: new value})."""
+        if self.on_cuda:
+            return self._run_bound(data, state, counters)
+        feeds = {**data, **{k: counters[k] for k in self.counters},
+                 **{k: state[k] for k in self.state_inputs + self.read_only}}
+        names = self.report_outputs + self.state_outputs
+        values = self.session.run(names, feeds)
+        reports = {n: v for n, v in zip(self.report_outputs, values)}
+        new = {n[:-len(NEXT)]: v for n, v in zip(self.state_outputs, values[len(self.report_outputs):])}
+        return reports, new
+
+    def _run_bound(self, data, state, counters):
+        binding = self.session.io_binding()
+        for k, v in {**data, **{k: counters[k] for k in self.counters}}.items():
+            binding.bind_cpu_input(k, np.ascontiguousarray(v))
+        for k in self.state_inputs + self.read_only:
+            binding.bind_ortvalue_input(k, state[k])
+        for n in self.report_outputs:
+            binding.bind_output(n, "cpu")
+        for n in self.state_outputs:
+            binding.bind_output(n, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        reports = {n: values[i].numpy() for i, n in enumerate(self.report_outputs)}
+        start = len(self.report_outputs)
+        new = {n[:-len(NEXT)]: values[start + i] for i, n in enumerate(self.state_outputs)}
+        return reports, new
+
+
+def host(value) -> np.ndarray:
+    """State back in host memory (for checkpoints and evaluation)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()

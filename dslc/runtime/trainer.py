@@ -1,0 +1,456 @@
+"""`dslc train`: run a file's `train` declaration on real data, as a tool people leave running.
+
+Every batch runs the plan's steps in order, each a compiled train-step graph whose state outputs
+(`X.next`) become the next step's inputs. Nothing random lives in the process: data order is a
+function of (seed, epoch) and the graphs draw their noise from (seed, step), so a checkpoint (state,
+global step, position in the epoch) resumes bit for bit. Checkpoints are written atomically; Ctrl-C
+finishes the current step, writes one and exits 130; a NaN or inf loss stops before any bad state
+is saved. Around the loop: a progress bar, an evaluation per epoch, history.json, curves and
+pictures, and at the end the trained model as an inference .onnx and a weights .npz.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import tempfile
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import api
+from ..diagnostics import DslError
+from ..emit.onnx_emit import to_onnx
+from ..fileio import save_npz, save_onnx
+from ..train import plan as P
+from . import evaluate as E
+from .datasets import PREPROCESS, batches, describe_source, epoch_order, load_dataset, require_fields
+from .plots import plot_curves
+from .progress import EpochProgress, epoch_line, read_history, write_history
+from .runner import StepRunner, host
+from .session import _dims, cuda_available, type_str
+
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_SECONDS = 30.0  # also one at the end of every epoch, on Ctrl-C and at the end
+N_CLASSES = 10
+
+
+# ------------------------------------------------------------------ fields: dataset arrays, preprocessed
+class Fields:
+    """One split's arrays and the plan's fields over them, preprocessed a batch at a time."""
+
+    def __init__(self, plan: P.Plan, arrays: dict[str, np.ndarray], where: str):
+        self.plan, self.arrays = plan, arrays
+        sources = {self._root(f) for f in plan.fields.values()}
+        used = {src for s in plan.steps for _, src in s.args if isinstance(src, str)}
+        require_fields(arrays, sorted((sources | used) - set(plan.fields)), where)
+        lengths = {len(a) for a in arrays.values()}
+        self.n = min(lengths) if lengths else 0
+
+    def _root(self, f: P.Field) -> str:
+        while f.source in self.plan.fields and self.plan.fields[f.source] is not f:
+            f = self.plan.fields[f.source]
+        return f.source
+
+    def get(self, name: str, idx: np.ndarray) -> np.ndarray:
+        f = self.plan.fields.get(name)
+        if f is None:
+            return self.arrays[name][idx]
+        base = self.arrays[f.source][idx] if f.source == name or f.source not in self.plan.fields \
+            else self.get(f.source, idx)
+        for pipe, args in f.pipes:
+            base = _PIPE[pipe](base, *args)
+        return base
+
+    def value_range(self, name: str) -> tuple[float, float]:
+        f = self.plan.fields.get(name)
+        for pipe, args in (f.pipes if f else ()):
+            if pipe == "scale":
+                return float(args[0]), float(args[1])
+        return 0.0, 1.0
+
+
+def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (np.asarray(a, np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)).astype(np.float32)
+
+
+def _one_hot(a: np.ndarray, classes: int) -> np.ndarray:
+    if a.size and (a.min() < 0 or a.max() >= classes):
+        bad = int(a.max() if a.max() >= classes else a.min())
+        raise DslError(f"a label is {bad}, outside the {classes} classes one_hot({classes}) makes",
+                       hint=f"labels must be integers in [0, {classes})")
+    return PREPROCESS["one_hot"](a, classes)
+
+
+_PIPE = {"scale": _scale, "flatten": PREPROCESS["flatten"], "channels_first": PREPROCESS["channels_first"],
+         "one_hot": _one_hot, "int64": PREPROCESS["int64"]}
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class Options:
+    target: str | None = None
+    data: str | None = None
+    epochs: int | None = None
+    batch: int | None = None
+    seed: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    resume: bool = False
+    max_steps: int | None = None
+    log: object = print
+
+
+def train(path, **options) -> list[dict]:
+    """Train the file's first `train` declaration (or `target`); returns the per-epoch history."""
+    o = Options(**options)
+    program = api.load(path)
+    plan = P.plan(program, o.target)
+    for key in ("epochs", "batch", "seed"):
+        value = getattr(o, key)
+        if value is not None:
+            if value < (0 if key == "seed" else 1):
+                raise DslError(f"--{key} must be {'>= 0' if key == 'seed' else 'a positive integer'}, got {value}")
+            plan = _replace(plan, **{key: value})
+    if o.max_steps is not None and o.max_steps < 0:
+        raise DslError(f"--max-steps must be >= 0, got {o.max_steps}")
+    out = Path(o.out) if o.out else Path("runs") / plan.name
+    _check_writable(out)
+    return Trainer(program, plan, o, out).run()
+
+
+def _replace(plan: P.Plan, **changes) -> P.Plan:
+    from dataclasses import replace
+    return replace(plan, **changes)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DslError(f"cannot write to the output folder {out}: {e.strerror or e}",
+                       hint="choose another with --out") from None
+
+
+class Trainer:
+    def __init__(self, program, plan: P.Plan, o: Options, out: Path):
+        self.program, self.plan, self.o, self.out, self.log = program, plan, o, out, o.log
+        self.device = self._device(o.device)
+        self.interrupted = False
+
+    @staticmethod
+    def _device(device: str) -> str:
+        if device not in ("auto", "cpu", "cuda"):
+            raise DslError(f"unknown device `{device}`", hint="use cpu, cuda or auto")
+        if device == "cuda" and not cuda_available():
+            raise DslError("CUDA was requested but no usable CUDA device/runtime was found",
+                           hint="use --device cpu or auto")
+        return "cuda" if device != "cpu" and cuda_available() else "cpu"
+
+    # ---- set-up
+    def _compile(self) -> None:
+        self.models, self.runners, self.input_dtypes = {}, [], {}
+        for s in self.plan.steps:
+            model = api.compile(self.program, s.name, seed=self.plan.seed)
+            self.models[s.name] = model
+            self.runners.append(StepRunner(model, self.device))
+            self.input_dtypes[s.name] = {i.name: _NP_OF.get(i.type.tensor_type.elem_type) for i in model.graph.input}
+        self.fingerprint = {s: hashlib.sha256(m.SerializeToString()).hexdigest()[:16] for s, m in self.models.items()}
+
+    def _initial_state(self) -> dict[str, np.ndarray]:
+        from onnx import numpy_helper
+        state = {}
+        for model in self.models.values():
+            for t in model.graph.initializer:
+                if t.name not in ("step", "seed") and t.name not in state:
+                    state[t.name] = numpy_helper.to_array(t)
+        return state
+
+    def _load_data(self) -> None:
+        p = self.plan
+        self.log(f"data: {describe_source(p.dataset, self.o.data)}")
+        self.train_fields = Fields(p, load_dataset(p.dataset, "train", self.o.data), "the training split")
+        needs_test = p.evaluate is not None and p.evaluate.kind != "generated_accuracy" or \
+            any(m.kind == "reconstructions" for m in p.show)
+        self.test_fields = Fields(p, load_dataset(p.dataset, "test", self.o.data), "the test split") \
+            if needs_test else self.train_fields
+        self._check_feeds()
+
+    def _check_feeds(self) -> None:
+        """Each step input against the field that feeds it (dtype and static dims), on a first batch."""
+        idx = np.arange(min(2, self.train_fields.n))
+        for s, model in zip(self.plan.steps, self.models.values()):
+            inputs = {i.name: i for i in model.graph.input}
+            for param, src in s.args:
+                vi = inputs[param]
+                want_dtype = _NP_OF[vi.type.tensor_type.elem_type]
+                if not isinstance(src, str):
+                    continue
+                value = self._feed(s.name, param, src, idx)
+                dims = _dims(vi)
+                ok = value.dtype == want_dtype and value.ndim == len(dims) and all(
+                    not isinstance(d, int) or d == v for d, v in zip(dims, value.shape))
+                if not ok:
+                    hint = _feed_hint(value, dims, want_dtype)
+                    raise DslError(f"step {s.name}: input `{param}` expects {type_str(vi)}, but the field `{src}` "
+                                   f"gives {value.dtype.name}[{', '.join(['N'] + [str(d) for d in value.shape[1:]])}]",
+                                   s.span, hint)
+                if value.dtype.kind == "i" and value.ndim == 1:  # class numbers
+                    labels = self.train_fields.get(src, np.arange(self.train_fields.n)).astype(np.int64)
+                    if labels.min() < 0 or labels.max() >= N_CLASSES:
+                        raise DslError(f"the field `{src}` holds the label {int(labels.max())}, outside "
+                                       f"[0, {N_CLASSES})", s.span, "labels must be class numbers 0-9")
+
+    # ---- checkpoints
+    def _meta(self, global_step: int, epoch: int, batch_index: int) -> dict:
+        return {"global_step": global_step, "epoch": epoch, "batch_index": batch_index,
+                "settings": self.plan.settings(), "graphs": self.fingerprint,
+                "data": describe_source(self.plan.dataset, self.o.data)}
+
+    def _save_checkpoint(self, state: dict, meta: dict) -> None:
+        arrays = {f"state/{k}": host(v) for k, v in state.items()}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        try:
+            save_npz(self.out / CHECKPOINT, arrays)
+        except OSError as e:
+            raise DslError(f"cannot write the checkpoint {self.out / CHECKPOINT}: {e.strerror or e}",
+                           hint="the previous checkpoint is intact; free some space or choose another --out") from None
+
+    def _load_checkpoint(self) -> tuple[dict, dict]:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise DslError(f"--resume: no checkpoint in {self.out}", hint="run without --resume to start afresh")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                state = {k[len("state/"):]: z[k] for k in z.files if k.startswith("state/")}
+        except Exception as e:  # a damaged file: say so, never a traceback
+            raise DslError(f"cannot read the checkpoint {path}: {e}") from None
+        changed = []
+        for k, v in self.plan.settings().items():
+            if meta["settings"].get(k) != v:
+                changed.append(f"{k} was {meta['settings'].get(k)}, now {v}")
+        for s, fp in self.fingerprint.items():
+            if meta["graphs"].get(s) != fp:
+                changed.append(f"step {s} compiles differently (the .dsl changed)")
+        if meta.get("data") != describe_source(self.plan.dataset, self.o.data):
+            changed.append(f"the data was {meta.get('data')}, now {describe_source(self.plan.dataset, self.o.data)}")
+        if changed:
+            raise DslError("cannot resume: " + "; ".join(changed),
+                           hint="resume with the same file and options, or start afresh without --resume")
+        return state, meta
+
+    @contextmanager
+    def _catch_interrupt(self):
+        """Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step."""
+        def handler(signum, frame):
+            self.interrupted = True
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: no handlers, Ctrl-C interrupts as usual
+            pass
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+    # ---- the loop
+    def run(self) -> list[dict]:
+        p, o = self.plan, self.o
+        self._compile()
+        self._load_data()
+        self.graphs = E.Graphs(self.program, self.device, p.seed)
+        history_path = self.out / "history.json"
+        if o.resume:
+            arrays, meta = self._load_checkpoint()
+            global_step, start_epoch, start_batch = meta["global_step"], meta["epoch"], meta["batch_index"]
+            history = [h for h in read_history(history_path) if h["epoch"] <= start_epoch] \
+                if history_path.is_file() else []
+            self.log(f"resuming from step {global_step} (epoch {start_epoch + 1}, batch {start_batch})")
+        else:
+            arrays, global_step, start_epoch, start_batch, history = self._initial_state(), 0, 0, 0, []
+        runner0 = self.runners[0]
+        state = {k: runner0.device_value(v) for k, v in arrays.items()}
+        n = self.train_fields.n
+        per_epoch = math.ceil(n / p.batch)
+        self.log(f"train {p.name}: {', '.join(s.name for s in p.steps)} on {n:,} examples, batch {p.batch}, "
+                 f"{p.epochs} epoch(s), device {self.device}, output in {self.out}")
+        seeds = {s.name: np.int64(zlib.crc32(f"{p.seed}/{s.name}".encode()) & 0x7FFFFFFF) for s in p.steps}
+        last_save = time.monotonic()
+        with self._catch_interrupt():
+            for epoch in range(start_epoch, p.epochs):
+                order = epoch_order(n, p.seed, epoch)
+                sums: dict[str, float] = {}
+                started = time.monotonic()
+                first = next_batch = start_batch if epoch == start_epoch else 0
+                stopped = False
+                bar = EpochProgress(per_epoch, epoch + 1, p.epochs)
+                if first:
+                    bar.update(first)
+                for b, idx in enumerate(batches(n, p.batch, order)):
+                    if b < first:
+                        continue
+                    if self.interrupted or o.max_steps is not None and global_step >= o.max_steps:
+                        stopped = True
+                        break
+                    reports = self._one_batch(idx, state, global_step, seeds)
+                    global_step, next_batch = global_step + 1, b + 1
+                    for k, v in reports.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(idx)
+                    bar.update(1, **{k.split("/")[-1]: v for k, v in reports.items()})
+                    if time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                        self._save_checkpoint(state, self._meta(global_step, epoch, next_batch))
+                        last_save = time.monotonic()
+                bar.close()
+                if stopped:
+                    self._save_checkpoint(state, self._meta(global_step, epoch, next_batch))
+                    break
+                seen = n - first * p.batch
+                row = {"epoch": epoch + 1, "steps": global_step, **{k: v / seen for k, v in sums.items()},
+                       "seconds": round(time.monotonic() - started, 2)}
+                row.update(self._evaluate(state, epoch + 1))
+                history.append(row)
+                self._save_checkpoint(state, self._meta(global_step, epoch + 1, 0))
+                last_save = time.monotonic()
+                self._write_history(history)
+                shown = {k: v for k, v in row.items() if k not in ("epoch", "steps", "seconds")}
+                self.log(epoch_line(epoch + 1, p.epochs, shown, row["seconds"], per_epoch - first))
+        if self.interrupted:
+            self.log(f"interrupted at step {global_step}: checkpoint written to {self.out / CHECKPOINT}; "
+                     f"continue with --resume")
+            raise KeyboardInterrupt
+        self._export(state)
+        return history
+
+    def _one_batch(self, idx: np.ndarray, state: dict, global_step: int, seeds: dict) -> dict[str, float]:
+        reports = {}
+        for s, runner in zip(self.plan.steps, self.runners):
+            data = {param: self._feed(s.name, param, src, idx) for param, src in s.args}
+            counters = {"step": np.array(global_step, np.int64), "seed": np.array(seeds[s.name], np.int64)}
+            out, new = runner.run(data, state, counters)
+            bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
+            if bad:
+                raise DslError(f"step {s.name}: {bad[0]} became {float(np.asarray(out[bad[0]]).reshape(-1)[0])} at "
+                               f"global step {global_step + 1}; stopped before saving it",
+                               hint=f"the last good checkpoint is {self.out / CHECKPOINT}; a smaller learning rate "
+                                    f"or gradient clipping (clip_norm=1.0) may help")
+            state.update(new)
+            prefix = f"{s.name}/" if len(self.plan.steps) > 1 else ""
+            reports.update({prefix + k: float(v) for k, v in out.items()})
+        return reports
+
+    def _feed(self, step: str, param: str, src, idx: np.ndarray) -> np.ndarray:
+        """A step input for this batch: a field (class numbers widened to the input's integer type) or
+        a count such as 2 * batch."""
+        if not isinstance(src, str):
+            return np.array(P.count(src, len(idx)), np.int64)
+        value = self.train_fields.get(src, idx)
+        want = self.input_dtypes[step][param]
+        return value.astype(want) if value.dtype != want and value.dtype.kind in "iu" and np.dtype(want).kind == "i" \
+            else value
+
+    def _evaluate(self, state: dict, epoch: int) -> dict:
+        p = self.plan
+        weights = {k: host(v) for k, v in state.items()}
+        row = {}
+        m = p.evaluate
+        eval_seed = p.seed + 1_000_003  # noise for evaluation, apart from training's
+        if m is not None:
+            if m.kind == "accuracy":
+                row["test_accuracy"] = E.accuracy(m, self.graphs, self.test_fields, weights)
+            elif m.kind == "loss":
+                row["test_loss"] = E.loss(m, self.graphs, self.test_fields, weights, eval_seed)
+            else:
+                row["generated_accuracy"] = E.generated_accuracy(m, self.graphs, weights, self._judge(m), eval_seed)
+        for picture in p.show:
+            E.draw(picture, self.graphs, self.test_fields, weights, self.out, epoch, p, eval_seed)
+        return row
+
+    def _judge(self, m: P.Measure):
+        if not hasattr(self, "judge"):
+            self.judge = Judge(self.program, m.judge, self, self.out / f"judge-{m.judge}")
+        return self.judge
+
+    def _write_history(self, history: list[dict]) -> None:
+        write_history(self.out / "history.json", history)
+        if history:
+            plot_curves(history, self.out / "curves.png", title=f"{self.plan.name} ({self.plan.file})")
+
+    def _export(self, state: dict) -> None:
+        """The trained model as an inference .onnx (weights inside) and every weight as an .npz."""
+        weights = {k: host(v) for k, v in state.items() if k.split(".")[0] in self.program.decls}
+        save_npz(self.out / "weights.npz", weights)
+        low = api.lower(self.program, self.plan.export, seed=self.plan.seed)
+        for param in low.graph.params:
+            if param.value.name in weights:
+                param.init = weights[param.value.name]
+        path = self.out / f"{self.plan.export}.onnx"
+        save_onnx(path, to_onnx(low.graph))
+        self.log(f"wrote {path} and {self.out / 'weights.npz'}")
+
+
+class Judge:
+    """The classifier that judges generated digits: trained by its own `train` declaration into
+    `out/judge-NAME/` the first time, then reused."""
+
+    def __init__(self, program, name: str, parent: Trainer, out: Path):
+        plan = P.plan(program, name)
+        if plan.evaluate is None or plan.evaluate.kind != "accuracy":
+            raise DslError(f"the judge `{name}` must evaluate accuracy(Model(image), label)", plan.span)
+        self.model = plan.evaluate.call.name
+        self.image_range = _field_range(plan, plan.evaluate.call.args[0][1])
+        self.generated_range = parent.test_fields.value_range("image")
+        weights_file = out / "weights.npz"
+        if not weights_file.is_file():
+            parent.log(f"training the judge `{name}` into {out}")
+            Trainer(program, plan, Options(data=parent.o.data, device=parent.o.device, log=parent.log), out).run()
+        from .session import load_weights
+        self.weights = load_weights(weights_file)
+        self.plan = plan
+        self.graphs = E.Graphs(program, parent.device, plan.seed)
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        """Class numbers for generated images, mapped from the generator's pixel range to the judge's."""
+        (glo, ghi), (jlo, jhi) = self.generated_range, self.image_range
+        x = (images - glo) / (ghi - glo) * (jhi - jlo) + jlo
+        sess = self.graphs.session(self.model)
+        name = self.plan.evaluate.call.args[0][0]
+        return np.concatenate([E.run(sess, {name: x[idx].astype(np.float32)}, self.weights)[0].argmax(-1)
+                               for idx in E.in_batches(len(x))])
+
+
+def _field_range(plan: P.Plan, field: str) -> tuple[float, float]:
+    f = plan.fields.get(field)
+    for pipe, args in (f.pipes if f else ()):
+        if pipe == "scale":
+            return float(args[0]), float(args[1])
+    return 0.0, 1.0
+
+
+def _feed_hint(value: np.ndarray, dims: list, dtype) -> str | None:
+    if value.dtype != dtype:
+        if dtype == np.int64:
+            return "class numbers: pipe the field through int64, e.g. label = label |> int64"
+        if dtype == np.float32 and value.dtype.kind in "iu" and value.ndim == 1:
+            return "one-hot labels: label = label |> one_hot(10)"
+        return "scale pixels to floats: image = image |> scale(0, 1)"
+    if value.ndim == 3 and len(dims) == 4:
+        return "add a channel axis: image = image |> scale(0, 1) |> channels_first"
+    if value.ndim > 2 and len(dims) == 2:
+        return "flatten it: image = image |> scale(0, 1) |> flatten"
+    return None
+
+
+_NP_OF = {1: np.float32, 11: np.float64, 7: np.int64, 6: np.int32, 9: np.bool_}

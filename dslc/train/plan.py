@@ -1,0 +1,289 @@
+"""A `train` declaration -> a Plan: what `dslc train` runs, checked at compile time with located errors.
+
+    train mnist {
+        data     = mnist                                       # or fashion_mnist
+        image    = image |> scale(0, 1) |> channels_first      # a dataset field, preprocessed
+        batch    = 64
+        epochs   = 2
+        steps    = [train_convnet(image, label)]               # run in this order on every batch
+        evaluate = accuracy(ConvNet(image), label)             # once per epoch, on the test split
+        show     = [filters(ConvNet)]                          # pictures written after each epoch
+    }
+
+Settings are the names in SETTINGS; every other `name = expr` defines a field: a dataset field
+(`image`, `label`, or an .npz array's name) piped through PIPES. A step's arguments are fields, or
+integers computed from `batch` (the size of the batch at hand: `train_generator(2 * batch)`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..diagnostics import DslError, DslNameError, DslTypeError, Span, did_you_mean
+from ..frontend import ast as A
+from ..lower.program import Program
+
+DATASETS = ("mnist", "fashion_mnist")
+SETTINGS = ("data", "batch", "epochs", "seed", "steps", "evaluate", "show", "export")
+# Preprocessing steps a field may pipe through: name -> number of arguments.
+PIPES = {"scale": 2, "flatten": 0, "channels_first": 0, "one_hot": 1, "int64": 0}
+# Evaluations: what each measures on the test split after every epoch.
+EVALUATIONS = {
+    "accuracy": "accuracy(Model(field, ...), label): the share of argmax(prediction) == label",
+    "loss": "loss(step(field, ...)): the step's loss, without updating anything",
+    "generated_accuracy": "generated_accuracy(Generator, judge=TRAIN): the share of generated digits the "
+                          "model trained by TRAIN classifies as the class asked for",
+}
+PICTURES = {
+    "latent_grid": "latent_grid(Decoder): a 30x30 grid of decoded points of a 2-D latent space",
+    "reconstructions": "reconstructions(Model(field)): test images above their reconstructions",
+    "class_grid": "class_grid(Generator): generated digits, one row per class",
+    "filters": "filters(Model): the patterns of its first conv layer's filters (the trained kernels)",
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    source: str  # a dataset field, or an earlier field
+    pipes: tuple[tuple[str, tuple], ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Call:
+    """`train_convnet(image, label)` or `ConvNet(image)`: a declaration with its arguments, each a
+    field name or an integer expression of `batch`."""
+    name: str
+    args: tuple[tuple[str, object], ...]  # (parameter, field name | A.Expr)
+    span: Span
+
+
+@dataclass(frozen=True)
+class Measure:
+    kind: str  # an EVALUATIONS or PICTURES key
+    call: Call | None  # the model or step call it runs
+    model: str | None  # the model it reads (latent_grid, class_grid, generated_accuracy, filters)
+    label: str | None = None  # accuracy: the labels field
+    judge: str | None = None  # generated_accuracy: the train declaration whose model judges
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    file: str
+    dataset: str
+    fields: dict[str, Field]
+    batch: int
+    epochs: int
+    seed: int
+    steps: tuple[Call, ...]
+    evaluate: Measure | None
+    show: tuple[Measure, ...]
+    export: str  # the model written as the trained inference .onnx
+    span: Span = field(compare=False, repr=False)
+
+    def settings(self) -> dict:
+        """What a checkpoint must agree on to be resumed."""
+        return {"train": self.name, "dataset": self.dataset, "batch": self.batch, "seed": self.seed,
+                "steps": [s.name for s in self.steps]}
+
+
+def plan(program: Program, name: str | None = None) -> Plan:
+    names = program.trainings()
+    if name is None:
+        if not names:
+            raise DslError(f"{program.file} has no `train` declaration", None,
+                           "add one, e.g. train mnist { data = mnist  batch = 64  epochs = 2  steps = [...] }")
+        name = names[0]
+    d = program.decls.get(name)
+    if not isinstance(d, A.Train):
+        raise DslError(f"no train declaration named `{name}` in {program.file}", None,
+                       did_you_mean(name, names) or (f"train declarations: {', '.join(names)}" if names else None))
+    return _Reader(program, d).read()
+
+
+class _Reader:
+    def __init__(self, program: Program, d: A.Train):
+        self.program, self.d = program, d
+        self.values: dict[str, A.Assign] = {}
+
+    def read(self) -> Plan:
+        d = self.d
+        for st in d.body:
+            if not isinstance(st, A.Assign) or len(st.targets) != 1:
+                raise DslError("a train declaration holds settings and fields, each `name = value`", st.span)
+            if st.targets[0] in self.values:
+                raise DslError(f"`{st.targets[0]}` is set twice", st.span)
+            self.values[st.targets[0]] = st
+        dataset = self._word("data", DATASETS)
+        fields = {n: self._field(st) for n, st in self.values.items() if n not in SETTINGS}
+        self.fields = fields
+        batch = self._int("batch", 64)
+        epochs = self._int("epochs", 1)
+        seed = self._int("seed", 0, minimum=0)
+        if "steps" not in self.values:
+            raise DslError(f"train `{d.name}` has no `steps = [...]`", d.name_span or d.span,
+                           "list the steps to run on each batch, e.g. steps = [train_convnet(image, label)]")
+        steps = tuple(self._call(e, A.Step, "a step") for e in self._list("steps"))
+        if not steps:
+            raise DslError("`steps` is empty", self.values["steps"].value.span, "name at least one step")
+        evaluate = self._measure(self.values["evaluate"].value, EVALUATIONS) if "evaluate" in self.values else None
+        show = tuple(self._measure(e, PICTURES) for e in self._list("show")) if "show" in self.values else ()
+        export = self._export(steps)
+        return Plan(d.name, self.program.file, dataset, fields, batch, epochs, seed, steps, evaluate, show,
+                    export, d.span)
+
+    # ---- settings
+    def _word(self, key: str, allowed) -> str:
+        if key not in self.values:
+            raise DslError(f"train `{self.d.name}` does not say which data it reads", self.d.name_span,
+                           f"add `{key} = mnist` (or {', '.join(allowed)})")
+        e = self.values[key].value
+        if not isinstance(e, A.Name) or e.id not in allowed:
+            raise DslError(f"`{key}` must be one of {', '.join(allowed)}", e.span,
+                           did_you_mean(e.id, allowed) if isinstance(e, A.Name) else None)
+        return e.id
+
+    def _int(self, key: str, default: int, minimum: int = 1) -> int:
+        if key not in self.values:
+            return default
+        e = self.values[key].value
+        if not isinstance(e, A.Number) or not isinstance(e.value, int) or e.value < minimum:
+            raise DslTypeError(f"`{key}` must be an integer >= {minimum}", e.span)
+        return e.value
+
+    def _list(self, key: str) -> tuple[A.Expr, ...]:
+        e = self.values[key].value
+        return e.items if isinstance(e, A.ListExpr) else (e,)
+
+    # ---- fields
+    def _field(self, st: A.Assign) -> Field:
+        pipes = []
+        e = st.value
+        while isinstance(e, A.Call):
+            if not isinstance(e.func, A.Name) or e.func.id not in PIPES:
+                name = e.func.id if isinstance(e.func, A.Name) else "?"
+                raise DslNameError(f"unknown preprocessing step `{name}`", e.func.span,
+                                   did_you_mean(name, PIPES) or f"steps: {', '.join(PIPES)}")
+            args = e.args[1:]
+            if not e.args or len(args) != PIPES[e.func.id] or e.kwargs:
+                raise DslTypeError(f"`{e.func.id}` takes {PIPES[e.func.id]} argument(s) after the field", e.span,
+                                   "e.g. image |> scale(0, 1) |> channels_first, label |> one_hot(10)")
+            values = tuple(self._number(a) for a in args)
+            if e.func.id == "one_hot" and (not isinstance(values[0], int) or values[0] < 1):
+                raise DslTypeError("one_hot takes the number of classes, a positive integer", args[0].span)
+            pipes.append((e.func.id, values))
+            e = e.args[0]
+        if not isinstance(e, A.Name):
+            raise DslError("a field is a dataset field piped through preprocessing steps", st.value.span,
+                           "e.g. image = image |> scale(0, 1) |> channels_first")
+        return Field(st.targets[0], e.id, tuple(reversed(pipes)), st.span)
+
+    @staticmethod
+    def _number(e: A.Expr):
+        if isinstance(e, A.UnaryOp) and isinstance(e.operand, A.Number):
+            return -e.operand.value
+        if not isinstance(e, A.Number):
+            raise DslTypeError("expected a number", e.span)
+        return e.value
+
+    # ---- calls
+    def _call(self, e: A.Expr, kind, what: str) -> Call:
+        if not isinstance(e, A.Call) or not isinstance(e.func, A.Name):
+            raise DslTypeError(f"expected a call of {what}, e.g. name(image, label)", e.span)
+        d = self.program.decls.get(e.func.id)
+        if not isinstance(d, kind):
+            names = [n for n, x in self.program.decls.items() if isinstance(x, kind)]
+            raise DslNameError(f"`{e.func.id}` is not {what}", e.func.span,
+                               did_you_mean(e.func.id, names) or (f"choose one of {', '.join(names)}" if names else None))
+        params = [p.name for p in d.params]
+        if len(e.args) > len(params):
+            raise DslTypeError(f"`{d.name}` takes {len(params)} inputs, got {len(e.args)}", e.args[len(params)].span)
+        given = dict(zip(params, e.args))
+        for k in e.kwargs:
+            if k.name not in params:
+                raise DslTypeError(f"`{d.name}` has no input `{k.name}`", k.span, did_you_mean(k.name, params))
+            given[k.name] = k.value
+        missing = [p for p in params if p not in given]
+        if missing:
+            raise DslTypeError(f"`{d.name}` needs its input `{missing[0]}`", e.span,
+                               f"{d.name}({', '.join(params)}): give each a field or a count such as 2 * batch")
+        return Call(d.name, tuple((p, self._feed(given[p])) for p in params), e.span)
+
+    def _feed(self, e: A.Expr):
+        if isinstance(e, A.Name) and e.id != "batch":
+            if e.id not in self.fields and e.id not in ("image", "label"):
+                raise DslNameError(f"unknown field `{e.id}`", e.span,
+                                   did_you_mean(e.id, list(self.fields)) or "define it: `name = image |> ...`")
+            return e.id
+        _check_count_expr(e)
+        return e
+
+    def _measure(self, e: A.Expr, table: dict) -> Measure:
+        if not isinstance(e, A.Call) or not isinstance(e.func, A.Name) or e.func.id not in table:
+            name = e.func.id if isinstance(e, A.Call) and isinstance(e.func, A.Name) else ""
+            raise DslNameError(f"unknown {'evaluation' if table is EVALUATIONS else 'picture'} `{name}`", e.span,
+                               did_you_mean(name, table) or "; ".join(table.values()))
+        kind, args = e.func.id, e.args
+        kwargs = {k.name: k.value for k in e.kwargs}
+        usage = table[kind]
+        if not args:
+            raise DslTypeError(f"{kind} needs an argument", e.span, usage)
+        if kind in ("accuracy", "reconstructions"):
+            call = self._call(args[0], A.Model, "a model")
+            label = None
+            if kind == "accuracy":
+                if len(args) != 2:
+                    raise DslTypeError("accuracy takes a model call and a labels field", e.span, usage)
+                label = self._feed(args[1])
+            return Measure(kind, call, call.name, label=label, span=e.span)
+        if kind == "loss":
+            return Measure(kind, self._call(args[0], A.Step, "a step"), None, span=e.span)
+        model = self._model_name(args[0])
+        judge = None
+        if kind == "generated_accuracy":
+            if "judge" not in kwargs:
+                raise DslTypeError("generated_accuracy needs `judge=`: a train declaration of a classifier",
+                                   e.span, usage)
+            j = kwargs["judge"]
+            if not isinstance(j, A.Name) or not isinstance(self.program.decls.get(j.id), A.Train):
+                raise DslNameError("`judge` must name a train declaration (it trains the judging classifier)",
+                                   j.span, did_you_mean(getattr(j, "id", ""), self.program.trainings()))
+            judge = j.id
+        return Measure(kind, None, model, judge=judge, span=e.span)
+
+    def _model_name(self, e: A.Expr) -> str:
+        if not isinstance(e, A.Name) or not isinstance(self.program.decls.get(e.id), A.Model):
+            models = [n for n, x in self.program.decls.items() if isinstance(x, A.Model)]
+            raise DslNameError("expected a model's name", e.span,
+                               did_you_mean(getattr(e, "id", ""), models) or f"models: {', '.join(models)}")
+        return e.id
+
+    def _export(self, steps: tuple[Call, ...]) -> str:
+        if "export" in self.values:
+            return self._model_name(self.values["export"].value)
+        return self.program.decls[steps[0].name].updates[0]
+
+
+def _check_count_expr(e: A.Expr) -> None:
+    """A step's integer argument: literals, `batch`, + - * and parentheses (checked once, evaluated per batch)."""
+    if isinstance(e, A.Number) and isinstance(e.value, int):
+        return
+    if isinstance(e, A.Name) and e.id == "batch":
+        return
+    if isinstance(e, A.BinOp) and e.op in ("+", "-", "*"):
+        _check_count_expr(e.left)
+        _check_count_expr(e.right)
+        return
+    raise DslTypeError("a step's input is a field or a count such as `2 * batch`", e.span)
+
+
+def count(e: A.Expr, batch: int) -> int:
+    """Evaluate a count expression for a batch of `batch` examples."""
+    if isinstance(e, A.Number):
+        return e.value
+    if isinstance(e, A.Name):
+        return batch
+    a, b = count(e.left, batch), count(e.right, batch)
+    return a + b if e.op == "+" else a - b if e.op == "-" else a * b
