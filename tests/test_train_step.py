@@ -338,7 +338,8 @@ SCHEDULES = [
 STEPS = [0, 1, 2, 5, 9, 10, 11, 29, 50, 99, 100, 101, 250, 1000, 5000]
 
 
-@pytest.mark.parametrize("schedule,formula", SCHEDULES, ids=[s[0].split("(")[0] + str(i) for i, s in enumerate(SCHEDULES)])
+@pytest.mark.parametrize("schedule,formula", SCHEDULES,
+                         ids=[s[0].split("(")[0] + str(i) for i, s in enumerate(SCHEDULES)])
 def test_schedule(schedule, formula):
     model, sess = _apply(f"sgd(lr={schedule})")
     init = initial(model)
