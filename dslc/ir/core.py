@@ -147,6 +147,9 @@ class Graph:
     # Inputs a caller may leave out (emitted as initializers of the same name): the random seed, the
     # step counter, optimizer state that starts at zero.
     input_defaults: dict[str, np.ndarray] = field(default_factory=dict)
+    # Float32 constants as the source wrote them, before rounding (by output name), so that widening
+    # to float64 gives lr=0.01 as the double 0.01, not as float32(0.01).
+    exact: dict[str, np.ndarray] = field(default_factory=dict)
 
     def param_values(self) -> dict[str, Param]:
         return {p.value.name: p for p in self.params}
@@ -195,7 +198,10 @@ class Builder:
 
     def const(self, data, dtype: str = "f32") -> Value:
         array = np.asarray(data, dtype=DTYPES[dtype])
-        return self.op("Constant", [], {"value": array})
+        out = self.op("Constant", [], {"value": array})
+        if dtype == "f32":
+            self.graph.exact[out.name] = np.asarray(data, dtype=np.float64)
+        return out
 
     def ints(self, data) -> Value:
         return self.const(np.asarray(data, dtype=np.int64), "i64")

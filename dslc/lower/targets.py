@@ -94,9 +94,9 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
     else:
         _lower_step(lw, sc, d, emit, out)
         g = out.graph
-    optimize(g)
-    if lw.options.float64:
+    if lw.options.float64:  # before folding, so constants fold in float64 from their exact values
         to_float64(g)
+    optimize(g)
     verify(g)
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.core import Graph, TensorType, Value
-from ..ir.ops import DTYPE_CODE
+from ..ir.ops import DTYPE_CODE, OPS
 
 _F32, _F64 = DTYPE_CODE["f32"], DTYPE_CODE["f64"]
 
@@ -42,4 +42,10 @@ def to_float64(graph: Graph) -> bool:
             n.attrs["to"] = _F64
         if n.op.startswith("Random") and n.attrs.get("dtype", _F32 if "Like" not in n.op else None) == _F32:
             n.attrs["dtype"] = _F64
+        if n.op == "Constant" and n.outputs[0].name in graph.exact and n.outputs[0].dtype == "f64":
+            n.attrs["value"] = graph.exact[n.outputs[0].name].reshape(n.attrs["value"].shape)
+        if any(v.const is not None and v.dtype == "f64" for v in n.outputs):
+            for v in n.outputs:  # values known at compile time: recomputed in float64
+                v.const = None
+            OPS[n.op].fold(n)
     return True
