@@ -92,8 +92,11 @@ def prepare_output_dir(folder: str | Path, what: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DslError(f"cannot create the folder {_shown(folder)} ({what}): {_reason(e)}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DslError(f"cannot write into {_shown(folder)} ({what}): permission denied")
+    try:  # the real test (os.access says yes to root, and on read-only mounts like /proc)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise DslError(f"cannot write into {_shown(folder)} ({what}): {_reason(e)}") from None
     return folder
 
 
@@ -107,6 +110,8 @@ def check_output_file(path: str | Path, what: str) -> Path:
         raise DslError(f"{what} {_shown(path)} is a folder", hint="name a file")
     if not path.name:
         raise DslError(f"{what} needs a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DslError(f"cannot write {what} {_shown(path)}: {_shown(path.parent)} is a file, not a folder")
     prepare_output_dir(path.parent, what)
     return path
 

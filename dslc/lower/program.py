@@ -112,8 +112,11 @@ def resolve_import(imp: A.Import, here: Path, roots: list[Path]) -> Path:
         tried.append(candidate)
         try:
             target = candidate.resolve()
-            exists = os.path.lexists(candidate)
-        except OSError as e:
+            os.lstat(candidate)
+            exists = True
+        except FileNotFoundError:
+            exists = False
+        except OSError as e:  # a name over the OS limit, a loop of symlinks
             raise refuse(_reason(e)) from None
         if not any(target.is_relative_to(root) for root in roots):
             raise refuse("it is outside the project root", confined)

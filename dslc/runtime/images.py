@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from dslc.diagnostics import DslError
+from dslc.fileio import atomic_write
 
 
 def deprocess(x: np.ndarray) -> np.ndarray:
@@ -49,9 +50,9 @@ def save_grid(path, images: np.ndarray, nrow: int | None = None, value_range=(0,
     from PIL import Image  # lazy: only image-writing commands need Pillow
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A 2-D uint8 array becomes a mode-L (8-bit grayscale) image.
     mosaic = grid(images, nrow, value_range, pad)
     mosaic = mosaic.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(mosaic).save(path)
+    with atomic_write(path) as f:  # a kill mid-write leaves the old PNG or the new one
+        Image.fromarray(mosaic).save(f, format="PNG")
     return path
