@@ -9,12 +9,12 @@ import argparse
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
 from . import api
 from .diagnostics import DslError
+from .fileio import check_output_file, save_npz
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as e:  # numpy says how much it wanted: "Unable to allocate 93.1 GiB for ..."
+        print(f"error: out of memory{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the machine's refusal (disk full, permissions), not a bug in dslc
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {(e.strerror or str(e)).lower()}{where}", file=sys.stderr)
+        return 1
     except Exception:  # a bug in dslc, not in the user's input
         print("internal error in dslc (please report it):\n" + traceback.format_exc(), file=sys.stderr)
         return 3
@@ -39,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="write one .onnx per target")
     c.add_argument("file")
+    _import_path(c)
     c.add_argument("-o", "--out", default=None, help="output directory (default: beside the file)")
     c.add_argument("--target", action="append", help="compile only this target (repeatable)")
     _compile_options(c)
@@ -48,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("check", help="parse and type-check only")
     k.add_argument("file")
+    _import_path(k)
     k.set_defaults(func=_check)
 
     s = sub.add_parser("summary", help="layers, output shapes and parameter counts")
     s.add_argument("file")
     s.add_argument("--target", default=None)
+    _import_path(s)
     s.set_defaults(func=_summary)
 
     r = sub.add_parser("run", help="run a forward graph with onnxruntime")
@@ -66,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default=None, help="save the outputs to this .npz")
     r.add_argument("--png", default=None, help="save the first output as a grid of images")
     r.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    _import_path(r)
     _compile_options(r)
     r.set_defaults(func=_run)
 
@@ -93,7 +104,23 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
                    help="im2col: convolutions as patches + MatMul, no Conv/ConvTranspose ops")
     p.add_argument("--wrt-inputs", action="store_true",
                    help="with --emit gradients: also the gradients of the step's float inputs")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weight initialization")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the weight initialization (0 or more)")
+
+
+def _import_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import-path", action="append", default=None, metavar="DIR",
+                   help="a folder imports may also come from (repeatable); by default imports stay "
+                        "inside the file's own folder")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**63 - 1}, got {value}")
+    return value
 
 
 def _options(args) -> dict:
@@ -103,7 +130,8 @@ def _options(args) -> dict:
 
 def _compile(args) -> int:
     start = time.perf_counter()
-    written = api.compile_file(args.file, args.out, args.target, verify=args.verify, **_options(args))
+    written = api.compile_file(args.file, args.out, args.target, verify=args.verify,
+                               import_path=args.import_path, **_options(args))
     for path in written:
         print(f"wrote {path}")
     print(f"compiled {len(written)} target{'s' * (len(written) != 1)} in {time.perf_counter() - start:.3f} s")
@@ -111,13 +139,13 @@ def _compile(args) -> int:
 
 
 def _check(args) -> int:
-    targets = api.check_file(args.file)
+    targets = api.check_file(args.file, import_path=args.import_path)
     print(f"{args.file}: ok ({len(targets)} target{'s' * (len(targets) != 1)}: {', '.join(targets)})")
     return 0
 
 
 def _summary(args) -> int:
-    print(api.summary(args.file, args.target))
+    print(api.summary(args.file, args.target, import_path=args.import_path))
     return 0
 
 
@@ -140,33 +168,34 @@ def _load_value(name: str, value: str) -> np.ndarray:
         return np.asarray(float(value), np.float32)
     except ValueError:
         pass
-    try:
-        return np.load(value)
-    except (OSError, ValueError) as e:
-        raise DslError(f"cannot read input `{name}` from {value}: {e}") from None
+    from .runtime import load_npy
+    return load_npy(value, f"input `{name}`")
 
 
 def _run(args) -> int:
-    from .runtime import load_weights, save_grid
+    from .runtime import load_onnx, load_weights, save_grid
     from .runtime.images import deprocess
 
+    # Everything that can be wrong with the arguments is found before the computation starts.
+    output = _npz_name(args.output) if args.output else None
+    if output:
+        check_output_file(output, "--output")
+    if args.png:
+        check_output_file(args.png, "--png")
+    sweep = _sweep(args.sweep) if args.sweep else None
     feeds = _parse_inputs(args.input)
     weights = load_weights(args.weights) if args.weights else None
     model = args.model
     if model.endswith(".dsl"):
-        prog = api.load(model)
+        prog = api.load(model, args.import_path)
         target = args.target or _only_target(prog)
         model = api.compile(prog, target, **_options(args))
-    elif not Path(model).is_file():
-        raise DslError(f"no such model file: {model}")
+    else:
+        model = load_onnx(model)
 
     runs = [feeds]
-    if args.sweep:
-        name, _, span = args.sweep.partition("=")
-        try:
-            lo, hi = (int(x) for x in span.split(":"))
-        except ValueError:
-            raise DslError(f"--sweep needs NAME=START:STOP with integers, got `{args.sweep}`") from None
+    if sweep:
+        name, lo, hi = sweep
         runs = [{**feeds, name: np.asarray(i, np.int64)} for i in range(lo, hi)]
     results = [api.run(model, f, device=args.device, weights=weights) for f in runs]
     outputs = results[0] if len(results) == 1 else {k: np.concatenate([np.atleast_1d(r[k]) for r in results])
@@ -176,11 +205,13 @@ def _run(args) -> int:
         print(f"{name}: {v.dtype}{list(v.shape)} {stats}")
         if v.size <= 20:
             print(f"  {np.array2string(v, precision=4)}")
-    if args.output:
-        np.savez(args.output, **outputs)
-        print(f"wrote {args.output}")
+    if output:
+        save_npz(output, outputs)  # by hand, atomically: an output named `file` is fine too
+        print(f"wrote {output}")
     if args.png:
         first = next(iter(outputs.values()))
+        if first.ndim < 2 or not first.size:
+            raise DslError(f"--png needs an output of rank 2 or more, got {first.dtype}{list(first.shape)}")
         images = np.stack([deprocess(im) for im in first.reshape(-1, *first.shape[-2:])])
         save_grid(args.png, images, scale=4)
         print(f"wrote {args.png}")
@@ -191,6 +222,27 @@ def _train(args) -> int:
     api.train(args.file, target=args.target, data=args.data, epochs=args.epochs, batch=args.batch, seed=args.seed,
               device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps)
     return 0
+
+
+def _npz_name(path: str) -> str:
+    # As np.savez does, `--output results` writes results.npz; what is printed is what is written.
+    return path if path.endswith(".npz") else path + ".npz"
+
+
+def _sweep(text: str) -> tuple[str, int, int]:
+    name, sep, span = text.partition("=")
+    try:
+        lo, hi = (int(x) for x in span.split(":"))
+    except ValueError:
+        raise DslError(f"--sweep needs NAME=START:STOP with integers, got `{text}`") from None
+    if not sep or not name:
+        raise DslError(f"--sweep needs NAME=START:STOP, got `{text}`")
+    if hi <= lo:
+        raise DslError(f"--sweep {text} is an empty range: STOP must be greater than START",
+                       hint=f"e.g. {name}={lo}:{lo + 1} runs once, with {name} = {lo}")
+    if hi - lo > 100_000:
+        raise DslError(f"--sweep {text} would run {hi - lo:,} times: at most 100,000")
+    return name, lo, hi
 
 
 def _only_target(prog) -> str:

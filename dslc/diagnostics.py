@@ -16,6 +16,17 @@ def register_source(path: str, text: str) -> None:
     _SOURCES[path] = text
 
 
+def source_lines(file: str) -> list[str]:
+    """The lines of a registered source as the parser counts them: split at '\n' only.
+    (str.splitlines also splits at form feeds, U+2028 and others, and would quote the wrong line.)"""
+    return [line.removesuffix("\r") for line in _SOURCES.get(file, "").split("\n")]
+
+
+def _printable(line: str) -> str:
+    # A form feed or U+2028 printed raw would break the quoted line; a space keeps the columns.
+    return "".join(c if c.isprintable() or c == "\t" else " " for c in line)
+
+
 @dataclass(frozen=True)
 class Span:
     file: str
@@ -47,9 +58,9 @@ class DslError(Exception):
             out = f"error: {self.message}"
         else:
             out = f"{self.span}: error: {self.message}"
-            lines = _SOURCES.get(self.span.file, "").splitlines()
+            lines = source_lines(self.span.file)
             if 0 < self.span.line <= len(lines):
-                src = lines[self.span.line - 1]
+                src = _printable(lines[self.span.line - 1])
                 width = 1
                 if self.span.end_line == self.span.line and self.span.end_col > self.span.col:
                     width = self.span.end_col - self.span.col
@@ -82,7 +93,7 @@ def source_text(span: Span | None) -> str | None:
     """The source text a one-line span covers (to quote it in a hint), or None."""
     if span is None or span.line < 1 or span.end_line != span.line or span.end_col <= span.col:
         return None
-    lines = _SOURCES.get(span.file, "").splitlines()
+    lines = source_lines(span.file)
     return lines[span.line - 1][span.col - 1:span.end_col - 1] if span.line <= len(lines) else None
 
 
@@ -90,3 +101,11 @@ def did_you_mean(name: str, candidates) -> str | None:
     """'did you mean `x`?' for the closest candidate, or None."""
     close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
+
+
+def format_bytes(n: float) -> str:
+    """`2.0 GiB`: sizes in messages about memory and files."""
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{int(n):,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024

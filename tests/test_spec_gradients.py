@@ -38,7 +38,8 @@ def test_gradients_match_finite_differences(spec, step):
     """Weights and inputs, in float64 through onnx.reference (onnxruntime lacks float64 Conv kernels)."""
     model = dslc.compile(SPECS / spec, step, emit="gradients", random="input", float64=True, wrt_inputs=True)
     check(model)
-    _check_directional_derivative(model, np.random.default_rng(0), eps=1e-9 if step in MANY_KINKS else 1e-8)
+    # (seed 1: at seed 0 the train_generator point lies within eps of a ReLU kink since weights are drawn in f32)
+    _check_directional_derivative(model, np.random.default_rng(1), eps=1e-9 if step in MANY_KINKS else 1e-8)
 
 
 def _check_directional_derivative(model, rng, eps=1e-8):
@@ -95,11 +96,11 @@ def test_im2col_lowering_agrees_with_conv(spec, step):
 def test_gradient_with_respect_to_an_input_of_an_intermediate_activation(tmp_path):
     """SEEDS 3: d mean(conv2[:, filter]) / d image, against finite differences."""
     src = tmp_path / "probe.dsl"
-    src.write_text(f'import "{SPECS / "convnet.dsl"}"\n'
+    src.write_text('import "convnet.dsl"\n'
                    "fn probe(image: f32[1, 1, 28, 28], filter: i64) {\n"
                    "    objective = mean(ConvNet(image).conv2[:, filter])\n"
                    "    return objective, grad(objective, image)\n}\n")
-    model = dslc.compile(src, "probe", float64=True)
+    model = dslc.compile(dslc.load(src, import_path=SPECS), "probe", float64=True)  # convnet.dsl: an import root
     check(model)
     rng = np.random.default_rng(4)
     image = rng.random((1, 1, 28, 28))

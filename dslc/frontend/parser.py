@@ -5,14 +5,18 @@ Syntax errors become `DslSyntaxError` with the file, line and column and what wa
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
 from pathlib import Path
 
 import lark
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer_NonRecursive, v_args
 
+from ..fileio import read_regular
 from ..diagnostics import DslError, DslNameError, DslSyntaxError, DslTypeError, Span, register_source
 from . import ast as A
+from .depth import check_depth
+from .parser_cache import load_or_build
 from .syntax_errors import syntax_error
 
 
@@ -26,10 +30,12 @@ def _grammar_text() -> str:
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> lark.Lark:
-    # cache=True keeps the built LALR tables in the temp dir (keyed by the grammar): 40 ms -> 3 ms
-    # at every start of the command line.
-    return lark.Lark(_grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True,
-                     cache=True)
+    # Never lark's cache=True: it unpickles a file at a predictable path in the shared temp dir,
+    # which another local user can plant. parser_cache keeps one in a verified per-user folder.
+    grammar = _grammar_text()
+    key = hashlib.sha256(grammar.encode()).hexdigest()[:16]
+    return load_or_build(key, lambda: lark.Lark(grammar, parser="lalr", propagate_positions=True,
+                                                 maybe_placeholders=True))
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,32 +45,38 @@ def _literals() -> dict[str, str]:
 
 
 def parse(text: str, file: str = "<string>") -> A.Module:
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
     register_source(file, text)
     try:
         tree = _parser().parse(text)
     except lark.UnexpectedInput as e:
         raise syntax_error(e, text, file, _literals()) from None
     try:
-        return _ToAst(file).transform(tree)
+        # Non-recursive: `x + x + ... + x` with 10,000 terms is a tree 10,000 deep.
+        module = _ToAst(file).transform(tree)
     except lark.exceptions.VisitError as e:  # a DslSyntaxError raised inside the Transformer
         if isinstance(e.orig_exc, DslError):
             raise e.orig_exc from None
         raise
+    check_depth(module)
+    return module
 
 
 def parse_file(path: str | Path) -> A.Module:
     path = Path(path)
+    data = read_regular(path, "source file", limit=MAX_SOURCE_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise DslSyntaxError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise DslSyntaxError(f"cannot read {path}: it is not UTF-8 text") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DslSyntaxError(f"cannot read {path}: it is not UTF-8 text (byte {e.start})") from None
     return parse(text, str(path))
 
 
+MAX_SOURCE_BYTES = 64 << 20  # a .dsl file is text a person wrote; more is a wrong file
+
+
 @v_args(meta=True)
-class _ToAst(Transformer):
+class _ToAst(Transformer_NonRecursive):
     def __init__(self, file: str):
         super().__init__()
         self.file = file

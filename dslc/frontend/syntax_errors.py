@@ -130,7 +130,7 @@ def _expected(terms: set[str], literals: dict[str, str]) -> str:
 
 def _end_span(text: str, file: str) -> Span:
     """Just after the last code on the last line that has any (skipping blank and comment lines)."""
-    lines = text.splitlines()
+    lines = text.split("\n")  # as the lexer counts lines (not at form feeds or U+2028)
     for n in range(len(lines), 0, -1):
         code = lines[n - 1].split("#")[0].rstrip()
         if code:

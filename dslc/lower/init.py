@@ -1,6 +1,8 @@
 """Weight initializers, as Keras / TF.js do by default. Each returns `init(rng, shape) -> array`."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -51,3 +53,27 @@ def kernel(name: str, fan_in: int, fan_out: int):
 
 KERNEL_INITS = ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal", "uniform", "normal",
                 "zeros", "ones")
+
+
+CHUNK = 1 << 20  # numbers drawn at a time for a big weight
+
+
+def generate(init, rng, shape: tuple, dtype, what: str = "weight", span=None) -> np.ndarray:
+    """`init(rng, shape)` as an array of `dtype`, without a float64 copy of the whole weight beside
+    it: a big weight is drawn CHUNK numbers at a time into its final array. Uniform and normal
+    draws give the same numbers as one draw would; truncated normals redraw per chunk."""
+    n = math.prod(shape)
+    try:
+        if n <= CHUNK:
+            return np.asarray(init(rng, shape), dtype=dtype)
+        out = np.empty(n, dtype)
+        for start in range(0, n, CHUNK):
+            stop = min(n, start + CHUNK)
+            out[start:stop] = np.asarray(init(rng, (stop - start,)), dtype=dtype)
+        return out.reshape(shape)
+    except MemoryError:
+        from ..diagnostics import DslError, format_bytes
+        need = n * np.dtype(dtype).itemsize
+        raise DslError(f"out of memory: {what} needs {format_bytes(need)} "
+                       f"({np.dtype(dtype).name}[{', '.join(map(str, shape))}])", span) from None
+

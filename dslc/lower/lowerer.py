@@ -15,6 +15,7 @@ import numpy as np
 from ..diagnostics import DslError, DslNameError, DslShapeError, DslTypeError, Span, did_you_mean, source_text
 from ..frontend import ast as A
 from ..ir.core import DTYPES, Builder, Graph, TensorType, Value
+from .init import generate
 from .program import Program
 from .values import DeclRef, ModelResult, OptimizerSpec, Symbol, describe
 
@@ -23,6 +24,8 @@ WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal"
          "lecun_normal", "zeros", "ones", "uniform", "normal", *DTYPES,
          "relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "linear"}
 
+MAX_NESTING = 100  # expressions inside expressions, through calls too (each takes ~5 Python frames)
+MAX_LOOP_NESTING = 16  # Loop bodies inside Loop bodies: protobuf readers stop at ~30
 MAX_WEIGHT = 2**29  # f32 numbers in one weight: protobuf caps an ONNX file at 2 GiB
 
 BINARY_OPS = {"+": "Add", "-": "Sub", "*": "Mul", "/": "Div", "@": "MatMul", "^": "Pow",
@@ -36,6 +39,7 @@ class Options:
     random: str = "op"  # or "input": random tensors become graph inputs (deterministic tests)
     float64: bool = False  # compute in float64 (finite-difference gradient checks)
     wrt_inputs: bool = False  # --emit gradients: also the gradients of the step's float inputs
+    weights: bool = True  # False (check, summary): weights get their shapes but no memory
 
 
 @dataclass
@@ -81,6 +85,8 @@ class Lowerer:
         self.is_step = False  # random draws depend on the step counter too
         self.call_stack: list[str] = []
         self.call_spans: list[Span] = []  # where each call of call_stack was made
+        self.depth = 0  # expressions being lowered, one inside the other
+        self.loops = 0  # and `repeat` loops
 
     # ------------------------------------------------------------------ weights
     def weight(self, name: str, shape: tuple, init, trainable: bool = True, span: Span | None = None,
@@ -98,8 +104,12 @@ class Lowerer:
         if math.prod(shape) > MAX_WEIGHT:
             raise DslShapeError(f"weight `{name}` would hold {math.prod(shape):,} numbers, more than the "
                                 f"{MAX_WEIGHT:,} an ONNX file can hold (2 GiB)", span)
-        rng = np.random.default_rng([self.options.seed, zlib.crc32(name.encode())])
-        w = self.root.param(name, np.asarray(init(rng, shape), dtype=DTYPES[dtype]), trainable)
+        if self.options.weights:
+            rng = np.random.default_rng([self.options.seed, zlib.crc32(name.encode())])
+            data = generate(init, rng, tuple(shape), DTYPES[dtype], f"weight `{name}`", span)
+        else:  # a zero-stride view: the right shape and dtype, and no memory at all
+            data = np.broadcast_to(np.zeros((), DTYPES[dtype]), tuple(shape))
+        w = self.root.param(name, data, trainable)
         self.weights[name] = w
         return w
 
@@ -211,6 +221,17 @@ class Lowerer:
                 isinstance(count, Value) and (count.dtype != "i64" or count.rank != 0)):
             raise DslTypeError(f"repeat needs an integer count, got {describe(count)}", st.count.span,
                                "a number, or an i64 scalar input such as `steps: i64`")
+        if isinstance(count, int) and count < 0:
+            raise DslError(f"repeat needs a count of 0 or more, got {count}", st.count.span)
+        if self.loops >= MAX_LOOP_NESTING:  # (also through calls): ONNX readers cap message depth
+            raise DslError(f"`repeat` nested too deeply (limit {MAX_LOOP_NESTING})", st.span)
+        self.loops += 1
+        try:
+            self._repeat_body(sc, st, count)
+        finally:
+            self.loops -= 1
+
+    def _repeat_body(self, sc: Scope, st: A.Repeat, count) -> None:
         assigned = _assigned_names(st.body)
         carried = [n for n in assigned if isinstance(sc.env.get(n), Value)]
         if not carried:
@@ -247,6 +268,18 @@ class Lowerer:
 
     # ------------------------------------------------------------------ expressions
     def expr(self, sc: Scope, e: A.Expr):
+        # How deep expressions nest comes from the user's text (and adds up through calls of
+        # declarations): past a bound it is a located error rather than Python's RecursionError.
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise DslError(f"expression nested too deeply (limit {MAX_NESTING})", e.span,
+                               "give inner parts names of their own: `t = ...` on a line before")
+            return self._expr(sc, e)
+        finally:
+            self.depth -= 1
+
+    def _expr(self, sc: Scope, e: A.Expr):
         sc.b.span = e.span
         if isinstance(e, A.Number):
             return e.value
@@ -261,11 +294,7 @@ class Lowerer:
         if isinstance(e, A.BinOp):
             return self.binop(sc, e)
         if isinstance(e, A.UnaryOp):
-            x = self.expr(sc, e.operand)
-            if isinstance(x, (int, float)) and not isinstance(x, bool):
-                return -x
-            sc.b.span = e.span
-            return sc.b.op("Neg", [self.tensor(sc, x, e.operand.span)])
+            return self.negate(sc, e)
         if isinstance(e, A.Call):
             return self.call(sc, e)
         if isinstance(e, A.Attr):
@@ -339,8 +368,34 @@ class Lowerer:
                                    "e.g. [N, 100] with N a dim of an input, or x.shape[0]")
         return b.op("Concat", parts, {"axis": 0}) if len(parts) > 1 else parts[0]
 
+    def negate(self, sc: Scope, e: A.UnaryOp):
+        # A run of `-` (its length is the user's) is walked in a loop, not by recursion.
+        run = [e]
+        while isinstance(run[-1].operand, A.UnaryOp):
+            run.append(run[-1].operand)
+        x = self.expr(sc, run[-1].operand)
+        for u in reversed(run):
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                x = -x
+            else:
+                sc.b.span = u.span
+                x = sc.b.op("Neg", [self.tensor(sc, x, u.operand.span)])
+        return x
+
     def binop(self, sc: Scope, e: A.BinOp):
-        left, right = (_single(self.expr(sc, x)) for x in (e.left, e.right))
+        # `a + b + ... + z` leans left: its spine is walked in a loop, so a chain of 10,000 terms
+        # needs no deeper Python stack than one of two (frontend/depth.py counts it so).
+        chain = [e]
+        while isinstance(chain[-1].left, A.BinOp):
+            chain.append(chain[-1].left)
+        left = _single(self.expr(sc, chain[-1].left))
+        for link in reversed(chain):
+            right = _single(self.expr(sc, link.right))
+            sc.b.span = link.span
+            left = self._binop_values(sc, link, left, right)
+        return left
+
+    def _binop_values(self, sc: Scope, e: A.BinOp, left, right):
         if _is_number(left) and _is_number(right):
             return _fold(e.op, left, right, e.span)
         if e.op == "!=":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi import onnxruntime_pybind11_state as _ortx
 
-from dslc.diagnostics import DslError
+from dslc.diagnostics import DslError, format_bytes
 from dslc.fileio import save_npz
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,7 +67,7 @@ def _flush_c_stdio() -> None:
 
 def _options() -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only
+    opts.log_severity_level = 4  # fatal only: its errors reach the user as DslErrors, once
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return opts
 
@@ -123,8 +124,20 @@ def make_session(model, device: str = "auto") -> ort.InferenceSession:
     providers = [CUDA, CPU] if use_cuda else [CPU]
     try:
         return ort.InferenceSession(_model_bytes(model), _options(), providers=providers)
-    except (_ortx.Fail, _ortx.InvalidGraph, _ortx.InvalidProtobuf, _ortx.NotImplemented) as e:
-        raise DslError(f"onnxruntime could not load the model: {e}") from None
+    except (_ortx.Fail, _ortx.InvalidGraph, _ortx.InvalidProtobuf, _ortx.NotImplemented,
+            _ortx.InvalidArgument, _ortx.RuntimeException) as e:
+        raise _ort_error("could not load the model", e) from None
+
+
+def _ort_error(doing: str, e: Exception) -> DslError:
+    text = str(e).strip()
+    if "Failed to allocate" in text or "bad_alloc" in text or isinstance(e, MemoryError):
+        # "... Failed to allocate memory for requested buffer of size 4000000000000"
+        size = re.search(r"size (\d+)", text)
+        need = f": it needed {format_bytes(int(size.group(1)))} for one tensor" if size else ""
+        return DslError(f"out of memory in onnxruntime{need}", hint="use smaller inputs or a smaller model")
+    first = text.splitlines()[0] if text else type(e).__name__
+    return DslError(f"onnxruntime {doing}: {first[:500]}")
 
 
 # ------------------------------------------------------------------ feeds and weights
@@ -215,28 +228,23 @@ def run_model(model, feeds: dict[str, np.ndarray], device: str = "auto",
               weights: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Run `model` (ModelProto or path) once; returns its outputs by name."""
     if isinstance(model, (str, Path)):
-        if not Path(model).is_file():
-            raise DslError(f"model file not found: {model}")
-        model = onnx.load(str(model))
+        from .loading import load_onnx
+        model = load_onnx(model)
     if weights:
         model = with_weights(model, weights)
     checked = _check_feeds(model.graph, feeds)
     sess = make_session(model, device)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, checked)))
+    try:
+        return dict(zip(names, sess.run(names, checked)))
+    except (_ortx.Fail, _ortx.InvalidArgument, _ortx.RuntimeException, _ortx.EPFail, MemoryError) as e:
+        raise _ort_error("failed while running the model", e) from None
 
 
 def load_weights(path) -> dict[str, np.ndarray]:
     """Weights saved by `save_weights` (an .npz of name -> array)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DslError(f"weights file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
-        raise DslError(f"cannot read weights from {path}: {e}",
-                       hint="expected an .npz written by dslc (save_weights)") from None
+    from .loading import load_npz
+    return load_npz(path, "weights")
 
 
 def save_weights(path, weights: dict[str, np.ndarray]) -> None:
