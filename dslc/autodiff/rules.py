@@ -26,6 +26,7 @@ NON_DIFFERENTIABLE = {
     "Shape", "Size", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin",
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Constant",
     "ConstantOfShape", "OneHot", "Not", "And", "Or", "Sign", "Floor", "Ceil", "StopGradient",
+    "Round",
 }
 # Ops with neither: reaching one on a gradient path is the driver's located error.
 NO_RULE = {"Loop"}
@@ -123,6 +124,8 @@ DERIVATIVES = {
     "LeakyRelu": _d_leaky_relu,
     "Elu": _d_elu,
     "Gelu": _d_gelu,
+    "Tan": lambda b, x, y, a: _op(b, "Add", _c(b, 1, y), _op(b, "Mul", y, y)),
+    "Atan": lambda b, x, y, a: _op(b, "Reciprocal", _op(b, "Add", _c(b, 1, x), _op(b, "Mul", x, x))),
 }
 
 
@@ -145,10 +148,16 @@ def _div(b, node, dys):
 
 
 def _pow(b, node, dys):
+    """n x^(n-1) needs no log, so `x ** 3` differentiates at x <= 0; x ** 0 is constant (and would give
+    0 * inf at 0). The exponent's gradient, y log(x), only for an exponent that is not a constant."""
     (base, exp), y, dy = node.inputs, node.outputs[0], dys[0]
+    if exp.const is not None and not np.any(exp.const):
+        return [None, None]
     exp_f = exp if exp.type.is_float else _op(b, "Cast", exp, to=DTYPE_CODE[base.dtype])
     d_base = _op(b, "Mul", dy, _op(b, "Mul", exp_f, _op(b, "Pow", base, _op(b, "Sub", exp, _c(b, 1, exp)))))
-    d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", base))) if exp.type.is_float else None
+    d_exp = None
+    if exp.type.is_float and exp.const is None:
+        d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", base)))
     return [d_base, d_exp]
 
 

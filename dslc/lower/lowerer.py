@@ -22,6 +22,7 @@ from .values import DeclRef, ModelResult, OptimizerSpec, Symbol, describe
 WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
          "lecun_normal", "zeros", "ones", "uniform", "normal", *DTYPES,
          "relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "linear"}
+WORDS |= {"silu", "swish", "mish"}  # activation names usable as `activation=` words
 
 MAX_WEIGHT = 2**29  # f32 numbers in one weight: protobuf caps an ONNX file at 2 GiB
 
