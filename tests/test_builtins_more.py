@@ -57,6 +57,13 @@ fn norm_grad(x: f64[N, 5]) {
     gx, gw, gg, gb = grad(sum(y * y), [x, Normed.y.weight, Normed.y_2.gamma, Normed.y_2.beta])
     return gx, gw, gg, gb
 }
+model Seq(x: f64[N, 4, 12]) -> y {
+    y = conv1d(x, 4, kernel=3, strides=2, padding=same, groups=2, activation=mish) |> conv1d(3, dilation=2)
+}
+fn seq_grad(x: f64[N, 4, 12]) {
+    g, w = grad(sum(Seq(x) * Seq(x)), [x, Seq.y.weight])
+    return g, w
+}
 fn powers(x: f64[6]) {
     return grad(sum(x ** 3), x), grad(sum(x ** 1), x), grad(sum(x ** 0), x), grad(sum(x ** 4), x),
            grad(grad(sum(x ** 3), x), x)
@@ -189,7 +196,8 @@ def test_layer_norm_weight_gradients_match_finite_differences(prog):
     assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(fd)), (fd, analytic)
 
 
-@pytest.mark.parametrize("target", ["everything", "everything_grad", "norm_grad", "Act", "losses"])
+@pytest.mark.parametrize("target", ["everything", "everything_grad", "norm_grad", "Act", "losses", "Seq",
+                                    "seq_grad"])
 def test_onnxruntime_agrees_with_reference(target):
     """In float32: onnxruntime lacks float64 kernels for some of these ops."""
     model = dslc.compile(dslc.loads(SOURCE.replace("f64", "f32"), "more32.dsl"), target)
@@ -204,3 +212,11 @@ def test_onnxruntime_agrees_with_reference(target):
     want = reference(model).run(None, feeds)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_conv1d_lowerings_agree(prog):
+    x = RNG.standard_normal((2, 4, 12))
+    conv, im2col = (reference(dslc.compile(prog, "seq_grad", conv_lowering=c)).run(None, {"x": x})
+                    for c in ("conv", "im2col"))
+    for a, b in zip(conv, im2col, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

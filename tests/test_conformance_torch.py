@@ -51,6 +51,7 @@ def bn_t(training):
 
 
 IMG = (2, 4, 8, 8)
+SEQ = (2, 4, 20)
 ACTIVATIONS = {
     "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus,
     "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "mish": F.mish, "elu": F.elu,
@@ -72,6 +73,13 @@ LAYERS = [
          lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], stride=2, padding=1), ("weight", "bias")),
     Case("conv2d_transpose-dilation", "conv2d_transpose(x, 2, kernel=2, strides=1, dilation=2)", IMG,
          lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], dilation=2), ("weight", "bias")),
+    Case("conv1d", "conv1d(x, 6, kernel=3)", SEQ, lambda x, w: F.conv1d(x, w["weight"], w["bias"]),
+         ("weight", "bias")),
+    Case("conv1d-same-stride-groups", "conv1d(x, 4, kernel=5, strides=2, padding=same, groups=2)", SEQ,
+         lambda x, w: F.conv1d(F.pad(x, (1, 2)), w["weight"], w["bias"], stride=2, groups=2),  # TF same: 1 + 2
+         ("weight", "bias")),
+    Case("conv1d-dilation-pad", "conv1d(x, 2, kernel=3, dilation=2, padding=2, use_bias=false)", SEQ,
+         lambda x, w: F.conv1d(x, w["weight"], dilation=2, padding=2), ("weight",)),
     Case("max_pool2d", "max_pool2d(x, 2)", IMG, lambda x, w: F.max_pool2d(x, 2)),
     Case("max_pool2d-ties", "max_pool2d(x, 2)", IMG, lambda x, w: F.max_pool2d(x, 2), relu_input=True),
     Case("max_pool2d-overlap-ties", "max_pool2d(x, 3, strides=2, padding=1)", IMG,

@@ -293,6 +293,42 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
     return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
 
 
+def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "count" = 1,
+           padding=Symbol("valid"), dilation: "count" = 1, groups: "count" = 1, activation=None,
+           use_bias: "bool" = True, kernel_init: "word" = Symbol("glorot_uniform")):
+    """x [N, C, L] -> [N, filters, L']: conv2d on a 1-high image. The weight is [filters, C/groups,
+    kernel], as torch Conv1d keeps it."""
+    x = _float_tensor(ctx, x, "x")
+    if x.rank != 3:
+        raise ctx.error(f"conv1d() expects a rank-3 value [N, C, L], got {x.type}", "x", cls=DslShapeError)
+    if isinstance(padding, list):
+        raise ctx.error("conv1d padding must be `same`, `valid` or an integer", "padding")
+    cin = x.shape[1]
+    if not isinstance(cin, int) or cin % groups or filters % groups:
+        raise ctx.error(f"conv1d with groups={groups} needs channels divisible by it, got {x.type} "
+                        f"and {filters} filters", "groups", cls=DslShapeError)
+    b = ctx.b
+    image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]
+    k, s, d = [1, kernel], [1, strides], [1, dilation]
+    pads = _pads(ctx, padding, image, k, s, d)
+    pads[0] = pads[2] = 0  # nothing above or below the one row
+    path = _weighted(ctx)
+    w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, kernel),
+                      _init(ctx, kernel_init, "kernel_init", cin // groups * kernel, filters * kernel),
+                      span=ctx.span, dtype=x.dtype)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
+    w4 = b.op("Unsqueeze", [w, b.ints([2])])
+    if ctx.lw.options.conv_lowering == "im2col":
+        from ..ir import patterns
+        y = patterns.conv2d_im2col(b, image, w4, bias, s, pads, d, groups)
+    else:
+        attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
+        y = b.op("Conv", [image, w4] + ([bias] if bias is not None else []), attrs)
+    y = b.op("Squeeze", [y, b.ints([2])])
+    n = int(np.prod(w.shape)) + (filters if use_bias else 0)
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
 # ------------------------------------------------------------------ layers without weights
 def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
@@ -688,6 +724,7 @@ BUILTINS = {
     "erf": _unary("Erf"), "sign": _unary("Sign"), "floor": _unary("Floor"), "ceil": _unary("Ceil"),
     "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
     "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
+    "conv1d": conv1d,
 }
 
 # Optimizers appear only after `using`; their options and defaults (TF.js / Keras defaults).
