@@ -151,6 +151,9 @@ CASES = [case(op, [S((2, 3), kind)]) for op, kind in UNARY.items()] + [
     case("ScatterND", [S((4, 3)), S((2, 3))], consts={1: ints([[3], [1]])}),
     case("ScatterND", [S((4, 3)), S((3,))], consts={1: ints([[1, 2], [1, 2], [0, 0]])},
          attrs={"reduction": "add"}, name="ScatterND-add"),
+    case("Tan", [S((2, 3), lambda rng, shape: rng.uniform(-1.2, 1.2, shape))]),  # away from pi/2
+    case("Atan", [S((2, 3))]),
+    case("Pow", [S((2, 3), "away")], consts={1: f64(0.0)}, name="Pow-zero-exponent"),
 ]
 
 

@@ -27,6 +27,7 @@ NON_DIFFERENTIABLE = {
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Constant",
     "ConstantOfShape", "OneHot", "Not", "And", "Or", "Sign", "Floor", "Ceil", "StopGradient",
     "BitwiseXor", "BitwiseAnd", "BitwiseOr", "BitShift", "Range",
+    "Round",
 }
 # Ops with neither: reaching one on a gradient path is the driver's located error.
 NO_RULE = {"Loop"}
@@ -124,6 +125,8 @@ DERIVATIVES = {
     "LeakyRelu": _d_leaky_relu,
     "Elu": _d_elu,
     "Gelu": _d_gelu,
+    "Tan": lambda b, x, y, a: _op(b, "Add", _c(b, 1, y), _op(b, "Mul", y, y)),
+    "Atan": lambda b, x, y, a: _op(b, "Reciprocal", _op(b, "Add", _c(b, 1, x), _op(b, "Mul", x, x))),
 }
 
 
@@ -146,10 +149,16 @@ def _div(b, node, dys):
 
 
 def _pow(b, node, dys):
+    """n x^(n-1) needs no log, so `x ** 3` differentiates at x <= 0; x ** 0 is constant (and would give
+    0 * inf at 0). The exponent's gradient, y log(x), only for an exponent that is not a constant."""
     (base, exp), y, dy = node.inputs, node.outputs[0], dys[0]
+    if exp.const is not None and not np.any(exp.const):
+        return [None, None]
     exp_f = exp if exp.type.is_float else _op(b, "Cast", exp, to=DTYPE_CODE[base.dtype])
     d_base = _op(b, "Mul", dy, _op(b, "Mul", exp_f, _op(b, "Pow", base, _op(b, "Sub", exp, _c(b, 1, exp)))))
-    d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", base))) if exp.type.is_float else None
+    d_exp = None
+    if exp.type.is_float and exp.const is None:
+        d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", base)))
     return [d_base, d_exp]
 
 
@@ -245,15 +254,36 @@ def _max_pool(b, node, dys):
 
 
 def _max_pool_tiles(b, x, y, dy, kernel):
-    """Non-overlapping windows. Pooled values are spread back over their windows by `_spread` and
-    window sums taken by `_window_sum`, each one MatMul with a constant 0/1 matrix: every op stays
-    2- to 4-D, where onnxruntime is several times faster than on 6-D broadcast tiles (PERF-NOTES).
-    Ties share the gradient equally (as ReduceMax's rule does)."""
+    """Non-overlapping windows. Pooled values are spread back over their windows by `_spread`, and
+    each maximum counts the maxima before it in its window, each one MatMul with a constant 0/1
+    matrix: every op stays 2- to 4-D, where onnxruntime is several times faster than on 6-D
+    broadcast tiles (PERF-NOTES). On ties the whole gradient goes to the first maximum in row-major
+    window order, as PyTorch and TensorFlow route it: the maximum with none before it."""
     if not isinstance(x.shape[1], int):
         return _max_pool_windows(b, x, y, dy, kernel, kernel, [0, 0, 0, 0], [1, 1])
-    at_max = _mask(b, _op(b, "Equal", x, _spread(b, y, x, kernel)), dy)
-    ties = _window_sum(b, at_max, y, kernel)
-    return _op(b, "Mul", at_max, _spread(b, _op(b, "Div", dy, ties), x, kernel))
+    at_max = _mask(b, _op(b, "Equal", x, _spread(b, y, x, kernel)), x)  # 0/1 by Cast: Where is slow in onnxruntime
+    earlier = _band_product(b, at_max, _earlier_matrix(kernel, x.shape[3]), y, kernel)
+    first = _mask(b, _op(b, "Greater", at_max, earlier), dy)  # a maximum (1) with no earlier one (0)
+    return _op(b, "Mul", first, _spread(b, dy, x, kernel))
+
+
+def _earlier_matrix(kernel, w: int) -> np.ndarray:
+    """[kh*W, kh*W]: 1 where cell p of a band of kh image rows comes before cell q in the same
+    window (row-major window order); cells past the last window column are in none."""
+    kh, kw = kernel
+    row, col = np.divmod(np.arange(kh * w), w)
+    window = np.where(col < w // kw * kw, col // kw, -1)
+    rank = row * kw + col % kw
+    same = (window[:, None] == window[None, :]) & (window[:, None] >= 0)
+    return (same & (rank[:, None] < rank[None, :])).astype(np.float64)
+
+
+def _band_product(b, v, matrix, pooled, kernel):
+    """v (full size) times `matrix` band by band, back in v's shape (rows past the last window: 0)."""
+    kh, (h, w), ho = kernel[0], v.shape[2:], pooled.shape[2]
+    covered = P.slice_axes(b, v, [0], [ho * kh], [2]) if ho * kh != h else v
+    bands = _op(b, "MatMul", _op(b, "Reshape", covered, b.ints([-1, kh * w])), _c(b, matrix, v))
+    return P.pad_or_crop(b, _op(b, "Reshape", bands, P.shape_with(b, v, {2: ho * kh})), {2: (0, h - ho * kh)})
 
 
 def _tile_matrix(kernel, w: int, wo: int) -> np.ndarray:
@@ -274,34 +304,22 @@ def _spread(b, v, full, kernel):
     return P.pad_or_crop(b, out, {2: (0, h - ho * kh)})  # rows past the last window
 
 
-def _window_sum(b, v, pooled, kernel):
-    """Window sums of a full-size v, as [N, C, Ho, Wo] (the adjoint of `_spread`)."""
-    kh, (h, w), (ho, wo) = kernel[0], v.shape[2:], pooled.shape[2:]
-    covered = P.slice_axes(b, v, [0], [ho * kh], [2]) if ho * kh != h else v
-    bands = _op(b, "Reshape", covered, b.ints([-1, kh * w]))
-    return _op(b, "Reshape", _op(b, "MatMul", bands, _c(b, _tile_matrix(kernel, w, wo), v)), P.shape_of(b, pooled))
-
-
 def _max_pool_windows(b, x, y, dy, kernel, s, p, d):
-    """General windows: one strided Slice of the (-inf padded) input per kernel offset; each
-    offset's share of dy goes back through the Slice VJP."""
+    """General windows: one strided Slice of the (-inf padded) input per kernel offset, visited in
+    row-major window order; an offset takes dy where it holds the maximum and no earlier offset did
+    (the first maximum wins ties, as in PyTorch and TensorFlow), back through the Slice VJP."""
     xp = P.pad_or_crop(b, x, {2: (p[0], p[2]), 3: (p[1], p[3])}, value=_c(b, -np.inf, x))
     ho, wo = y.shape[2:]
-    windows = []
+    dxp, seen = None, None
     for i in range(kernel[0]):
         for j in range(kernel[1]):
             starts = [i * d[0], j * d[1]]
             ends = [starts[0] + s[0] * (ho - 1) + 1, starts[1] + s[1] * (wo - 1) + 1]
-            taken = _op(b, "Equal", P.slice_axes(b, xp, starts, ends, [2, 3], s), y)
-            windows.append((starts, ends, _mask(b, taken, dy)))
-    ties = windows[0][2]
-    for _, _, m in windows[1:]:
-        ties = _op(b, "Add", ties, m)
-    share = _op(b, "Div", dy, ties)
-    dxp = None
-    for starts, ends, m in windows:
-        part = slice_grad(b, _op(b, "Mul", m, share), xp, starts, ends, [2, 3], s)
-        dxp = part if dxp is None else _op(b, "Add", dxp, part)
+            taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, [2, 3], s), y), dy)
+            first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
+            seen = taken if seen is None else _op(b, "Add", seen, first)
+            part = slice_grad(b, _op(b, "Mul", first, dy), xp, starts, ends, [2, 3], s)
+            dxp = part if dxp is None else _op(b, "Add", dxp, part)
     return P.pad_or_crop(b, dxp, {2: (-p[0], -p[2]), 3: (-p[1], -p[3])})
 
 

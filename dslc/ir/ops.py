@@ -137,6 +137,8 @@ for _name in "Exp Log Sqrt Relu Sigmoid Tanh Softplus Erf Reciprocal Floor Ceil 
     _register(_name, lambda i, a, _op=_name.lower(): _unary(i, a, _op))
 for _name, _word in {"Neg": "negation", "Abs": "abs", "Sign": "sign"}.items():
     _register(_name, lambda i, a, _op=_word: _unary_numeric(i, a, _op))
+for _name in "Tan Atan Round".split():
+    _register(_name, lambda i, a, _op=_name.lower(): _unary(i, a, _op))
 
 
 def _fold_identity(node: Node):
@@ -194,7 +196,7 @@ for _name in _NP_BINARY:
 _register("Div", _binary, _fold_numpy(lambda a, b: a // b if a.dtype.kind == "i" else a / b))
 def _pow(inputs, attrs):
     for v in inputs:
-        _numeric(v, "`^`")
+        _numeric(v, "`^` (`**`)")
     return [TensorType(inputs[0].dtype, broadcast(inputs[0].shape, inputs[1].shape))]
 
 

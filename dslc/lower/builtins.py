@@ -270,6 +270,67 @@ def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "
     return _record(ctx, path, ctx.b.op("Gather", [w, x], {"axis": 0}), input_dim * output_dim)
 
 
+def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
+    """Keras LayerNormalization over one axis: (x - mean) / sqrt(var + eps) * gamma + beta, the
+    biased variance, gamma and beta over the normalized axis (Keras' default eps; PyTorch's is 1e-5)."""
+    x = _float_tensor(ctx, x, "x")
+    if not -x.rank <= axis < x.rank:
+        raise ctx.error(f"axis {axis} is out of range for {x.type}", "axis", cls=DslShapeError)
+    d = x.shape[axis]
+    if not isinstance(d, int):
+        raise ctx.error(f"layer_norm needs a static size on the normalized axis {axis}, got {x.type}", "axis",
+                        cls=DslShapeError)
+    if eps <= 0:
+        raise ctx.error(f"layer_norm eps must be positive, got {eps}", "eps")
+    path = _weighted(ctx)
+    lw, b = ctx.lw, ctx.b
+    gamma = lw.weight(f"{path}.gamma", (d,), I.ones, span=ctx.span, dtype=x.dtype)
+    beta = lw.weight(f"{path}.beta", (d,), I.zeros, span=ctx.span, dtype=x.dtype)
+    axes = b.ints([axis])
+    centered = b.op("Sub", [x, b.op("ReduceMean", [x, axes], {"keepdims": 1})])
+    var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), axes], {"keepdims": 1})
+    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])
+    along = b.ints([d] + [1] * (x.rank - 1 - axis % x.rank))  # gamma, beta lined up with the axis
+    y = b.op("Mul", [b.op("Mul", [centered, inv]), b.op("Reshape", [gamma, along])])
+    return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
+
+
+def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "count" = 1,
+           padding=Symbol("valid"), dilation: "count" = 1, groups: "count" = 1, activation=None,
+           use_bias: "bool" = True, kernel_init: "word" = Symbol("glorot_uniform")):
+    """x [N, C, L] -> [N, filters, L']: conv2d on a 1-high image. The weight is [filters, C/groups,
+    kernel], as torch Conv1d keeps it."""
+    x = _float_tensor(ctx, x, "x")
+    if x.rank != 3:
+        raise ctx.error(f"conv1d() expects a rank-3 value [N, C, L], got {x.type}", "x", cls=DslShapeError)
+    if isinstance(padding, list):
+        raise ctx.error("conv1d padding must be `same`, `valid` or an integer", "padding")
+    cin = x.shape[1]
+    if not isinstance(cin, int) or cin % groups or filters % groups:
+        raise ctx.error(f"conv1d with groups={groups} needs channels divisible by it, got {x.type} "
+                        f"and {filters} filters", "groups", cls=DslShapeError)
+    b = ctx.b
+    image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]
+    k, s, d = [1, kernel], [1, strides], [1, dilation]
+    pads = _pads(ctx, padding, image, k, s, d)
+    pads[0] = pads[2] = 0  # nothing above or below the one row
+    path = _weighted(ctx)
+    w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, kernel),
+                      _init(ctx, kernel_init, "kernel_init", cin // groups * kernel, filters * kernel),
+                      span=ctx.span, dtype=x.dtype)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
+    w4 = b.op("Unsqueeze", [w, b.ints([2])])
+    if ctx.lw.options.conv_lowering == "im2col":
+        from ..ir import patterns
+        y = patterns.conv2d_im2col(b, image, w4, bias, s, pads, d, groups)
+    else:
+        attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
+        y = b.op("Conv", [image, w4] + ([bias] if bias is not None else []), attrs)
+    y = b.op("Squeeze", [y, b.ints([2])])
+    n = int(np.prod(w.shape)) + (filters if use_bias else 0)
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
 # ------------------------------------------------------------------ layers without weights
 def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
@@ -374,10 +435,24 @@ def square(ctx: Ctx, x: "T"):
     return ctx.b.op("Mul", [x, x])
 
 
+def silu(ctx: Ctx, x: "T"):
+    """x * sigmoid(x) (also named swish)."""
+    x = _float_tensor(ctx, x, "x")
+    return ctx.b.op("Mul", [x, ctx.b.op("Sigmoid", [x])])
+
+
+def mish(ctx: Ctx, x: "T"):
+    """x * tanh(softplus(x))."""
+    x = _float_tensor(ctx, x, "x")
+    b = ctx.b
+    return b.op("Mul", [x, b.op("Tanh", [b.op("Softplus", [x])])])
+
+
 ACTIVATIONS = {
     "relu": _unary("Relu"), "sigmoid": _unary("Sigmoid"), "tanh": _unary("Tanh"), "softplus": _unary("Softplus"),
     "leaky_relu": leaky_relu, "elu": elu, "softmax": softmax, "log_softmax": log_softmax, "gelu": gelu,
     "linear": lambda ctx, x: x,
+    "silu": silu, "swish": silu, "mish": mish,
 }
 
 
@@ -432,6 +507,20 @@ def transpose(ctx: Ctx, x: "T", perm: "ints" = None):
     if x.rank == 0 and not perm:  # a scalar is its own transpose (and ONNX wants a non-empty perm)
         return x
     return ctx.b.op("Transpose", [x], {"perm": perm if perm is not None else list(range(x.rank))[::-1]})
+
+
+def _pairwise(op: str):
+    """minimum / maximum with broadcasting; the gradient goes to the selected side (to `a` on ties,
+    as TensorFlow does)."""
+    def pick(ctx: Ctx, a: "T", b: "T"):
+        like = a if isinstance(a, Value) else b if isinstance(b, Value) else None
+        x, y = _float_tensor(ctx, _t(ctx, a, like, "a"), "a"), _t(ctx, b, like, "b")
+        if x.dtype != y.dtype:
+            text = source_text(ctx.arg_spans.get("b")) or "b"
+            raise ctx.error(f"{ctx.name}() needs operands of one dtype, got {x.type} and {y.type}", "b",
+                            f"convert one of them, e.g. cast({text}, {x.dtype})")
+        return ctx.b.op(op, [x, y])
+    return pick
 
 
 # ------------------------------------------------------------------ random
@@ -535,10 +624,19 @@ def _class_logprob(ctx: Ctx, p: Value, from_logits: bool) -> Value:
     return _log_clipped(ctx, b.op("Div", [p, total]))
 
 
-def categorical_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "bool" = False):
+def categorical_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "bool" = False,
+                             label_smoothing: "float" = 0.0):
     p = _float_tensor(ctx, pred, "pred")
     t = _target(ctx, target, p)
     b = ctx.b
+    if not 0 <= label_smoothing <= 1:
+        raise ctx.error(f"label_smoothing must be in [0, 1], got {label_smoothing}", "label_smoothing")
+    if label_smoothing:  # Keras: t (1 - s) + s / classes
+        classes = p.shape[-1]
+        if not isinstance(classes, int):
+            raise ctx.error(f"label_smoothing needs a static class axis, got {p.type}", "pred", cls=DslShapeError)
+        t = b.op("Add", [b.op("Mul", [t, b.const(1 - label_smoothing, p.dtype)]),
+                         b.const(label_smoothing / classes, p.dtype)])
     per = b.op("ReduceSum", [b.op("Mul", [t, _class_logprob(ctx, p, from_logits)]), b.ints([-1])], {"keepdims": 0})
     return b.op("Neg", [_mean(ctx, per)])
 
@@ -569,6 +667,25 @@ def kl_divergence(ctx: Ctx, p: "T", q: "T"):
     lo, hi = b.const(EPS, pt.dtype), b.const(1.0, pt.dtype)
     pc, qc = b.op("Clip", [pt, lo, hi]), b.op("Clip", [qt, lo, hi])
     per = b.op("ReduceSum", [b.op("Mul", [pc, b.op("Log", [b.op("Div", [pc, qc])])]), b.ints([-1])], {"keepdims": 0})
+    return _mean(ctx, per)
+
+
+def mae(ctx: Ctx, pred: "T", target: "T"):
+    p = _float_tensor(ctx, pred, "pred")
+    return _mean(ctx, ctx.b.op("Abs", [ctx.b.op("Sub", [p, _target(ctx, target, p)])]))
+
+
+def huber(ctx: Ctx, pred: "T", target: "T", delta: "float" = 1.0):
+    """0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta), as 0.5 q^2 + delta (|d| - q) with
+    q = min(|d|, delta): one formula, no Where."""
+    p = _float_tensor(ctx, pred, "pred")
+    if delta <= 0:
+        raise ctx.error(f"huber delta must be positive, got {delta}", "delta")
+    b = ctx.b
+    a = b.op("Abs", [b.op("Sub", [p, _target(ctx, target, p)])])
+    q = b.op("Min", [a, b.const(delta, p.dtype)])
+    per = b.op("Add", [b.op("Mul", [b.op("Mul", [q, q]), b.const(0.5, p.dtype)]),
+                       b.op("Mul", [b.op("Sub", [a, q]), b.const(delta, p.dtype)])])
     return _mean(ctx, per)
 
 
@@ -611,4 +728,10 @@ BUILTINS = {
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy, "kl_divergence": kl_divergence,
     # gradients
     "grad": grad, "stop_gradient": stop_gradient,
+    # issue 12: more math, layers and losses
+    "sin": _unary("Sin"), "cos": _unary("Cos"), "tan": _unary("Tan"), "atan": _unary("Atan"),
+    "erf": _unary("Erf"), "sign": _unary("Sign"), "floor": _unary("Floor"), "ceil": _unary("Ceil"),
+    "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
+    "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
+    "conv1d": conv1d,
 }

@@ -1,0 +1,3 @@
+fn cube(mask: bool[N]) {
+    return mask ** 3
+}

@@ -1,0 +1,3 @@
+fn wave(step: i64[N]) {
+    return sin(step)
+}

@@ -1,0 +1,205 @@
+"""dslc against PyTorch: each layer, activation and loss compiled by dslc (run in onnxruntime) and
+its PyTorch counterpart, with identical weights on the same inputs, must agree on forward values
+and on gradients with respect to inputs and weights, at float32 tolerance (max |diff| / max |torch|).
+
+Layouts (README, "Conventions"): a dense weight is [in, out] (torch Linear: [out, in], so W.T);
+conv2d weights are [out, in/groups, kh, kw] and conv2d_transpose weights [in, out, kh, kw], both
+as in torch. Skipped where torch is not installed (it is in the `bench` extra).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import dslc
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+RTOL = 1e-4
+
+
+@dataclass
+class Case:
+    name: str
+    expr: str                      # dslc, of `x`
+    shape: tuple                   # x's shape
+    torch_fn: Callable             # (x, weights by short name) -> y
+    weights: tuple = ()            # short names: "weight", "bias", "gamma", ...
+    training: bool = False
+    integer_input: bool = False
+    relu_input: bool = False       # many exact ties (zeros), as after a relu
+
+
+def dense_t(x, w):
+    return F.linear(x, w["weight"].T, w["bias"])  # dslc: [in, out]; torch: [out, in]
+
+
+def conv_t(**kw):
+    return lambda x, w: F.conv2d(x, w["weight"], w["bias"], **kw)
+
+
+def bn_t(training):
+    def fn(x, w):
+        mean, var = (None, None) if training else (w["moving_mean"], w["moving_variance"])
+        return F.batch_norm(x, mean, var, w["gamma"], w["beta"], training=training, eps=1e-3)
+    return fn
+
+
+IMG = (2, 4, 8, 8)
+SEQ = (2, 4, 20)
+ACTIVATIONS = {
+    "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus,
+    "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "mish": F.mish, "elu": F.elu,
+    "leaky_relu": lambda x: F.leaky_relu(x, 0.3),  # Keras' default alpha
+    "softmax": lambda x: F.softmax(x, -1), "log_softmax": lambda x: F.log_softmax(x, -1),
+}
+LAYERS = [
+    Case("dense", "dense(x, 5)", (3, 6), dense_t, ("weight", "bias")),
+    Case("conv2d", "conv2d(x, 6, kernel=3)", IMG, conv_t(), ("weight", "bias")),
+    Case("conv2d-stride-pad", "conv2d(x, 6, kernel=3, strides=2, padding=1)", IMG, conv_t(stride=2, padding=1),
+         ("weight", "bias")),
+    Case("conv2d-dilation-same", "conv2d(x, 3, kernel=3, dilation=2, padding=same)", IMG,
+         conv_t(dilation=2, padding=2), ("weight", "bias")),
+    Case("conv2d-groups", "conv2d(x, 6, kernel=[3, 2], strides=[1, 2], padding=[1, 0], groups=2)", IMG,
+         conv_t(stride=(1, 2), padding=(1, 0), groups=2), ("weight", "bias")),
+    Case("conv2d-depthwise", "conv2d(x, 4, kernel=3, groups=4, use_bias=false)", IMG,
+         lambda x, w: F.conv2d(x, w["weight"], groups=4), ("weight",)),
+    Case("conv2d_transpose", "conv2d_transpose(x, 3, kernel=3, strides=2, padding=1)", IMG,
+         lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], stride=2, padding=1), ("weight", "bias")),
+    Case("conv2d_transpose-dilation", "conv2d_transpose(x, 2, kernel=2, strides=1, dilation=2)", IMG,
+         lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], dilation=2), ("weight", "bias")),
+    Case("conv1d", "conv1d(x, 6, kernel=3)", SEQ, lambda x, w: F.conv1d(x, w["weight"], w["bias"]),
+         ("weight", "bias")),
+    Case("conv1d-same-stride-groups", "conv1d(x, 4, kernel=5, strides=2, padding=same, groups=2)", SEQ,
+         lambda x, w: F.conv1d(F.pad(x, (1, 2)), w["weight"], w["bias"], stride=2, groups=2),  # TF same: 1 + 2
+         ("weight", "bias")),
+    Case("conv1d-dilation-pad", "conv1d(x, 2, kernel=3, dilation=2, padding=2, use_bias=false)", SEQ,
+         lambda x, w: F.conv1d(x, w["weight"], dilation=2, padding=2), ("weight",)),
+    Case("max_pool2d", "max_pool2d(x, 2)", IMG, lambda x, w: F.max_pool2d(x, 2)),
+    Case("max_pool2d-ties", "max_pool2d(x, 2)", IMG, lambda x, w: F.max_pool2d(x, 2), relu_input=True),
+    Case("max_pool2d-overlap-ties", "max_pool2d(x, 3, strides=2, padding=1)", IMG,
+         lambda x, w: F.max_pool2d(x, 3, 2, padding=1), relu_input=True),
+    Case("avg_pool2d", "avg_pool2d(x, 2)", IMG, lambda x, w: F.avg_pool2d(x, 2)),
+    Case("avg_pool2d-pad", "avg_pool2d(x, 3, strides=2, padding=1)", IMG,
+         lambda x, w: F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)),  # Keras: pads not counted
+    Case("global_avg_pool2d", "global_avg_pool2d(x)", IMG, lambda x, w: x.mean((2, 3))),
+    Case("batch_norm-training", "batch_norm(x)", IMG, bn_t(True), ("gamma", "beta"), training=True),
+    Case("batch_norm-inference", "batch_norm(x)", IMG, bn_t(False), ("gamma", "beta")),
+    Case("layer_norm", "layer_norm(x)", (3, 4, 6),
+         lambda x, w: F.layer_norm(x, (6,), w["gamma"], w["beta"], eps=1e-3), ("gamma", "beta")),
+    Case("embedding", "embedding(x, 10, 4)", (3, 5), lambda x, w: F.embedding(x, w["weight"]), ("weight",),
+         integer_input=True),
+    Case("dropout-0", "dropout(x, 0.0)", (3, 6), lambda x, w: F.dropout(x, 0.0, training=True), training=True),
+    Case("upsample2d", "upsample2d(x, 2)", IMG, lambda x, w: F.interpolate(x, scale_factor=2, mode="nearest")),
+] + [Case(name, f"{name}(x)", (3, 7), lambda x, w, f=f: f(x)) for name, f in ACTIVATIONS.items()]
+
+
+def _randomize(model, rng):
+    """Weights away from their initial values (zero biases, unit gammas) so that every one matters."""
+    for init in model.graph.initializer:
+        if not init.name.startswith("L."):
+            continue
+        a = numpy_helper.to_array(init)
+        if init.name.endswith(("gamma", "moving_variance")):
+            a = rng.uniform(0.5, 1.5, a.shape)
+        elif a.dtype.kind == "f":
+            a = rng.uniform(-0.5, 0.5, a.shape)
+        init.CopyFrom(numpy_helper.from_array(a.astype(np.float32), init.name))
+
+
+def _run_dslc(source: str, feeds, rng):
+    model = dslc.compile(dslc.loads(source, "conformance.dsl"), "probe")
+    _randomize(model, rng)
+    outs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    return outs, {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def _rel(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def _compare(name, ours, theirs):
+    worst = max(_rel(a, b.detach().numpy()) for a, b in zip(ours, theirs, strict=True))
+    print(f"{name}: worst relative difference {worst:.2e}")
+    assert worst < RTOL
+
+
+def _dims(shape):
+    return ", ".join(map(str, shape))
+
+
+@pytest.mark.parametrize("c", LAYERS, ids=[c.name for c in LAYERS])
+def test_layer_matches_torch(c: Case):
+    rng = np.random.default_rng(0)
+    dtype = "i64" if c.integer_input else "f32"
+    model_src = f"model L(x: {dtype}[{_dims(c.shape)}]) -> y {{\n    y = {c.expr}\n}}\n"
+    out_shape = [d.dim_value for d in dslc.compile(dslc.loads(model_src, "c.dsl"), "L").graph.output[0]
+                 .type.tensor_type.shape.dim]
+    wrt = ([] if c.integer_input else ["x"]) + [f"L.y.{w}" for w in c.weights]
+    grads = ", ".join(f"g{i}" for i in range(len(wrt)))
+    probe = (f"fn probe(x: {dtype}[{_dims(c.shape)}], dy: f32[{_dims(out_shape)}]) {{\n"
+             f"    y = L(x, training={'true' if c.training else 'false'})\n"
+             + (f"    {grads} = grad(sum(y * dy), [{', '.join(wrt)}])\n    return y, {grads}\n}}\n" if wrt else
+                "    return y\n}\n"))
+    if c.integer_input:
+        x = rng.integers(0, 10, c.shape)
+    else:
+        x = rng.standard_normal(c.shape).astype(np.float32)
+        if c.relu_input:
+            x = np.maximum(np.round(x), 0).astype(np.float32)  # whole windows of zeros, tied ones
+    dy = rng.standard_normal(out_shape).astype(np.float32)
+    ours, weights = _run_dslc(model_src + probe, {"x": x, "dy": dy}, rng)
+
+    xt = torch.tensor(x, requires_grad=not c.integer_input)
+    wt = {k.split(".")[-1]: torch.tensor(v, requires_grad=k.split(".")[-1] in c.weights)
+          for k, v in weights.items() if k.startswith("L.y.")}
+    y = c.torch_fn(xt, wt)
+    (y * torch.tensor(dy)).sum().backward()
+    theirs = [y] + ([] if c.integer_input else [xt.grad]) + [wt[w].grad for w in c.weights]
+    _compare(c.name, ours, theirs)
+
+
+def _soft(rng, shape=(4, 5)):
+    e = np.exp(rng.standard_normal(shape))
+    return (e / e.sum(-1, keepdims=True)).astype(np.float32)
+
+
+LOSSES = [  # (name, dslc expression of p and t, torch function, target maker)
+    ("mse", "mse(p, t)", F.mse_loss, lambda rng: rng.standard_normal((4, 5))),
+    ("mae", "mae(p, t)", F.l1_loss, lambda rng: rng.standard_normal((4, 5))),
+    ("huber", "huber(p, t, delta=0.5)", lambda p, t: F.huber_loss(p, t, delta=0.5),
+     lambda rng: rng.standard_normal((4, 5))),
+    ("binary_crossentropy", "binary_crossentropy(sigmoid(p), t)",
+     lambda p, t: F.binary_cross_entropy(torch.sigmoid(p), t), lambda rng: rng.uniform(0, 1, (4, 5))),
+    ("binary_crossentropy-logits", "binary_crossentropy(p, t, from_logits=true)",
+     F.binary_cross_entropy_with_logits, lambda rng: rng.uniform(0, 1, (4, 5))),
+    ("categorical_crossentropy", "categorical_crossentropy(softmax(p), t)", F.cross_entropy, _soft),
+    ("categorical_crossentropy-logits-smoothing", "categorical_crossentropy(p, t, from_logits=true, label_smoothing=0.1)",
+     lambda p, t: F.cross_entropy(p, t, label_smoothing=0.1), _soft),
+    ("sparse_categorical_crossentropy", "sparse_categorical_crossentropy(softmax(p), t)", F.cross_entropy,
+     lambda rng: rng.integers(0, 5, (4,))),
+    ("sparse_categorical_crossentropy-logits", "sparse_categorical_crossentropy(p, t, from_logits=true)",
+     F.cross_entropy, lambda rng: rng.integers(0, 5, (4,))),
+    ("kl_divergence", "kl_divergence(t, softmax(p))",
+     lambda p, t: F.kl_div(F.log_softmax(p, -1), t, reduction="batchmean"), _soft),
+]
+
+
+@pytest.mark.parametrize("name,expr,torch_fn,target", LOSSES, ids=[c[0] for c in LOSSES])
+def test_loss_matches_torch(name, expr, torch_fn, target):
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((4, 5)).astype(np.float32)
+    t = target(rng)
+    t = t.astype(np.int64) if t.dtype.kind == "i" else t.astype(np.float32)
+    t_type = "i64[4]" if t.dtype == np.int64 else "f32[4, 5]"
+    source = f"fn probe(p: f32[4, 5], t: {t_type}) {{\n    loss = {expr}\n    return loss, grad(loss, p)\n}}\n"
+    ours, _ = _run_dslc(source, {"p": p, "t": t}, rng)
+    pt = torch.tensor(p, requires_grad=True)
+    loss = torch_fn(pt, torch.tensor(t))
+    loss.backward()
+    _compare(name, ours, [loss, pt.grad])
