@@ -202,6 +202,14 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
     length = dy.shape[2] * dy.shape[3]
     k = cg * kh * kw
+    if group == 1 and isinstance(length, int) and o * k > length * (o + k):
+        # Few output positions, a big kernel (a transposed conv's 3x3 input): one MatMul contracting
+        # over batch and positions together. The per-sample products below would be N x [O, k],
+        # summed afterwards: 1.5 GB for the ACGAN generator's first layer at batch 200.
+        dy_t = b.op("Reshape", [b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, o, length])])],
+                                     {"perm": [1, 0, 2]}), b.ints([o, -1])])  # [O, N*L]
+        cols_t = b.op("Reshape", [b.op("Transpose", [cols], {"perm": [0, 2, 1]}), b.ints([-1, k])])  # [N*L, k]
+        return b.op("Reshape", [b.op("MatMul", [dy_t, cols_t]), b.ints(list(w_shape))])
     if group == 1:
         dy_g = b.op("Reshape", [dy, b.ints([0, o, length])])
         cols_t = b.op("Transpose", [cols], {"perm": [0, 2, 1]})
