@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="output folder (default: runs/TRAIN)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--max-steps", type=int, default=None, metavar="K", help="stop at global step K")
+    _import_path(t)
     t.set_defaults(func=_train)
     return p
 
@@ -220,7 +221,8 @@ def _run(args) -> int:
 
 def _train(args) -> int:
     api.train(args.file, target=args.target, data=args.data, epochs=args.epochs, batch=args.batch, seed=args.seed,
-              device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps)
+              device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps,
+              import_path=args.import_path)
     return 0
 
 

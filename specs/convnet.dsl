@@ -67,7 +67,7 @@ train mnist {
     epochs   = 3
     steps    = [train_convnet(image, label)]
     evaluate = accuracy(ConvNet(image), label)
-    show     = [filters(ConvNet)]
+    show     = [kernels(ConvNet)]
 }
 
 # tfjs-examples mnist/: rmsprop, batch 320 (there: 3 epochs on 46,750 images).

@@ -122,10 +122,10 @@ def draw(m: Measure, graphs: Graphs, fields, weights: dict, out: Path, epoch: in
         image_grid(images.reshape(len(classes), 28, 28), N_CLASSES, 10, path, value_range=value_range,
                    labels=[str(c) for c in range(N_CLASSES)])
         return path
-    if m.kind == "filters":
+    if m.kind == "kernels":
         first = sorted((k for k in weights if k.startswith(m.model + ".") and weights[k].ndim == 4))[0]
         w = weights[first][:, 0]  # [filters, k, k]: each filter's kernel on the first input channel
         lo, hi = float(w.min()), float(w.max())
         cols = int(np.ceil(np.sqrt(len(w))))
-        return image_grid(w, int(np.ceil(len(w) / cols)), cols, out / "filters.png", value_range=(lo, hi), scale=8)
+        return image_grid(w, int(np.ceil(len(w) / cols)), cols, out / "kernels.png", value_range=(lo, hi), scale=8)
     raise AssertionError(m.kind)

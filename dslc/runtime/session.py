@@ -204,10 +204,12 @@ def with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx
     """A copy of `model` whose initializers named in `weights` hold the given arrays."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inits = {t.name: t for t in model.graph.initializer}
-    unknown = sorted(set(weights) - set(inits))
-    if unknown:
-        raise DslError(f"unknown weight name(s): {', '.join(unknown)}",
+    # A trained model's weights file holds every weight; a graph (an ascent on conv2, say) may use a
+    # few. Extra names are fine; a file sharing none of the model's names is the wrong file.
+    if weights and not set(weights) & set(inits):
+        raise DslError(f"none of the weights ({', '.join(sorted(weights)[:4])}, ...) belongs to this model",
                        hint="the model's weights are: " + ", ".join(sorted(inits)))
+    weights = {k: v for k, v in weights.items() if k in inits}
     problems = []
     for name, value in weights.items():
         old = inits[name]

@@ -104,13 +104,14 @@ class Options:
     out: str | None = None
     resume: bool = False
     max_steps: int | None = None
+    import_path: object = None
     log: object = print
 
 
 def train(path, **options) -> list[dict]:
     """Train the file's first `train` declaration (or `target`); returns the per-epoch history."""
     o = Options(**options)
-    program = api.load(path)
+    program = api.load(path, o.import_path)
     plan = P.plan(program, o.target)
     for key in ("epochs", "batch", "seed"):
         value = getattr(o, key)

@@ -37,7 +37,7 @@ PICTURES = {
     "latent_grid": "latent_grid(Decoder): a 30x30 grid of decoded points of a 2-D latent space",
     "reconstructions": "reconstructions(Model(field)): test images above their reconstructions",
     "class_grid": "class_grid(Generator): generated digits, one row per class",
-    "filters": "filters(Model): the patterns of its first conv layer's filters (the trained kernels)",
+    "kernels": "kernels(Model): its first conv layer's kernels, as images",
 }
 
 
