@@ -8,19 +8,23 @@ the loss and metrics are copied back.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .session import make_session
+from .session import TUNINGS, make_session
 
 NEXT = ".next"
 
 
 class StepRunner:
-    def __init__(self, model: onnx.ModelProto, device: str):
+    def __init__(self, model: onnx.ModelProto, device: str, tune: bool = True):
+        self.model, self.device = model, device
         self.session = make_session(model, device)
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        self.tuning = None if tune and not self.on_cuda else "default"  # chosen on the first batch
         outputs = [o.name for o in self.session.get_outputs()]
         self.state_outputs = [o for o in outputs if o.endswith(NEXT) and o != "step.next"]
         self.report_outputs = [o for o in outputs if not o.endswith(NEXT)]  # loss and metrics
@@ -43,11 +47,30 @@ class StepRunner:
             return self._run_bound(data, state, counters)
         feeds = {**data, **{k: counters[k] for k in self.counters},
                  **{k: state[k] for k in self.state_inputs + self.read_only}}
+        if self.tuning is None:
+            self._tune(feeds)
         names = self.report_outputs + self.state_outputs
         values = self.session.run(names, feeds)
         reports = {n: v for n, v in zip(self.report_outputs, values)}
         new = {n[:-len(NEXT)]: v for n, v in zip(self.state_outputs, values[len(self.report_outputs):])}
         return reports, new
+
+    def _tune(self, feeds: dict, rounds: int = 3) -> None:
+        """Pick the faster session settings for this graph by timing both on the first batch (a step
+        is a pure function: running it more often changes nothing)."""
+        sessions = {"default": self.session,
+                    **{k: make_session(self.model, self.device, k) for k in TUNINGS if k != "default"}}
+        times = {k: [] for k in sessions}
+        for k, sess in sessions.items():
+            sess.run(None, feeds)  # warm-up
+        for _ in range(rounds):
+            for k, sess in sessions.items():
+                start = time.perf_counter()
+                sess.run(None, feeds)
+                times[k].append(time.perf_counter() - start)
+        self.timings = {k: float(np.median(v)) * 1000 for k, v in times.items()}
+        self.tuning = min(self.timings, key=self.timings.get)
+        self.session = sessions[self.tuning]
 
     def _run_bound(self, data, state, counters):
         binding = self.session.io_binding()

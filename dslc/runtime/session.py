@@ -65,10 +65,17 @@ def _flush_c_stdio() -> None:
         pass
 
 
+# Session settings a training step chooses between by measurement (runner.py). onnxruntime's NCHWc
+# layout transformer wraps convolutions and pools in reorders that cost more than they save in
+# some backward graphs (PERF-NOTES), and denormals appear once a loss gets tiny.
+TUNINGS = {"default": (), "no-nchwc": ("NchwcTransformer",)}
+
+
 def _options() -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: its errors reach the user as DslErrors, once
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
     return opts
 
 
@@ -111,8 +118,9 @@ def _model_bytes(model) -> bytes | str:
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
-def make_session(model, device: str = "auto") -> ort.InferenceSession:
-    """A session for `model` (ModelProto or path) on "cpu", "cuda" or "auto" (CUDA if usable)."""
+def make_session(model, device: str = "auto", tuning: str = "default") -> ort.InferenceSession:
+    """A session for `model` (ModelProto or path) on "cpu", "cuda" or "auto" (CUDA if usable), with
+    one of the TUNINGS."""
     if device not in DEVICES:
         raise DslError(f"unknown device `{device}`", hint="use one of: " + ", ".join(DEVICES))
     if isinstance(model, (str, Path)) and not Path(model).is_file():
@@ -123,7 +131,8 @@ def make_session(model, device: str = "auto") -> ort.InferenceSession:
                        hint="use --device cpu or auto")
     providers = [CUDA, CPU] if use_cuda else [CPU]
     try:
-        return ort.InferenceSession(_model_bytes(model), _options(), providers=providers)
+        return ort.InferenceSession(_model_bytes(model), _options(), providers=providers,
+                                    disabled_optimizers=list(TUNINGS[tuning]))
     except (_ortx.Fail, _ortx.InvalidGraph, _ortx.InvalidProtobuf, _ortx.NotImplemented,
             _ortx.InvalidArgument, _ortx.RuntimeException) as e:
         raise _ort_error("could not load the model", e) from None

@@ -307,6 +307,8 @@ class Trainer:
                         stopped = True
                         break
                     reports = self._one_batch(idx, state, global_step, seeds)
+                    if not self._tuned:
+                        self._report_tuning()
                     global_step, next_batch = global_step + 1, b + 1
                     for k, v in reports.items():
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -351,6 +353,15 @@ class Trainer:
             prefix = f"{s.name}/" if len(self.plan.steps) > 1 else ""
             reports.update({prefix + k: float(v) for k, v in out.items()})
         return reports
+
+    _tuned = False
+
+    def _report_tuning(self) -> None:
+        for s, r in zip(self.plan.steps, self.runners):
+            if getattr(r, "timings", None):
+                ms = ", ".join(f"{k} {v:.1f} ms" for k, v in r.timings.items())
+                self.log(f"session settings for {s.name}: {r.tuning} ({ms})")
+        self._tuned = True
 
     def _feed(self, step: str, param: str, src, idx: np.ndarray) -> np.ndarray:
         """A step input for this batch: a field (class numbers widened to the input's integer type) or
