@@ -16,7 +16,8 @@ from onnx.reference.ops.op_conv_transpose import ConvTranspose as _ReferenceConv
 
 from dslc.autodiff import vjp
 from dslc.emit.onnx_emit import check, to_onnx
-from dslc.ir.core import Builder, Graph, TensorType, Value
+from dslc.ir.core import Graph, TensorType, Value
+from dslc.ir.builder import Builder
 
 # fn(b, inputs) -> outputs: the function under test, built on graph-input Values
 Fn = Callable[[Builder, list[Value]], list[Value]]

@@ -10,7 +10,8 @@ from dslc.autodiff import grad, vjp
 from dslc.diagnostics import DslError, Span
 from dslc.emit.onnx_emit import check, to_onnx
 from dslc.ir import patterns as P
-from dslc.ir.core import Builder, Graph, TensorType, Value
+from dslc.ir.core import Graph, TensorType, Value
+from dslc.ir.builder import Builder
 from gradcheck import Spec, dot_check, reference
 
 RNG = np.random.default_rng(1)

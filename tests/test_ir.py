@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from dslc.diagnostics import DslShapeError
-from dslc.ir.core import Builder, Graph, Node, TensorType, Value
+from dslc.ir.core import Graph, Node, TensorType, Value
+from dslc.ir.builder import Builder
 from dslc.ir.verify import IRError, verify
 from dslc.passes import optimize
 

@@ -10,7 +10,8 @@ import pytest
 import dslc
 from dslc.autodiff import vjp
 from dslc.emit.onnx_emit import check, to_onnx
-from dslc.ir.core import Builder, Graph, TensorType
+from dslc.ir.core import Graph, TensorType
+from dslc.ir.builder import Builder
 
 SOURCE = """
 fn pooled_grad(x: f32[2, 3, 6, 7], dy: f32[2, 3, {ho}, {wo}]) {{

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..diagnostics import DslError
 from ..ir import patterns as P
-from ..ir.core import Builder, Graph, Node, Value
+from ..ir.core import Graph, Node, Value
+from ..ir.builder import Builder
 from .rules import NON_DIFFERENTIABLE, VJP
 
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..diagnostics import DslError
 from ..ir import patterns as P
-from ..ir.core import DTYPES, Builder, Node, Value
+from ..ir.core import DTYPES, Node, Value
+from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
 
 Rule = Callable[[Builder, Node, list], list]

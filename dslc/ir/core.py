@@ -1,4 +1,4 @@
-"""The IR: typed values, nodes named after ONNX ops, graphs, and the Builder that makes them.
+"""The IR: typed values, nodes named after ONNX ops, and graphs (builder.py makes them).
 
 Op names and attributes are ONNX's own (opset 21), so emission is a direct translation; the
 only IR-only op is `StopGradient` (emitted as Identity). Every value has a `TensorType`:
@@ -6,12 +6,11 @@ a dtype and a shape whose dims are ints or symbols (strings such as "N" or "2*N"
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..diagnostics import DslShapeError, DslTypeError, Span
+from ..diagnostics import Span
 
 Dim = int | str
 
@@ -153,67 +152,3 @@ class Graph:
 
     def param_values(self) -> dict[str, Param]:
         return {p.value.name: p for p in self.params}
-
-
-class Builder:
-    """Appends nodes to a graph, inferring each output's type with the op table on the spot, so a
-    shape or type mistake is reported at the source span being lowered."""
-
-    def __init__(self, graph: Graph, names: "itertools.count | None" = None, span: Span | None = None,
-                 scope: str = ""):
-        self.graph = graph
-        self.names = names if names is not None else itertools.count()
-        self.span = span
-        self.scope = scope  # prefix for value names: the binding being lowered
-
-    def child(self, graph: Graph) -> "Builder":
-        """A builder for a subgraph (a Loop body), sharing the name counter so names stay unique."""
-        return Builder(graph, self.names, self.span, self.scope)
-
-    def fresh(self, hint: str = "t") -> str:
-        base = f"{self.scope}/{hint}" if self.scope else hint
-        return f"{base}_{next(self.names)}"
-
-    def op(self, op: str, inputs, attrs: dict | None = None, n_out: int | None = None,
-           names: list[str] | None = None):
-        """Add `op` and return its output Value (or a tuple of them when it has several)."""
-        from .ops import OPS, infer  # the table imports this module
-
-        attrs = dict(attrs or {})
-        inputs = list(inputs)
-        try:
-            out_types = infer(op, inputs, attrs)
-        except ShapeIssue as e:
-            err = DslTypeError if e.kind == "type" else DslShapeError
-            raise err(e.message, self.span, e.hint) from None
-        if n_out is not None:
-            out_types = out_types[:n_out]
-        outs = [Value(names[i] if names else self.fresh(op.lower()), t) for i, t in enumerate(out_types)]
-        node = Node(op, inputs, outs, attrs, self.span, name=self.fresh(op))
-        for v in outs:
-            v.producer = node
-        OPS[op].fold(node)
-        self.graph.nodes.append(node)
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def const(self, data, dtype: str = "f32") -> Value:
-        array = np.asarray(data, dtype=DTYPES[dtype])
-        out = self.op("Constant", [], {"value": array})
-        if dtype == "f32":
-            self.graph.exact[out.name] = np.asarray(data, dtype=np.float64)
-        return out
-
-    def ints(self, data) -> Value:
-        return self.const(np.asarray(data, dtype=np.int64), "i64")
-
-    def input(self, name: str, type: TensorType, default: np.ndarray | None = None) -> Value:
-        v = Value(name, type)
-        self.graph.inputs.append(v)
-        if default is not None:
-            self.graph.input_defaults[name] = np.asarray(default, dtype=DTYPES[type.dtype]).reshape(type.shape)
-        return v
-
-    def param(self, name: str, init: np.ndarray, trainable: bool = True) -> Value:
-        v = Value(name, TensorType(dtype_of(init), tuple(init.shape)))
-        self.graph.params.append(Param(v, init, trainable))
-        return v

@@ -574,7 +574,7 @@ def _fold_unsqueeze(node: Node):
     x = node.inputs[0]
     if x.const is not None:
         node.outputs[0].const = x.const.reshape([d for d in node.outputs[0].shape])
-    if x.rank == 0 and x.const is not None:
+    if x.rank == 0 and x.const is not None and x.dtype == "i64":  # a size, on its way into a shape
         node.outputs[0].sym = (int(x.const),)
     elif x.rank == 0 and x.sym is not None:  # a dim such as N, on its way into a shape vector
         node.outputs[0].sym = x.sym

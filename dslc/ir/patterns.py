@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..diagnostics import DslShapeError
-from .core import DTYPES, Builder, Value
+from .core import DTYPES, Value
+from .builder import Builder
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)  # Slice end meaning "past the start" for a negative step

@@ -17,8 +17,7 @@ from ..ir.ops import DTYPE_CODE
 from . import init as I
 from . import random as R
 from .calls import Ctx, bind_call
-from .lowerer import is_shape_list
-from .values import Symbol, describe
+from .values import LayerRecord, Symbol, describe, is_shape_list
 
 EPS = 1e-7  # Keras' epsilon: probabilities are clipped to [EPS, 1 - EPS] in the losses
 
@@ -67,7 +66,6 @@ def _weighted(ctx: Ctx) -> str:
 
 
 def _record(ctx: Ctx, name: str, out: Value, n_params: int = 0) -> Value:
-    from .lowerer import LayerRecord
     if ctx.sc.kind in ("model", "layer"):
         ctx.lw.layers.append(LayerRecord(name, ctx.name, str(out.type), n_params))
     return out

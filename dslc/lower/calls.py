@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from ..diagnostics import DslTypeError, Span, did_you_mean
 from ..frontend import ast as A
-from ..ir.core import Builder, Value
+from ..ir.core import Value
+from ..ir.builder import Builder
 from .values import ModelResult, Symbol, describe
 
 

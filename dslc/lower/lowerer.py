@@ -14,10 +14,11 @@ import numpy as np
 
 from ..diagnostics import DslError, DslNameError, DslShapeError, DslTypeError, Span, did_you_mean, source_text
 from ..frontend import ast as A
-from ..ir.core import DTYPES, Builder, Graph, TensorType, Value
+from ..ir.core import DTYPES, Graph, TensorType, Value
+from ..ir.builder import Builder
 from .init import generate
 from .program import Program
-from .values import DeclRef, ModelResult, OptimizerSpec, Symbol, describe
+from .values import DeclRef, LayerRecord, ModelResult, OptimizerSpec, Symbol, describe, is_shape_list
 
 # Bare words that name options rather than values.
 WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal", "he_uniform", "he_normal",
@@ -61,15 +62,6 @@ class Scope:
         self.layer_counts[key] = n
         name = key if n == 1 else f"{key}_{n}"
         return f"{self.prefix}.{name}" if self.prefix else name
-
-
-@dataclass
-class LayerRecord:
-    """One row of `dslc summary`."""
-    name: str
-    kind: str
-    out: str
-    params: int
 
 
 class Lowerer:
@@ -645,14 +637,6 @@ def _reshape_hint(value: Value, want: tuple, span: Span) -> str | None:
     if len(want) == 2:
         return f"flatten it first: flatten({text})"
     return f"reshape it first: reshape({text}, [-1, {', '.join(map(str, need))}])"
-
-
-def is_shape_list(items: list) -> bool:
-    """`[N, 100]`: integers and at least one i64 scalar (a dim used as a value)."""
-    def dim(x):
-        return isinstance(x, Value) and x.dtype == "i64" and x.rank == 0
-    return any(dim(x) for x in items) and all(dim(x) or isinstance(x, int) and not isinstance(x, bool)
-                                               for x in items)
 
 
 def add_dims(env: dict, p: A.Param, value) -> None:

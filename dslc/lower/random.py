@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.core import Builder, Value
+from ..ir.core import Value
+from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
 
 GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters over the whole range

@@ -8,14 +8,15 @@ import numpy as np
 from ..autodiff import grad
 from ..diagnostics import DslError, DslTypeError, did_you_mean
 from ..frontend import ast as A
-from ..ir.core import DTYPES, Builder, Graph, TensorType, Value
+from ..ir.core import DTYPES, Graph, TensorType, Value
+from ..ir.builder import Builder
 from ..ir.verify import verify
 from ..passes import optimize
 from ..passes.precision import to_float64
 from ..train.optimizers import apply_updates
-from .lowerer import LayerRecord, Lowerer, Options, Scope, add_dims, input_type, unbound_output
+from .lowerer import Lowerer, Options, Scope, add_dims, input_type, unbound_output
 from .program import Program
-from .values import ModelResult, OptimizerSpec
+from .values import LayerRecord, ModelResult, OptimizerSpec
 
 # What a step compiles to: `train` (the default) is the whole step, forward + backward + update;
 # `gradients` stops before the update; `apply` is the update alone; `forward` is the loss alone.

@@ -59,3 +59,20 @@ def describe(v: object) -> str:
     if isinstance(v, tuple):
         return f"{len(v)} values"
     return type(v).__name__
+
+
+@dataclass
+class LayerRecord:
+    """One row of `dslc summary`."""
+    name: str
+    kind: str
+    out: str
+    params: int
+
+
+def is_shape_list(items: list) -> bool:
+    """`[N, 100]`: integers and at least one i64 scalar (a dim used as a value)."""
+    def dim(x):
+        return isinstance(x, Value) and x.dtype == "i64" and x.rank == 0
+    return any(dim(x) for x in items) and all(dim(x) or isinstance(x, int) and not isinstance(x, bool)
+                                               for x in items)

@@ -11,14 +11,30 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import api
+import onnx
+
 from ..emit.onnx_emit import to_onnx
+from ..lower.lowerer import Options
+from ..lower.targets import Lowered, lower_target
 from ..train.plan import Measure, Plan
 from .plots import image_grid, latent_grid_points, save_latent_grid
 from .session import make_session
 
 EVAL_BATCH = 500
 N_CLASSES = 10
+
+
+def lower(program, name: str, emit: str | None = None, seed: int = 0) -> Lowered:
+    return lower_target(program, name, Options(seed=seed), emit)
+
+
+def compile_target(program, name: str, emit: str | None = None, seed: int = 0,
+                   weights_as_inputs: bool = False) -> onnx.ModelProto:
+    """A target of the program as ONNX; `weights_as_inputs` lists its weights as inputs too (with
+    their initial values as defaults), so one session serves any weights."""
+    low = lower(program, name, emit, seed)
+    low.graph.params_are_inputs |= weights_as_inputs
+    return to_onnx(low.graph)
 
 
 @dataclass
@@ -34,9 +50,8 @@ class Graphs:
     def session(self, name: str, emit: str | None = None):
         key = (name, emit)
         if key not in self.sessions:
-            low = api.lower(self.program, name, emit=emit, seed=self.seed)
-            low.graph.params_are_inputs = True
-            self.sessions[key] = make_session(to_onnx(low.graph), self.device)
+            model = compile_target(self.program, name, emit, self.seed, weights_as_inputs=True)
+            self.sessions[key] = make_session(model, self.device)
         return self.sessions[key]
 
 

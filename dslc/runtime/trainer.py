@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import api
 from ..diagnostics import DslError
 from ..emit.onnx_emit import to_onnx
 from ..fileio import save_npz, save_onnx
+from ..lower.program import load_program
 from ..train import plan as P
 from . import evaluate as E
 from .datasets import PREPROCESS, batches, describe_source, epoch_order, load_dataset, require_fields
@@ -111,7 +111,7 @@ class Options:
 def train(path, **options) -> list[dict]:
     """Train the file's first `train` declaration (or `target`); returns the per-epoch history."""
     o = Options(**options)
-    program = api.load(path, o.import_path)
+    program = load_program(path, o.import_path)
     plan = P.plan(program, o.target)
     for key in ("epochs", "batch", "seed"):
         value = getattr(o, key)
@@ -161,7 +161,7 @@ class Trainer:
     def _compile(self) -> None:
         self.models, self.runners, self.input_dtypes = {}, [], {}
         for s in self.plan.steps:
-            model = api.compile(self.program, s.name, seed=self.plan.seed)
+            model = E.compile_target(self.program, s.name, seed=self.plan.seed)
             self.models[s.name] = model
             self.runners.append(StepRunner(model, self.device))
             self.input_dtypes[s.name] = {i.name: _NP_OF.get(i.type.tensor_type.elem_type) for i in model.graph.input}
@@ -404,7 +404,7 @@ class Trainer:
         """The trained model as an inference .onnx (weights inside) and every weight as an .npz."""
         weights = {k: host(v) for k, v in state.items() if k.split(".")[0] in self.program.decls}
         save_npz(self.out / "weights.npz", weights)
-        low = api.lower(self.program, self.plan.export, seed=self.plan.seed)
+        low = E.lower(self.program, self.plan.export, seed=self.plan.seed)
         for param in low.graph.params:
             if param.value.name in weights:
                 param.init = weights[param.value.name]

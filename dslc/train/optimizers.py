@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ir.core import Builder, Value
+from ..ir.core import Value
+from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
 from .schedules import learning_rate
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..ir.core import Builder, Value
+from ..ir.core import Value
+from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
 
 # name -> (parameter, default or None when required, check, what the check wants)
