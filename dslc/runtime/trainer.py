@@ -177,11 +177,12 @@ class Trainer:
 
     def _load_data(self) -> None:
         p = self.plan
-        self.log(f"data: {describe_source(p.dataset, self.o.data)}")
-        self.train_fields = Fields(p, load_dataset(p.dataset, "train", self.o.data), "the training split")
+        source = describe_source(p.dataset, self.o.data)
+        self.log(f"data: {source}")
+        self.train_fields = Fields(p, load_dataset(p.dataset, "train", self.o.data), f"the training split of {source}")
         needs_test = p.evaluate is not None and p.evaluate.kind != "generated_accuracy" or \
             any(m.kind == "reconstructions" for m in p.show)
-        self.test_fields = Fields(p, load_dataset(p.dataset, "test", self.o.data), "the test split") \
+        self.test_fields = Fields(p, load_dataset(p.dataset, "test", self.o.data), f"the test split of {source}") \
             if needs_test else self.train_fields
         self._check_feeds()
 
@@ -327,10 +328,9 @@ class Trainer:
                 self._write_history(history)
                 shown = {k: v for k, v in row.items() if k not in ("epoch", "steps", "seconds")}
                 self.log(epoch_line(epoch + 1, p.epochs, shown, row["seconds"], per_epoch - first))
-        if self.interrupted:
-            self.log(f"interrupted at step {global_step}: checkpoint written to {self.out / CHECKPOINT}; "
-                     f"continue with --resume")
-            raise KeyboardInterrupt
+        if self.interrupted:  # the CLI prints the message on stderr and exits 130
+            raise KeyboardInterrupt(f"interrupted at step {global_step}: checkpoint written to "
+                                    f"{self.out / CHECKPOINT}; continue with --resume")
         self._export(state)
         return history
 
