@@ -171,6 +171,11 @@ def assert_same_run(out: Path, ref: Path) -> None:
     assert same_arrays(state, ref_state)
     assert meta == ref_meta and meta["global_step"] == K
     assert (out / "Net.onnx").read_bytes() == (ref / "Net.onnx").read_bytes()
+    assert history(out) == history(ref)  # a resumed epoch's loss covers the whole epoch
+
+
+def history(out: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in json.loads((out / "history.json").read_text())]
 
 
 @pytest.mark.parametrize("k", [3, 8])
@@ -244,7 +249,7 @@ def _resume_and_compare(capsys, dsl, data, out, ref) -> None:
     assert same_arrays(npz(out / "weights.npz"), npz(ref / "weights.npz"))
     assert same_arrays(checkpoint(out)[0], checkpoint(ref)[0])
     assert checkpoint(out)[1] == checkpoint(ref)[1]
-    assert json.loads((out / "history.json").read_text())[-1]["epoch"] == EPOCHS
+    assert history(out) == history(ref) and history(out)[-1]["epoch"] == EPOCHS
 
 
 def test_sigint_subprocess_exits_130_then_resumes_bit_identical(long_reference, capsys):
@@ -346,12 +351,19 @@ def _bad_data(kind: str, tmp: Path) -> tuple[Path, list[str]]:
         rng = np.random.default_rng(0)
         np.savez(tmp / "xy.npz", x=rng.integers(0, 255, (64, 28, 28), dtype=np.uint8), y=np.zeros(64, np.uint8))
         return tmp / "xy.npz", [str(tmp / "xy.npz"), "no field `label`", "its fields are: x, y"]
+    if kind == "label_minus_1":  # the message names the bad label, not the largest
+        label = np.where(np.arange(256) % 2, 5, -1).astype(np.int64)
+        return write_npz(tmp / "neg.npz", label=label), ["label -1", "outside [0, 10)"]
+    if kind == "empty":
+        data = write_npz(tmp / "empty.npz", image=np.zeros((0, 28, 28), np.uint8), label=np.zeros(0, np.uint8))
+        return data, [str(data), "holds no examples"]
     if kind == "label_12":
         return write_npz(tmp / "l12.npz", label=np.full(256, 12, np.uint8)), ["label 12", "outside [0, 10)"]
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated", "magic", "not_zip", "no_field", "label_12"])
+@pytest.mark.parametrize("kind", ["missing", "truncated", "magic", "not_zip", "no_field", "label_12",
+                                  "label_minus_1", "empty"])
 def test_bad_data(setup, capsys, tmp_path, kind):
     dsl, _, out = setup
     data, words = _bad_data(kind, tmp_path)
