@@ -110,6 +110,8 @@ class Options:
 def train(path, **options) -> list[dict]:
     """Train the file's first `train` declaration (or `target`); returns the per-epoch history."""
     o = Options(**options)
+    if o.data:  # a checkpoint records the data as an absolute path: resumable from any folder
+        o.data = str(Path(o.data).expanduser().absolute())
     program = api.load(path)
     plan = P.plan(program, o.target)
     for key in ("epochs", "batch", "seed"):
