@@ -253,6 +253,7 @@ def _resume_and_compare(capsys, dsl, data, out, ref) -> None:
     assert history(out) == history(ref) and history(out)[-1]["epoch"] == EPOCHS
 
 
+@pytest.mark.slow
 def test_sigint_subprocess_exits_130_then_resumes_bit_identical(long_reference, capsys):
     dsl, data, ref = long_reference
     out = ref.parent / "out"
@@ -269,6 +270,7 @@ def test_sigint_subprocess_exits_130_then_resumes_bit_identical(long_reference, 
     _resume_and_compare(capsys, dsl, data, out, ref)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_bit_identical(long_reference, capsys):
     dsl, data, ref = long_reference
     out = ref.parent / "out"
@@ -312,6 +314,17 @@ def test_resume_with_the_data_named_another_way(started, capsys, monkeypatch):
     code, stdout, err = train(capsys, dsl, data.name, out, "--resume", "--max-steps", 4)
     assert code == 0, err
     assert "resuming from step 3" in stdout
+
+
+def test_resume_from_a_damaged_checkpoint(started, capsys):
+    dsl, data, out = started
+    raw = (out / T.CHECKPOINT).read_bytes()
+    (out / T.CHECKPOINT).write_bytes(raw[: len(raw) // 2])
+    before = snapshot(out)
+    code, _, err = train(capsys, dsl, data, out, "--resume")
+    assert code == 1
+    one_error(err, "cannot read the checkpoint", str(out / T.CHECKPOINT))
+    assert snapshot(out) == before
 
 
 def test_resume_without_checkpoint(setup, capsys):
