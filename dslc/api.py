@@ -64,11 +64,14 @@ def compile(source: Program | str | Path, target: str, **options) -> onnx.ModelP
 
 
 def check_file(path: str | Path, import_path=None) -> list[str]:
-    """Parse and type-check every target of a file; returns the target names or raises DslError.
-    No weight is allocated: a 2 GB layer checks in milliseconds."""
+    """Parse and type-check every target and every `train` declaration of a file; returns the target
+    names or raises DslError. No weight is allocated: a 2 GB layer checks in milliseconds."""
+    from .train.plan import plan
     prog = load(path, import_path)
     for t in prog.targets():
         lower(prog, t, weights=False)
+    for name in prog.trainings():  # a mistake in a `train` declaration shows up before `dslc train`
+        plan(prog, name)
     return prog.targets()
 
 

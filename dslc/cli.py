@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     except DslError as e:
         print(e.render(), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # `dslc train` says where its checkpoint is and how to resume
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
     except MemoryError as e:  # numpy says how much it wanted: "Unable to allocate 93.1 GiB for ..."
         print(f"error: out of memory{': ' + str(e) if str(e) else ''}", file=sys.stderr)

@@ -111,6 +111,8 @@ class Options:
 def train(path, **options) -> list[dict]:
     """Train the file's first `train` declaration (or `target`); returns the per-epoch history."""
     o = Options(**options)
+    if o.data:  # a checkpoint records the data as an absolute path: resumable from any folder
+        o.data = str(Path(o.data).expanduser().absolute())
     program = load_program(path, o.import_path)
     plan = P.plan(program, o.target)
     for key in ("epochs", "batch", "seed"):
@@ -178,11 +180,14 @@ class Trainer:
 
     def _load_data(self) -> None:
         p = self.plan
-        self.log(f"data: {describe_source(p.dataset, self.o.data)}")
-        self.train_fields = Fields(p, load_dataset(p.dataset, "train", self.o.data), "the training split")
+        source = describe_source(p.dataset, self.o.data)
+        self.log(f"data: {source}")
+        self.train_fields = Fields(p, load_dataset(p.dataset, "train", self.o.data), f"the training split of {source}")
+        if self.train_fields.n == 0:
+            raise DslError(f"the training split of {source} holds no examples")
         needs_test = p.evaluate is not None and p.evaluate.kind != "generated_accuracy" or \
             any(m.kind == "reconstructions" for m in p.show)
-        self.test_fields = Fields(p, load_dataset(p.dataset, "test", self.o.data), "the test split") \
+        self.test_fields = Fields(p, load_dataset(p.dataset, "test", self.o.data), f"the test split of {source}") \
             if needs_test else self.train_fields
         self._check_feeds()
 
@@ -208,12 +213,14 @@ class Trainer:
                 if value.dtype.kind == "i" and value.ndim == 1:  # class numbers
                     labels = self.train_fields.get(src, np.arange(self.train_fields.n)).astype(np.int64)
                     if labels.min() < 0 or labels.max() >= N_CLASSES:
-                        raise DslError(f"the field `{src}` holds the label {int(labels.max())}, outside "
+                        bad = int(labels.min() if labels.min() < 0 else labels.max())
+                        raise DslError(f"the field `{src}` holds the label {bad}, outside "
                                        f"[0, {N_CLASSES})", s.span, "labels must be class numbers 0-9")
 
     # ---- checkpoints
-    def _meta(self, global_step: int, epoch: int, batch_index: int) -> dict:
-        return {"global_step": global_step, "epoch": epoch, "batch_index": batch_index,
+    def _meta(self, global_step: int, epoch: int, batch_index: int, sums: dict | None = None) -> dict:
+        # sums: the epoch's running loss and metric totals, so a resumed epoch reports the whole epoch
+        return {"global_step": global_step, "epoch": epoch, "batch_index": batch_index, "sums": sums or {},
                 "settings": self.plan.settings(), "graphs": self.fingerprint,
                 "data": describe_source(self.plan.dataset, self.o.data)}
 
@@ -277,11 +284,13 @@ class Trainer:
         if o.resume:
             arrays, meta = self._load_checkpoint()
             global_step, start_epoch, start_batch = meta["global_step"], meta["epoch"], meta["batch_index"]
+            start_sums = meta.get("sums")  # None in a checkpoint written before sums were kept
             history = [h for h in read_history(history_path) if h["epoch"] <= start_epoch] \
                 if history_path.is_file() else []
             self.log(f"resuming from step {global_step} (epoch {start_epoch + 1}, batch {start_batch})")
         else:
             arrays, global_step, start_epoch, start_batch, history = self._initial_state(), 0, 0, 0, []
+            start_sums = {}
         runner0 = self.runners[0]
         state = {k: runner0.device_value(v) for k, v in arrays.items()}
         n = self.train_fields.n
@@ -293,7 +302,8 @@ class Trainer:
         with self._catch_interrupt():
             for epoch in range(start_epoch, p.epochs):
                 order = epoch_order(n, p.seed, epoch)
-                sums: dict[str, float] = {}
+                restored = epoch == start_epoch and start_sums is not None
+                sums: dict[str, float] = dict(start_sums) if restored else {}
                 started = time.monotonic()
                 first = next_batch = start_batch if epoch == start_epoch else 0
                 stopped = False
@@ -314,13 +324,13 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
                     bar.update(1, **{k.split("/")[-1]: v for k, v in reports.items()})
                     if time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                        self._save_checkpoint(state, self._meta(global_step, epoch, next_batch))
+                        self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums))
                         last_save = time.monotonic()
                 bar.close()
                 if stopped:
-                    self._save_checkpoint(state, self._meta(global_step, epoch, next_batch))
+                    self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums))
                     break
-                seen = n - first * p.batch
+                seen = n if restored else n - first * p.batch
                 row = {"epoch": epoch + 1, "steps": global_step, **{k: v / seen for k, v in sums.items()},
                        "seconds": round(time.monotonic() - started, 2)}
                 row.update(self._evaluate(state, epoch + 1))
@@ -330,10 +340,9 @@ class Trainer:
                 self._write_history(history)
                 shown = {k: v for k, v in row.items() if k not in ("epoch", "steps", "seconds")}
                 self.log(epoch_line(epoch + 1, p.epochs, shown, row["seconds"], per_epoch - first))
-        if self.interrupted:
-            self.log(f"interrupted at step {global_step}: checkpoint written to {self.out / CHECKPOINT}; "
-                     f"continue with --resume")
-            raise KeyboardInterrupt
+        if self.interrupted:  # the CLI prints the message on stderr and exits 130
+            raise KeyboardInterrupt(f"interrupted at step {global_step}: checkpoint written to "
+                                    f"{self.out / CHECKPOINT}; continue with --resume")
         self._export(state)
         return history
 
