@@ -18,8 +18,8 @@ NEXT = ".next"
 
 
 class StepRunner:
-    def __init__(self, model: onnx.ModelProto, device: str):
-        self.session = make_session(model, device)
+    def __init__(self, model: onnx.ModelProto, device: str, threads: int | None = None):
+        self.session = make_session(model, device, threads)
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         outputs = [o.name for o in self.session.get_outputs()]
         self.state_outputs = [o for o in outputs if o.endswith(NEXT) and o != "step.next"]

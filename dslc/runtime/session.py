@@ -65,8 +65,10 @@ def _flush_c_stdio() -> None:
         pass
 
 
-def _options() -> ort.SessionOptions:
+def _options(threads: int | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
     opts.log_severity_level = 4  # fatal only: its errors reach the user as DslErrors, once
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return opts
@@ -111,8 +113,9 @@ def _model_bytes(model) -> bytes | str:
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
-def make_session(model, device: str = "auto") -> ort.InferenceSession:
-    """A session for `model` (ModelProto or path) on "cpu", "cuda" or "auto" (CUDA if usable)."""
+def make_session(model, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+    """A session for `model` (ModelProto or path) on "cpu", "cuda" or "auto" (CUDA if usable);
+    `threads`: onnxruntime's intra-op threads (default: its own choice, one per core)."""
     if device not in DEVICES:
         raise DslError(f"unknown device `{device}`", hint="use one of: " + ", ".join(DEVICES))
     if isinstance(model, (str, Path)) and not Path(model).is_file():
@@ -123,7 +126,7 @@ def make_session(model, device: str = "auto") -> ort.InferenceSession:
                        hint="use --device cpu or auto")
     providers = [CUDA, CPU] if use_cuda else [CPU]
     try:
-        return ort.InferenceSession(_model_bytes(model), _options(), providers=providers)
+        return ort.InferenceSession(_model_bytes(model), _options(threads), providers=providers)
     except (_ortx.Fail, _ortx.InvalidGraph, _ortx.InvalidProtobuf, _ortx.NotImplemented,
             _ortx.InvalidArgument, _ortx.RuntimeException) as e:
         raise _ort_error("could not load the model", e) from None
