@@ -243,20 +243,25 @@ def _train(args) -> int:
 def _launch(args) -> int:
     """`--workers K`: this same command again, as K MPI ranks started by mpiexec (the mpich wheel's)."""
     import importlib.util
-    import shutil
     import subprocess
-    import sysconfig
     from pathlib import Path
 
-    from .runtime.distributed import MPI_EXTRA
-    beside = Path(sysconfig.get_path("scripts")) / "mpiexec"
-    mpiexec = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    from .runtime.distributed import MPI_EXTRA, find_mpiexec
+    mpiexec = find_mpiexec()
     if importlib.util.find_spec("mpi4py") is None or mpiexec is None:
         missing = "mpi4py" if importlib.util.find_spec("mpi4py") is None else "mpiexec"
         raise DslError(f"--workers {args.workers} needs {missing}, which is not installed", hint=MPI_EXTRA)
     env = {**os.environ, "DSLC_WORKERS": str(args.workers)}
-    cmd = [mpiexec, "-n", str(args.workers), sys.executable, "-m", "dslc.cli", *args.argv]
-    return subprocess.run(cmd, env=env).returncode
+    # MPICH's hydra would kill every rank the moment one exits; without its clean-up the others reach
+    # the collective timeout and name the rank that stopped (then MPI_Abort ends them all).
+    hydra = (Path(mpiexec).parent / "mpiexec.hydra").exists() or "hydra" in Path(mpiexec).resolve().name
+    cmd = [mpiexec, *(["-disable-auto-cleanup"] if hydra else []), "-n", str(args.workers),
+           sys.executable, "-m", "dslc.cli", *args.argv]
+    code = subprocess.run(cmd, env=env).returncode
+    if code:
+        print(f"error: the {args.workers} workers stopped (mpiexec exit status {code}); the last complete "
+              f"checkpoint is intact: continue with --resume, with any --workers", file=sys.stderr)
+    return code
 
 
 def _npz_name(path: str) -> str:

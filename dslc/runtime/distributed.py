@@ -44,6 +44,15 @@ def under_launcher() -> bool:
     return any(os.environ.get(v) for v in _LAUNCHER_VARS)
 
 
+def find_mpiexec() -> str | None:
+    """The mpiexec beside this Python (where the mpich wheel installs it), else the one on PATH."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+    beside = Path(sysconfig.get_path("scripts")) / "mpiexec"
+    return str(beside) if beside.is_file() else shutil.which("mpiexec")
+
+
 def world():
     """COMM_WORLD when this process is one of several MPI ranks, else None (mpi4py is imported, and
     MPI initialized, only when a launcher's variables say there is a world to join)."""
@@ -160,6 +169,7 @@ class DistributedStepRunner:
                      f"timed out after {self.timeout:g} s: {who} (a rank died or hangs)",
                      hint="the last complete checkpoint is intact: rerun with --resume, with any --workers")
         print(e.render(), file=sys.stderr, flush=True)
+        time.sleep(0.5)  # mpiexec forwards the message before Abort tears the job down
         self.comm.Abort(1)
 
 
