@@ -258,7 +258,7 @@ def _launch(args) -> int:
     cmd = [mpiexec, *(["-disable-auto-cleanup"] if hydra else []), "-n", str(args.workers),
            sys.executable, "-m", "dslc.cli", *args.argv]
     code = subprocess.run(cmd, env=env).returncode
-    if code:
+    if code not in (0, 130):  # 130: Ctrl-C, which the ranks reported themselves
         print(f"error: the {args.workers} workers stopped (mpiexec exit status {code}); the last complete "
               f"checkpoint is intact: continue with --resume, with any --workers", file=sys.stderr)
     return code
