@@ -116,9 +116,7 @@ class DistributedStepRunner:
         if self._fault and self._fault[0] == step:
             _act(self._fault[1])
         mine, n, total = _shard_data(data, self.rank, self.size)
-        # Layout: reports (scalars), gradients (shaped as their weights), statistics (as their state).
-        shapes = [()] * len(self.reports) + [tuple(np.shape(host(state[g[5:]]))) for g in self.gradients] + \
-                 [tuple(np.shape(host(state[s[:-5]]))) for s in self.stats]
+        shapes = self._layout(state)
         buf = np.zeros(sum(int(np.prod(s)) for s in shapes), np.float64)
         if n:
             ours = {**counters, "seed": rank_seed(counters.get("seed", 0), self.rank)}
@@ -136,12 +134,20 @@ class DistributedStepRunner:
             at += size
         k = len(self.reports)
         reports = {name: np.float32(v) for name, v in zip(self.reports, parts[:k])}
-        grads = {name: v.astype(np.float32) for name, v in zip(self.gradients, parts[k:k + len(self.gradients)])}
-        stats = {s[:-5]: self.device_value(v.astype(host(state[s[:-5]]).dtype))
-                 for s, v in zip(self.stats, parts[k + len(self.gradients):])}
+        back = [v.astype(t) for v, t in zip(parts[k:], self._dtypes)]
+        grads = dict(zip(self.gradients, back))
+        stats = {s[:-5]: self.device_value(v) for s, v in zip(self.stats, back[len(self.gradients):])}
         _, new = self.apply.run(grads, state, counters)
         new.update(stats)
         return reports, new
+
+    def _layout(self, state: dict) -> list[tuple]:
+        """The buffer's parts: reports (scalars), gradients (as their weights), statistics (as their state)."""
+        if not hasattr(self, "_shapes"):
+            held = [host(state[g[5:]]) for g in self.gradients] + [host(state[s[:-5]]) for s in self.stats]
+            self._shapes = [()] * len(self.reports) + [v.shape for v in held]
+            self._dtypes = [v.dtype for v in held]  # what the gradients and statistics go back to
+        return self._shapes
 
     def _allreduce(self, buf: np.ndarray, step: int) -> None:
         """buf summed over the ranks, in place, or a clear error and Abort after the timeout."""
