@@ -29,11 +29,11 @@ from ..diagnostics import DslError
 from ..emit.onnx_emit import to_onnx
 from ..fileio import save_npz, save_onnx
 from ..train import plan as P
+from . import distributed
 from . import evaluate as E
 from .datasets import PREPROCESS, batches, describe_source, epoch_order, load_dataset, require_fields
 from .plots import plot_curves
 from .progress import EpochProgress, epoch_line, read_history, write_history
-from . import distributed
 from .runner import StepRunner, host
 from .session import _dims, cuda_available, type_str
 
