@@ -123,12 +123,15 @@ def _summary_table(low: Lowered) -> str:
 
 def train(path: str | Path, *, target: str | None = None, data: str | None = None, epochs: int | None = None,
           batch: int | None = None, seed: int | None = None, device: str = "auto", out: str | Path | None = None,
-          resume: bool = False, max_steps: int | None = None, import_path=None, log=print) -> list[dict]:
+          resume: bool = False, max_steps: int | None = None, import_path=None, log=print,
+          collective_timeout: float = 120.0) -> list[dict]:
     """Run the file's first `train` declaration (or `target`): returns the per-epoch history (the
-    rows of history.json). Writes checkpoints, curves, pictures and the trained model into `out`."""
+    rows of history.json). Writes checkpoints, curves, pictures and the trained model into `out`.
+    Started as several MPI ranks (`mpiexec -n K`), it trains data-parallel (runtime/distributed.py)."""
     from .runtime.trainer import train as run_training
     return run_training(path, target=target, data=data, epochs=epochs, batch=batch, seed=seed, device=device,
-                        out=out, resume=resume, max_steps=max_steps, import_path=import_path, log=log)
+                        out=out, resume=resume, max_steps=max_steps, import_path=import_path, log=log,
+                        collective_timeout=collective_timeout)
 
 
 def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray], *, target: str | None = None,

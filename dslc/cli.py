@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a us
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -20,6 +21,7 @@ from .fileio import check_output_file, save_npz
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except DslError as e:
@@ -93,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--max-steps", type=int, default=None, metavar="K", help="stop at global step K")
     _import_path(t)
+    t.add_argument("--workers", type=int, default=None, metavar="K",
+                   help="data-parallel over K processes on this machine (re-runs itself under mpiexec -n K; "
+                        "needs the mpi extra); under your own mpiexec, K is the number of ranks")
+    t.add_argument("--collective-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="with several workers: how long a rank waits for the others at a step before it "
+                        "names the ones that did not answer and stops every rank (default 120)")
     t.set_defaults(func=_train)
     return p
 
@@ -220,10 +228,41 @@ def _run(args) -> int:
 
 
 def _train(args) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise DslError(f"--workers must be a positive integer, got {args.workers}")
+    if args.collective_timeout <= 0:
+        raise DslError(f"--collective-timeout must be positive, got {args.collective_timeout:g}")
+    from .runtime.distributed import under_launcher
+    if args.workers and args.workers > 1 and not under_launcher():
+        return _launch(args)
     api.train(args.file, target=args.target, data=args.data, epochs=args.epochs, batch=args.batch, seed=args.seed,
               device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps,
-              import_path=args.import_path)
+              import_path=args.import_path, collective_timeout=args.collective_timeout)
     return 0
+
+
+def _launch(args) -> int:
+    """`--workers K`: this same command again, as K MPI ranks started by mpiexec (the mpich wheel's)."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    from .runtime.distributed import MPI_EXTRA, find_mpiexec
+    mpiexec = find_mpiexec()
+    if importlib.util.find_spec("mpi4py") is None or mpiexec is None:
+        missing = "mpi4py" if importlib.util.find_spec("mpi4py") is None else "mpiexec"
+        raise DslError(f"--workers {args.workers} needs {missing}, which is not installed", hint=MPI_EXTRA)
+    env = {**os.environ, "DSLC_WORKERS": str(args.workers)}
+    # MPICH's hydra would kill every rank the moment one exits; without its clean-up the others reach
+    # the collective timeout and name the rank that stopped (then MPI_Abort ends them all).
+    hydra = (Path(mpiexec).parent / "mpiexec.hydra").exists() or "hydra" in Path(mpiexec).resolve().name
+    cmd = [mpiexec, *(["-disable-auto-cleanup"] if hydra else []), "-n", str(args.workers),
+           sys.executable, "-m", "dslc.cli", *args.argv]
+    code = subprocess.run(cmd, env=env).returncode
+    if code not in (0, 130):  # 130: Ctrl-C, which the ranks reported themselves
+        print(f"error: the {args.workers} workers stopped (mpiexec exit status {code}); the last complete "
+              f"checkpoint is intact: continue with --resume, with any --workers", file=sys.stderr)
+    return code
 
 
 def _npz_name(path: str) -> str:

@@ -20,9 +20,9 @@ NEXT = ".next"
 
 
 class StepRunner:
-    def __init__(self, model: onnx.ModelProto, device: str, tune: bool = True):
-        self.model, self.device = model, device
-        self.session = make_session(model, device)
+    def __init__(self, model: onnx.ModelProto, device: str, threads: int | None = None, tune: bool = True):
+        self.model, self.device, self.threads = model, device, threads
+        self.session = make_session(model, device, threads=threads)
         self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.tuning = None if tune and not self.on_cuda else "default"  # chosen on the first batch
         outputs = [o.name for o in self.session.get_outputs()]
@@ -59,7 +59,7 @@ class StepRunner:
         """Pick the faster session settings for this graph by timing both on the first batch (a step
         is a pure function: running it more often changes nothing)."""
         sessions = {"default": self.session,
-                    **{k: make_session(self.model, self.device, k) for k in TUNINGS if k != "default"}}
+                    **{k: make_session(self.model, self.device, k, self.threads) for k in TUNINGS if k != "default"}}
         times = {k: [] for k in sessions}
         for k, sess in sessions.items():
             sess.run(None, feeds)  # warm-up

@@ -71,8 +71,10 @@ def _flush_c_stdio() -> None:
 TUNINGS = {"default": (), "no-nchwc": ("NchwcTransformer",)}
 
 
-def _options() -> ort.SessionOptions:
+def _options(threads: int | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
     opts.log_severity_level = 4  # fatal only: its errors reach the user as DslErrors, once
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.set_denormal_as_zero", "1")
@@ -118,9 +120,10 @@ def _model_bytes(model) -> bytes | str:
     raise TypeError(f"expected an onnx.ModelProto or a path, got {type(model).__name__}")
 
 
-def make_session(model, device: str = "auto", tuning: str = "default") -> ort.InferenceSession:
+def make_session(model, device: str = "auto", tuning: str = "default", threads: int | None = None
+                 ) -> ort.InferenceSession:
     """A session for `model` (ModelProto or path) on "cpu", "cuda" or "auto" (CUDA if usable), with
-    one of the TUNINGS."""
+    one of the TUNINGS; `threads`: onnxruntime's intra-op threads (default: one per core)."""
     if device not in DEVICES:
         raise DslError(f"unknown device `{device}`", hint="use one of: " + ", ".join(DEVICES))
     if isinstance(model, (str, Path)) and not Path(model).is_file():
@@ -131,7 +134,7 @@ def make_session(model, device: str = "auto", tuning: str = "default") -> ort.In
                        hint="use --device cpu or auto")
     providers = [CUDA, CPU] if use_cuda else [CPU]
     try:
-        return ort.InferenceSession(_model_bytes(model), _options(), providers=providers,
+        return ort.InferenceSession(_model_bytes(model), _options(threads), providers=providers,
                                     disabled_optimizers=list(TUNINGS[tuning]))
     except (_ortx.Fail, _ortx.InvalidGraph, _ortx.InvalidProtobuf, _ortx.NotImplemented,
             _ortx.InvalidArgument, _ortx.RuntimeException) as e:

@@ -29,6 +29,7 @@ from ..emit.onnx_emit import to_onnx
 from ..fileio import save_npz, save_onnx
 from ..lower.program import load_program
 from ..train import plan as P
+from . import distributed
 from . import evaluate as E
 from .datasets import PREPROCESS, batches, describe_source, epoch_order, load_dataset, require_fields
 from .plots import plot_curves
@@ -106,6 +107,8 @@ class Options:
     max_steps: int | None = None
     import_path: object = None
     log: object = print
+    comm: object = None  # MPI: several ranks train data-parallel (distributed.py); found by train()
+    collective_timeout: float = 120.0
 
 
 def train(path, **options) -> list[dict]:
@@ -113,6 +116,7 @@ def train(path, **options) -> list[dict]:
     o = Options(**options)
     if o.data:  # a checkpoint records the data as an absolute path: resumable from any folder
         o.data = str(Path(o.data).expanduser().absolute())
+    o.comm = o.comm or distributed.world()
     program = load_program(path, o.import_path)
     plan = P.plan(program, o.target)
     for key in ("epochs", "batch", "seed"):
@@ -149,6 +153,9 @@ class Trainer:
         self.program, self.plan, self.o, self.out, self.log = program, plan, o, out, o.log
         self.device = self._device(o.device)
         self.interrupted = False
+        self.rank = o.comm.Get_rank() if o.comm else 0  # only rank 0 writes files and prints
+        if self.rank:
+            self.log = lambda *args, **kwargs: None
 
     @staticmethod
     def _device(device: str) -> str:
@@ -165,7 +172,9 @@ class Trainer:
         for s in self.plan.steps:
             model = E.compile_target(self.program, s.name, seed=self.plan.seed)
             self.models[s.name] = model
-            self.runners.append(StepRunner(model, self.device))
+            self.runners.append(distributed.DistributedStepRunner(
+                self.program, s.name, self.device, self.plan.seed, self.o.comm, self.o.collective_timeout)
+                if self.o.comm else StepRunner(model, self.device))
             self.input_dtypes[s.name] = {i.name: _NP_OF.get(i.type.tensor_type.elem_type) for i in model.graph.input}
         self.fingerprint = {s: hashlib.sha256(m.SerializeToString()).hexdigest()[:16] for s, m in self.models.items()}
 
@@ -225,6 +234,8 @@ class Trainer:
                 "data": describe_source(self.plan.dataset, self.o.data)}
 
     def _save_checkpoint(self, state: dict, meta: dict) -> None:
+        if self.rank:
+            return
         arrays = {f"state/{k}": host(v) for k, v in state.items()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         try:
@@ -307,7 +318,7 @@ class Trainer:
                 started = time.monotonic()
                 first = next_batch = start_batch if epoch == start_epoch else 0
                 stopped = False
-                bar = EpochProgress(per_epoch, epoch + 1, p.epochs)
+                bar = EpochProgress(per_epoch, epoch + 1, p.epochs, enabled=False if self.rank else None)
                 if first:
                     bar.update(first)
                 for b, idx in enumerate(batches(n, p.batch, order)):
@@ -383,6 +394,8 @@ class Trainer:
             else value
 
     def _evaluate(self, state: dict, epoch: int) -> dict:
+        if self.rank:
+            return {}
         p = self.plan
         weights = {k: host(v) for k, v in state.items()}
         row = {}
@@ -405,12 +418,16 @@ class Trainer:
         return self.judge
 
     def _write_history(self, history: list[dict]) -> None:
+        if self.rank:
+            return
         write_history(self.out / "history.json", history)
         if history:
             plot_curves(history, self.out / "curves.png", title=f"{self.plan.name} ({self.plan.file})")
 
     def _export(self, state: dict) -> None:
         """The trained model as an inference .onnx (weights inside) and every weight as an .npz."""
+        if self.rank:
+            return
         weights = {k: host(v) for k, v in state.items() if k.split(".")[0] in self.program.decls}
         save_npz(self.out / "weights.npz", weights)
         low = E.lower(self.program, self.plan.export, seed=self.plan.seed)
