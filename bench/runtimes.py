@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -53,6 +54,9 @@ class Failure(Exception):
 def short(e: BaseException | str, width: int = 70) -> str:
     """An error in a few words: its first meaningful line, cut at `width` characters."""
     text = str(e).strip() or type(e).__name__
+    m = re.search(r"operation_type='(\w+)', version=(\d+)", text)  # onnx2torch
+    if m:
+        return f"no converter for {m.group(1)}-{m.group(2)}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # onnxruntime-style "[ONNXRuntimeError] : 1 : FAIL : Load model ... failed:REASON"
     # OpenVINO: "Exception from src/...:\nCheck 'x' failed at ...:\nREASON": the last line says why
@@ -121,14 +125,17 @@ class OpenVINO:
     def run(self, path: Path, feeds: dict, reps: int = 0):
         import openvino as ov
         core = ov.Core()
-        compiled = core.compile_model(str(path), "CPU")
+        # f32: on CPUs with bf16 units OpenVINO's default inference precision is bf16
+        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
         names = {p.get_any_name() for p in compiled.inputs}
         feed = {k: v for k, v in feeds.items() if k in names}
 
+        outs = _output_names(path)  # compiled.outputs keep the graph's order; their names may be others
+
         def go():
             res = request.infer(feed)
-            return {o.get_any_name(): np.array(res[o]) for o in compiled.outputs}
+            return {n: np.array(res[o]) for n, o in zip(outs, compiled.outputs)}
         return _timed(go, reps)
 
 
@@ -149,7 +156,7 @@ class Tract:
             if name not in feeds:
                 raise Failure(f"tract wants input {name} fed")
         # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
-        outs = [model.output_name(i) for i in range(model.output_count())]
+        outs = _output_names(path)  # in order; tract names outputs after their nodes
         runnable = model.into_model().into_runnable()
         args = [feeds[n] for n in order]
 
