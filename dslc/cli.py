@@ -1,4 +1,4 @@
-"""`dslc compile | check | summary | run | train`: parse arguments, call the API, report.
+"""`dslc compile | check | summary | run | train | export-web`: parse arguments, call the API, report.
 
 Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a usage error,
 3 an internal error (a bug in dslc: please report it).
@@ -93,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.add_argument("--max-steps", type=int, default=None, metavar="K", help="stop at global step K")
     t.set_defaults(func=_train)
+
+    w = sub.add_parser("export-web", help="a static web page that trains the `train` declaration in the browser")
+    w.add_argument("file")
+    w.add_argument("--out", required=True, help="the folder to write (serve it with python -m http.server)")
+    w.add_argument("--target", default=None, help="the train declaration (default: the file's first)")
+    w.add_argument("--ort-dist", default=None, metavar="DIR",
+                   help="onnxruntime-web's dist/ folder (default: npm install it into the npm cache)")
+    w.add_argument("--npm-cache", default=None, metavar="DIR",
+                   help="where npm installs onnxruntime-web (default: $DSLC_NPM_CACHE, else ~/.cache/dslc/npm)")
+    w.set_defaults(func=_export_web)
     return p
 
 
@@ -221,6 +231,11 @@ def _run(args) -> int:
 def _train(args) -> int:
     api.train(args.file, target=args.target, data=args.data, epochs=args.epochs, batch=args.batch, seed=args.seed,
               device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps)
+    return 0
+
+
+def _export_web(args) -> int:
+    api.export_web(args.file, args.out, target=args.target, ort_dist=args.ort_dist, npm_cache=args.npm_cache)
     return 0
 
 
