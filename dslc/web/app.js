@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 const prod = (dims) => dims.reduce((a, b) => a * b, 1);
 const query = new URLSearchParams(location.search);
 
-ort.env.wasm.wasmPaths = 'ort/';
+ort.env.wasm.wasmPaths = new URL('ort/', location.href).href;  // an absolute URL: import() needs one
 ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain http.server lacks
 
 let M = null;            // manifest.json

@@ -139,7 +139,7 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
         raise DslError(f"the page expects `{p.export}` to take one input (an image) and give class scores")
     image_field = next((fd for fd in feeds if fd["source"] == "image"), None)
     manifest = {
-        "file": str(path), "train": p.name, "step": step.name, "export": p.export, "dataset": p.dataset,
+        "file": Path(path).name, "train": p.name, "step": step.name, "export": p.export, "dataset": p.dataset,
         "batch": p.batch, "seed": p.seed, "step_seed": step_seed(p.seed, step.name),
         "counters": {k: int(np.asarray(v)) for k, v in counters.items()},
         "state": entries, "data": data, "feeds": feeds,
