@@ -61,6 +61,8 @@ def short(e: BaseException | str, width: int = 70) -> str:
     # onnxruntime-style "[ONNXRuntimeError] : 1 : FAIL : Load model ... failed:REASON"
     # OpenVINO: "Exception from src/...:\nCheck 'x' failed at ...:\nREASON": the last line says why
     line = lines[-1] if lines and lines[0].startswith("Exception from") else (lines[0] if lines else text)
+    if "No Previous Version of" in line:  # onnx.version_converter
+        return "version_converter: no opset-17 " + line.split("No Previous Version of", 1)[1].split()[0]
     for marker in ("failed:", "Exception:", "error:"):
         if marker in line and len(line.split(marker, 1)[1].strip()) > 10:
             line = line.split(marker, 1)[1].strip()
@@ -166,7 +168,12 @@ class Tract:
 
 
 class Onnx2Torch:
-    name = "onnx2torch"
+    """onnx2torch converts opsets up to 16-17 only; opset=17 first down-converts the model with
+    onnx.version_converter (no change to dslc's emission)."""
+
+    def __init__(self, opset: int | None = None):
+        self.opset = opset
+        self.name = "onnx2torch" + (f"@{opset}" if opset else "")
 
     def missing(self):
         try:
@@ -179,6 +186,9 @@ class Onnx2Torch:
         import torch
         from onnx2torch import convert
         model = onnx.load(str(path))
+        if self.opset:
+            from onnx import version_converter
+            model = version_converter.convert_version(model, self.opset)
         inits = {t.name for t in model.graph.initializer}
         order = [i.name for i in model.graph.input if i.name not in inits]
         names = [o.name for o in model.graph.output]
@@ -243,7 +253,7 @@ class OrtJs:
             return results
 
 
-RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), OrtJs("node"), OrtJs("web")]
+RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), Onnx2Torch(17), OrtJs("node"), OrtJs("web")]
 
 
 def run_cases(runtime, cases, reps: int = 0):
