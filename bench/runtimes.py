@@ -331,8 +331,8 @@ def _write_readme(text: str, args) -> None:
     readme = ROOT / "bench" / "README.md"
     old = readme.read_text()
     block = (f"{BEGIN}\nBatch {args.batch}, median of {args.reps} runs after one warm-up (onnx.reference: "
-             f"{max(1, args.reps // 5)}), one thread where the runtime allows it is *not* forced; ratio to "
-             f"onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
+             f"{max(1, args.reps // 5)}), each runtime with its default threads "
+             f"(ort-web: 1, WASM); ratio to onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
     if BEGIN in old:
         new = old.split(BEGIN)[0] + block + old.split(END, 1)[1]
     else:
