@@ -23,7 +23,9 @@ from dslc.web.npm import ensure_package, find_package
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "specs" / "convnet.dsl"
-STEPS, BATCH = 30, 16
+STEPS, BATCH, LOSS_RTOL, PARAM_TOL = 30, 16, 1e-4, 1e-3
+if os.environ.get("DSLC_WEB_SCREENSHOT") == "1":  # the committed screenshot: a longer run, over which
+    STEPS, BATCH, LOSS_RTOL, PARAM_TOL = 150, 32, 3e-3, 1e-1  # float32 rounding differences grow (Adam)
 # The committed screenshot; rewritten when DSLC_WEB_SCREENSHOT=1 (otherwise it goes to a temporary folder).
 SCREENSHOT = ROOT / "docs" / "web_training.png"
 
@@ -149,11 +151,16 @@ def test_browser_training_matches_onnxruntime(site, tmp_path):
     assert len(losses) == STEPS and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses  # the loss falls
     ref_losses, ref_state = _onnxruntime_run(site_dir, STEPS, BATCH)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-4, atol=1e-5)
-    worst = 0.0
+    np.testing.assert_allclose(losses, ref_losses, rtol=LOSS_RTOL, atol=1e-5)
+    diffs = {}  # name -> max |got - ref| / max |ref|
     for name, ref in ref_state.items():
         got = np.frombuffer(base64.b64decode(params[name]), dtype=ref.dtype).reshape(ref.shape)
-        scale = max(float(np.max(np.abs(ref))), 1e-6)
-        worst = max(worst, float(np.max(np.abs(got - ref))) / scale)
-    print(f"browser vs onnxruntime after {STEPS} steps of batch {BATCH}: max scale-relative difference {worst:.2e}")
-    assert worst < 1e-3, worst
+        diffs[name] = float(np.max(np.abs(got - ref))) / max(float(np.max(np.abs(ref))), 1e-6)
+    weights = {k: v for k, v in diffs.items() if not k.startswith("adam.")}
+    loss_diff = float(np.max(np.abs(np.array(losses) - ref_losses) / np.abs(ref_losses)))
+    print(f"browser vs onnxruntime after {STEPS} steps of batch {BATCH}: weights' max scale-relative difference "
+          f"{max(weights.values()):.2e} ({max(weights, key=weights.get)}), all state (optimizer's too) "
+          f"{max(diffs.values()):.2e} ({max(diffs, key=diffs.get)}), losses' max relative difference {loss_diff:.2e}")
+    assert max(weights.values()) < PARAM_TOL, weights
+    if STEPS <= 30:  # longer runs: Adam moments of near-cancelling sums (conv biases) drift apart
+        assert max(diffs.values()) < PARAM_TOL, diffs

@@ -123,6 +123,7 @@ async function trainStep(batch) {
 async function train(steps, batch) {
   if (running) return window.dslcResult;
   running = true; stopRequested = false;
+  $('batch').value = batch; $('steps').value = steps;
   $('train').textContent = 'Pause';
   const evalEvery = query.has('eval') ? Number(query.get('eval')) : 25;
   const t0 = performance.now(), first = stepIndex;
@@ -255,7 +256,7 @@ function setupPad() {
   pad.addEventListener('pointermove', (e) => {
     if (!drawing) return;
     const p = pos(e);
-    ctx.strokeStyle = '#fff'; ctx.lineWidth = 20; ctx.lineCap = 'round';
+    ctx.strokeStyle = '#fff'; ctx.lineWidth = 24; ctx.lineCap = 'round';
     ctx.beginPath(); ctx.moveTo(...last); ctx.lineTo(...p); ctx.stroke(); last = p;
   });
   const end = () => { if (drawing) { drawing = false; classifyPad(); } };
@@ -271,17 +272,25 @@ async function classifyPad() {
     if (px[4 * (y * pad.width + x)] > 20) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
   }
   if (x1 < 0) return;
-  const side = Math.max(x1 - x0, y1 - y0) + 1, small = document.createElement('canvas');
-  small.width = small.height = 28;
-  const s = small.getContext('2d');
-  s.fillStyle = '#000'; s.fillRect(0, 0, 28, 28);
-  const w = 20 * (x1 - x0 + 1) / side, h = 20 * (y1 - y0 + 1) / side;
-  s.drawImage(pad, x0, y0, x1 - x0 + 1, y1 - y0 + 1, (28 - w) / 2, (28 - h) / 2, w, h);
-  const img = s.getImageData(0, 0, 28, 28).data, bytes = new Uint8Array(784);
-  for (let i = 0; i < 784; i++) bytes[i] = img[4 * i];
+  // area-average the bounding box down to fit 20x20 (drawImage's downscaling would drop thin strokes),
+  // then shift it so its centre of mass is the 28x28 image's centre
+  const side = Math.max(x1 - x0, y1 - y0) + 1, scale = 20 / side;
+  const sum = new Float64Array(784);
+  const ox = (28 - (x1 - x0 + 1) * scale) / 2, oy = (28 - (y1 - y0 + 1) * scale) / 2;
+  for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) {
+    const tx = Math.floor(ox + (x - x0) * scale), ty = Math.floor(oy + (y - y0) * scale);
+    sum[ty * 28 + tx] += px[4 * (y * pad.width + x)];
+  }
+  let mass = 0, mx = 0, my = 0;
+  for (let i = 0; i < 784; i++) { sum[i] = Math.min(255, sum[i] * scale * scale); mass += sum[i]; mx += sum[i] * (i % 28); my += sum[i] * Math.floor(i / 28); }
+  const dx = Math.round(13.5 - mx / mass), dy = Math.round(13.5 - my / mass), bytes = new Uint8Array(784);
+  for (let i = 0; i < 784; i++) {
+    const x = (i % 28) + dx, y = Math.floor(i / 28) + dy;
+    if (x >= 0 && x < 28 && y >= 0 && y < 28) bytes[y * 28 + x] = Math.round(sum[i]);
+  }
   const [row] = await predict({ bytes, dims: [1, 28, 28] }, [0]);
-  const mx = Math.max(...row), ex = row.map((v) => Math.exp(v - mx)), sum = ex.reduce((a, b) => a + b, 0);
-  const probs = M.model.output === 'probs' ? row : ex.map((v) => v / sum);
+  const top = Math.max(...row), ex = row.map((v) => Math.exp(v - top)), total = ex.reduce((a, b) => a + b, 0);
+  const probs = M.model.output === 'probs' ? row : ex.map((v) => v / total);
   $('guess').textContent = String(argmax(row));
   $('probs').innerHTML = probs.map((p, i) =>
     `<div>${i} <span class="bar" style="width:${Math.round(120 * p)}px"></span> ${(100 * p).toFixed(1)}%</div>`).join('');
