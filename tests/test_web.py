@@ -164,3 +164,21 @@ def test_browser_training_matches_onnxruntime(site, tmp_path):
     assert max(weights.values()) < PARAM_TOL, weights
     if STEPS <= 30:  # longer runs: Adam moments of near-cancelling sums (conv biases) drift apart
         assert max(diffs.values()) < PARAM_TOL, diffs
+
+
+@pytest.mark.slow
+def test_browser_trains_one_hot_rmsprop_declaration(tmp_path, ort_dist):
+    """specs/convnet.dsl's `mnist_small`: one_hot labels (f32[N, 10]), rmsprop, a softmax model."""
+    out = export_web(SPEC, tmp_path / "site", target="mnist_small", ort_dist=ort_dist, log=lambda *_: None)
+    handler = functools.partial(_QuietHandler, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result, _ = _browser_run(f"http://127.0.0.1:{server.server_address[1]}/", 20, 32, tmp_path / "shot.png")
+    finally:
+        server.shutdown()
+        server.server_close()
+    losses = result["losses"]
+    assert len(losses) == 20 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    assert result["accuracy"] and result["accuracy"][-1][1] > 0.2, result["accuracy"]

@@ -290,7 +290,8 @@ async function classifyPad() {
   }
   const [row] = await predict({ bytes, dims: [1, 28, 28] }, [0]);
   const top = Math.max(...row), ex = row.map((v) => Math.exp(v - top)), total = ex.reduce((a, b) => a + b, 0);
-  const probs = M.model.output === 'probs' ? row : ex.map((v) => v / total);
+  const isProb = row.every((v) => v >= 0 && v <= 1) && Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-3;
+  const probs = isProb ? row : ex.map((v) => v / total);  // scores: softmax; probabilities as they are
   $('guess').textContent = String(argmax(row));
   $('probs').innerHTML = probs.map((p, i) =>
     `<div>${i} <span class="bar" style="width:${Math.round(120 * p)}px"></span> ${(100 * p).toFixed(1)}%</div>`).join('');

@@ -138,6 +138,12 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
     if len(infer_inputs) != 1 or len(infer.graph.output) < 1:
         raise DslError(f"the page expects `{p.export}` to take one input (an image) and give class scores")
     image_field = next((fd for fd in feeds if fd["source"] == "image"), None)
+    out_dims = _dims(infer.graph.output[0])
+    if image_field is None or _dims(infer_inputs[0])[1:] != image_field["dims"][1:] or out_dims[1:] != [10]:
+        raise DslError(f"the page trains and shows an image classifier: `{p.export}` should take the step's images "
+                       f"and give 10 class scores, but it maps {infer_inputs[0].name} {_dims(infer_inputs[0])} to "
+                       f"{infer.graph.output[0].name} {out_dims}", p.span,
+                       "export-web supports train declarations like specs/convnet.dsl's `mnist`")
     manifest = {
         "file": Path(path).name, "train": p.name, "step": step.name, "export": p.export, "dataset": p.dataset,
         "batch": p.batch, "seed": p.seed, "step_seed": step_seed(p.seed, step.name),
