@@ -147,3 +147,12 @@ def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray], *, t
             target = prog.targets()[0]
         model = compile(prog, target, **options)
     return run_model(model, inputs, device=device, weights=weights)
+
+
+def export_web(path: str | Path, out: str | Path, *, target: str | None = None, ort_dist: str | Path | None = None,
+               npm_cache: str | Path | None = None, log=print) -> Path:
+    """A static folder that trains the file's first `train` declaration (or `target`) in the browser with
+    onnxruntime-web (WASM): page, train-step and inference .onnx, a dataset slice, onnxruntime-web's
+    files (from `ort_dist`, else npm-installed into `npm_cache`). See dslc/web/export.py."""
+    from .web.export import export_web as export
+    return export(path, out, target=target, ort_dist=ort_dist, npm_cache=npm_cache, log=log)

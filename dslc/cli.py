@@ -1,4 +1,4 @@
-"""`dslc compile | check | summary | run | train`: parse arguments, call the API, report.
+"""`dslc compile | check | summary | run | train | export-web`: parse arguments, call the API, report.
 
 Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a usage error,
 3 an internal error (a bug in dslc: please report it).
@@ -102,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="with several workers: how long a rank waits for the others at a step before it "
                         "names the ones that did not answer and stops every rank (default 120)")
     t.set_defaults(func=_train)
+
+    w = sub.add_parser("export-web", help="a static web page that trains the `train` declaration in the browser")
+    w.add_argument("file")
+    w.add_argument("--out", required=True, help="the folder to write (serve it with python -m http.server)")
+    w.add_argument("--target", default=None, help="the train declaration (default: the file's first)")
+    w.add_argument("--ort-dist", default=None, metavar="DIR",
+                   help="onnxruntime-web's dist/ folder (default: npm install it into the npm cache)")
+    w.add_argument("--npm-cache", default=None, metavar="DIR",
+                   help="where npm installs onnxruntime-web (default: $DSLC_NPM_CACHE, else ~/.cache/dslc/npm)")
+    w.set_defaults(func=_export_web)
     return p
 
 
@@ -263,6 +273,11 @@ def _launch(args) -> int:
         print(f"error: the {args.workers} workers stopped (mpiexec exit status {code}); the last complete "
               f"checkpoint is intact: continue with --resume, with any --workers", file=sys.stderr)
     return code
+
+
+def _export_web(args) -> int:
+    api.export_web(args.file, args.out, target=args.target, ort_dist=args.ort_dist, npm_cache=args.npm_cache)
+    return 0
 
 
 def _npz_name(path: str) -> str:

@@ -1,0 +1,191 @@
+"""Portability: every target of every spec, run in every installed ONNX runtime and compared with
+onnxruntime.
+
+    python bench/portability.py            # print the matrix
+    python bench/portability.py --write    # and rewrite the matrix in README.md ("Portability")
+    python bench/portability.py --only convnet --runtime tract
+
+Graphs: each model and typed fn (its forward graph) and each step four times: `train` (forward +
+backward + optimizer update, the default), `gradients`, `apply` (the update alone) and `forward` (the
+loss alone); batch 2, compiled with the default options (weight seed 0). Feeds: every graph input that
+has no initializer, seeded (numpy default_rng(0) per graph): floats uniform in [0, 1), integer labels in
+[0, 10), integer scalars (counts) in [1, 10); inputs with an initializer (weights, optimizer state,
+`step`, `seed`) keep it, so every runtime sees the same values (onnxruntime-web refuses feeds for
+them: it lists only initializer-free inputs as the session's inputs).
+
+Error: per output, max |x - ref| / max(max |ref|, 1e-6) (scale-aware relative error; integer and
+boolean outputs must be equal), the largest over the outputs. A cell is `ok` when it is <= 1e-3,
+`differs` above, or the runtime's error in a few words.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import runtimes as R  # noqa: E402
+
+import dslc  # noqa: E402
+from dslc.frontend import ast as A  # noqa: E402
+
+TOLERANCE = 1e-3
+BATCH = 2
+EMITS = ("train", "gradients", "apply", "forward")
+_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64, onnx.TensorProto.INT64: np.int64,
+       onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_}
+
+
+def graphs(specs=None):
+    """(spec, target, emit) for every graph of the suite: emit None for models and fns."""
+    for path in sorted((ROOT / "specs").glob("*.dsl")):
+        if specs and path.stem not in specs:
+            continue
+        prog = dslc.load(path)
+        for t in prog.targets():
+            if isinstance(prog.decls.get(t), A.Step):
+                for emit in EMITS:
+                    yield path, t, emit
+            else:
+                yield path, t, None
+
+
+def label(path: Path, target: str, emit: str | None) -> str:
+    return f"{path.stem}/{target}" + (f" ({emit})" if emit else "")
+
+
+def feeds_for(model: onnx.ModelProto, n: int = BATCH, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else n for d in tt.shape.dim]
+        dtype = _NP[tt.elem_type]
+        if np.issubdtype(dtype, np.integer):
+            feeds[vi.name] = rng.integers(0 if shape else 1, 10, size=shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        else:
+            feeds[vi.name] = rng.random(shape).astype(dtype)
+    return feeds
+
+
+def rel_error(out: dict, ref: dict) -> float | str:
+    """The largest scale-aware relative error over the reference's outputs, or what is wrong."""
+    worst = 0.0
+    for name, r in ref.items():
+        if name not in out:
+            return f"no output {name}"
+        x, r = np.asarray(out[name]), np.asarray(r)
+        if x.shape != r.shape:
+            return f"{name}: shape {list(x.shape)} != {list(r.shape)}"
+        if r.dtype.kind in "iub":
+            if not np.array_equal(x.astype(r.dtype), r):
+                return f"{name}: integers differ"
+            continue
+        x, r = x.astype(np.float64), r.astype(np.float64)
+        if not np.all(np.isfinite(x) == np.isfinite(r)):
+            return f"{name}: non-finite values differ"
+        finite = np.isfinite(r)
+        if finite.any():
+            scale = max(float(np.max(np.abs(r[finite]))), 1e-6)
+            worst = max(worst, float(np.max(np.abs(x[finite] - r[finite]))) / scale)
+    return worst
+
+
+def cell(result) -> tuple[bool, str]:
+    if isinstance(result, R.Failure):
+        return False, R.short(result, 60)
+    if isinstance(result, str):
+        return False, result
+    return (result <= TOLERANCE), (f"ok {result:.0e}" if result <= TOLERANCE else f"differs {result:.0e}")
+
+
+def run_suite(cases, runtimes, log=print):
+    """cases: [(label, path)] of saved models. Returns ({label: {runtime: cell}}, notes)."""
+    feeds = {lab: feeds_for(onnx.load(str(p), load_external_data=False)) for lab, p in cases}
+    matrix = {lab: {} for lab, _ in cases}
+    ref = R.run_cases(R.OnnxRuntime(), [(p, feeds[lab]) for lab, p in cases])
+    notes = []
+    for (lab, _), r in zip(cases, ref):
+        matrix[lab]["onnxruntime"] = (False, R.short(r)) if isinstance(r, R.Failure) else (True, "ref")
+    for rt in runtimes:
+        why = rt.missing()
+        if why:
+            notes.append(f"{rt.name}: skipped, {why}")
+            continue
+        t0 = time.perf_counter()
+        results = R.run_cases(rt, [(p, feeds[lab]) for lab, p in cases])
+        for (lab, _), res, base in zip(cases, results, ref):
+            if isinstance(base, R.Failure):
+                matrix[lab][rt.name] = (False, "no reference")
+            elif isinstance(res, R.Failure):
+                matrix[lab][rt.name] = cell(res)
+            else:
+                matrix[lab][rt.name] = cell(rel_error(res[0], base[0]))
+        log(f"{rt.name}: {time.perf_counter() - t0:.1f} s")
+    return matrix, notes
+
+
+def markdown(matrix, notes, names) -> str:
+    names = [n for n in names if any(n in row for row in matrix.values())]
+    head = ["| graph | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows = [f"| {lab} | " + " | ".join(row.get(n, (False, "-"))[1] for n in names) + " |"
+            for lab, row in matrix.items()]
+    total = len(matrix)
+    summary = ", ".join(f"{n} {sum(row.get(n, (False,))[0] for row in matrix.values())}/{total}" for n in names)
+    return "\n".join([f"Graphs that run and agree (<= {TOLERANCE:g}): {summary}.", ""] + head + rows +
+                     ([""] + [f"- {n}" for n in notes] if notes else []))
+
+
+BEGIN, END = "<!-- portability matrix: begin -->", "<!-- portability matrix: end -->"
+
+
+def write_readme(text: str) -> None:
+    readme = ROOT / "README.md"
+    old = readme.read_text()
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old:
+        readme.write_text(old.split(BEGIN)[0] + block + old.split(END, 1)[1])
+    else:
+        readme.write_text(old.rstrip() + "\n\n## Portability\n\nEvery graph of every spec (batch 2) in every "
+                          "ONNX runtime installed, compared with onnxruntime; regenerate with "
+                          "`python bench/portability.py --write` (what each column needs: `bench/runtimes.py`; "
+                          "the method: `bench/portability.py`).\n\n" + block + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", action="append", help="only this spec (file stem; repeatable)")
+    ap.add_argument("--runtime", action="append", help="only this runtime (repeatable)")
+    ap.add_argument("--write", action="store_true", help="rewrite the matrix in README.md")
+    args = ap.parse_args(argv)
+    runtimes = [rt for rt in R.RUNTIMES[1:] if not args.runtime or rt.name in args.runtime]
+    with tempfile.TemporaryDirectory(prefix="dslc-port-") as tmp:
+        cases = []
+        for k, (path, target, emit) in enumerate(graphs(args.only)):
+            dest = Path(tmp) / f"g{k}.onnx"
+            onnx.save(dslc.compile(path, target, emit=emit), str(dest))
+            cases.append((label(path, target, emit), dest))
+        print(f"{len(cases)} graphs", file=sys.stderr)
+        matrix, notes = run_suite(cases, runtimes, log=lambda s: print(s, file=sys.stderr))
+    text = markdown(matrix, notes, ["onnxruntime"] + [rt.name for rt in runtimes])
+    print(text)
+    if args.write:
+        write_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""The ONNX runtimes dslc's graphs are checked against, behind one interface, and a timing of the
+convnet's forward graph and train step in each of them.
+
+    python bench/runtimes.py                 # batch 64, median of 10 runs after one warm-up
+    python bench/runtimes.py --batch 64 --reps 20 --write   # also rewrite bench/README.md's table
+
+Runtimes (each skipped with a note when it is not installed):
+  onnxruntime       the reference every other runtime is compared with (CPU execution provider)
+  onnx.reference    onnx's pure-Python evaluator
+  openvino          pip install openvino
+  tract             pip install tract
+  onnx2torch        pip install onnx2torch (torch is needed too)
+  ort-node          npm onnxruntime-node, run by node (bench/ort_js_runner.js)
+  ort-web           npm onnxruntime-web (WASM, one thread), run by node
+
+The npm packages come from dslc's npm cache ($DSLC_NPM_CACHE, else ~/.cache/dslc/npm); install them
+with `npm install --ignore-scripts --prefix ~/.cache/dslc/npm onnxruntime-node onnxruntime-web`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import quiet  # noqa: E402
+
+from dslc.web.npm import find_package  # noqa: E402
+
+JS_RUNNER = ROOT / "bench" / "ort_js_runner.js"
+_JS_DTYPE = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64", np.dtype(np.int64): "int64",
+             np.dtype(np.int32): "int32", np.dtype(np.uint8): "uint8", np.dtype(np.bool_): "bool",
+             np.dtype(np.uint32): "uint32"}
+_NP_DTYPE = {v: k for k, v in _JS_DTYPE.items()}
+
+
+class Failure(Exception):
+    """A runtime's refusal, in a few words."""
+
+
+def short(e: BaseException | str, width: int = 70) -> str:
+    """An error in a few words: its first meaningful line, cut at `width` characters."""
+    text = str(e).strip() or type(e).__name__
+    m = re.search(r"operation_type='(\w+)', version=(\d+)", text)  # onnx2torch
+    if m:
+        return f"no converter for {m.group(1)}-{m.group(2)}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # onnxruntime-style "[ONNXRuntimeError] : 1 : FAIL : Load model ... failed:REASON"
+    # OpenVINO: "Exception from src/...:\nCheck 'x' failed at ...:\nREASON": the last line says why
+    line = lines[-1] if lines and lines[0].startswith("Exception from") else (lines[0] if lines else text)
+    if "No Previous Version of" in line:  # onnx.version_converter
+        return "version_converter: no opset-17 " + line.split("No Previous Version of", 1)[1].split()[0]
+    for marker in ("failed:", "Exception:", "error:"):
+        if marker in line and len(line.split(marker, 1)[1].strip()) > 10:
+            line = line.split(marker, 1)[1].strip()
+    line = line.replace("|", "/")
+    return line if len(line) <= width else line[:width - 1] + "…"
+
+
+# ------------------------------------------------------------------ Python runtimes
+def _output_names(path: Path) -> list[str]:
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+
+
+def _timed(fn, reps: int):
+    out = fn()  # warm-up (and the result)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return out, (statistics.median(times) if times else None)
+
+
+class OnnxRuntime:
+    name = "onnxruntime"
+
+    def missing(self):
+        return None
+
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        outs, ms = _timed(lambda: sess.run(names, feeds), reps)
+        return dict(zip(names, outs)), ms
+
+
+class Reference:
+    name = "onnx.reference"
+
+    def missing(self):
+        return None
+
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        from onnx.reference import ReferenceEvaluator
+        ev = ReferenceEvaluator(str(path))
+        names = _output_names(path)
+        outs, ms = _timed(lambda: ev.run(names, feeds), reps)
+        return dict(zip(names, outs)), ms
+
+
+class OpenVINO:
+    name = "openvino"
+
+    def missing(self):
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "not installed (pip install openvino)"
+
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        import openvino as ov
+        core = ov.Core()
+        # f32: on CPUs with bf16 units OpenVINO's default inference precision is bf16
+        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        names = {p.get_any_name() for p in compiled.inputs}
+        feed = {k: v for k, v in feeds.items() if k in names}
+
+        outs = _output_names(path)  # compiled.outputs keep the graph's order; their names may be others
+
+        def go():
+            res = request.infer(feed)
+            return {n: np.array(res[o]) for n, o in zip(outs, compiled.outputs)}
+        return _timed(go, reps)
+
+
+class Tract:
+    name = "tract"
+
+    def missing(self):
+        try:
+            import tract  # noqa: F401
+        except ImportError:
+            return "not installed (pip install tract)"
+
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        import tract
+        model = tract.onnx().load(str(path))
+        order = [model.input_name(i) for i in range(model.input_count())]
+        for i, name in enumerate(order):
+            if name not in feeds:
+                raise Failure(f"tract wants input {name} fed")
+        # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
+        outs = _output_names(path)  # in order; tract names outputs after their nodes
+        runnable = model.into_model().into_runnable()
+        args = [feeds[n] for n in order]
+
+        def go():
+            return {n: v.to_numpy() for n, v in zip(outs, runnable.run(args))}
+        return _timed(go, reps)
+
+
+class Onnx2Torch:
+    """onnx2torch converts opsets up to 16-17 only; opset=17 first down-converts the model with
+    onnx.version_converter (no change to dslc's emission)."""
+
+    def __init__(self, opset: int | None = None):
+        self.opset = opset
+        self.name = "onnx2torch" + (f"@{opset}" if opset else "")
+
+    def missing(self):
+        try:
+            import onnx2torch  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            return "not installed (pip install onnx2torch)"
+
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        import torch
+        from onnx2torch import convert
+        model = onnx.load(str(path))
+        if self.opset:
+            from onnx import version_converter
+            model = version_converter.convert_version(model, self.opset)
+        inits = {t.name for t in model.graph.initializer}
+        order = [i.name for i in model.graph.input if i.name not in inits]
+        names = [o.name for o in model.graph.output]
+        module = convert(model)
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order]
+
+        def go():
+            with torch.no_grad():
+                out = module(*args)
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            return {n: (o.numpy() if hasattr(o, "numpy") else np.asarray(o)) for n, o in zip(names, out)}
+        return _timed(go, reps)
+
+
+# ------------------------------------------------------------------ Node runtimes (one node process per batch)
+class OrtJs:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.name = f"ort-{kind}"
+        self.package = "onnxruntime-node" if kind == "node" else "onnxruntime-web"
+
+    def missing(self):
+        if shutil.which("node") is None:
+            return "node not on PATH"
+        if find_package(self.package) is None:
+            return f"npm {self.package} not in the dslc npm cache"
+
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        return self.run_many([(path, feeds)], reps)[0]
+
+    def run_many(self, cases, reps: int = 0, timeout: float = 1800):
+        """[(path, feeds)] -> [(outputs, ms) | Failure], in one node process."""
+        node_modules = find_package(self.package).parent
+        with tempfile.TemporaryDirectory(prefix="dslc-js-") as tmp:
+            tmp = Path(tmp)
+            jobs = []
+            for k, (path, feeds) in enumerate(cases):
+                fl = []
+                for j, (name, a) in enumerate(feeds.items()):
+                    f = tmp / f"in{k}_{j}.bin"
+                    np.ascontiguousarray(a).tofile(f)
+                    fl.append({"name": name, "dtype": _JS_DTYPE[a.dtype], "dims": list(a.shape), "file": str(f)})
+                jobs.append({"model": str(path), "feeds": fl, "out": str(tmp / f"out{k}"), "reps": reps})
+            (tmp / "jobs.json").write_text(json.dumps(jobs))
+            done = subprocess.run(["node", str(JS_RUNNER), self.kind, str(tmp / "jobs.json")],
+                                  capture_output=True, text=True, timeout=timeout,
+                                  env={**__import__("os").environ, "NODE_PATH": str(node_modules)})
+            results = []
+            for k in range(len(cases)):
+                out = tmp / f"out{k}"
+                if (out / "error.txt").is_file():
+                    results.append(Failure((out / "error.txt").read_text()))
+                elif (out / "outputs.json").is_file():
+                    meta = json.loads((out / "outputs.json").read_text())
+                    outs = {}
+                    for o in meta["outputs"]:
+                        dt = _NP_DTYPE[o["dtype"]]
+                        outs[o["name"]] = np.fromfile(o["file"], dtype=dt).reshape(o["dims"])
+                    results.append((outs, meta["ms"]))
+                else:
+                    results.append(Failure(f"node exited {done.returncode}: {done.stderr.strip()[-300:]}"))
+            return results
+
+
+RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), Onnx2Torch(17), OrtJs("node"), OrtJs("web")]
+
+
+def run_cases(runtime, cases, reps: int = 0):
+    """[(path, feeds)] -> [(outputs, ms) | Failure] in `runtime`."""
+    if hasattr(runtime, "run_many"):
+        return runtime.run_many(cases, reps)
+    results = []
+    for path, feeds in cases:
+        try:
+            with quiet():
+                results.append(runtime.run(path, feeds, reps))
+        except Exception as e:  # noqa: BLE001 - every refusal is a result here
+            results.append(Failure(short(e)))
+    return results
+
+
+# ------------------------------------------------------------------ timing (python bench/runtimes.py)
+def convnet_cases(batch: int, folder: Path):
+    import dslc
+    prog = dslc.load(ROOT / "specs" / "convnet.dsl")
+    rng = np.random.default_rng(0)
+    image = rng.random((batch, 1, 28, 28), dtype=np.float32)
+    label = rng.integers(0, 10, batch).astype(np.int64)
+    cases = []
+    for target, emit, feeds in (
+            ("ConvNet", None, {"image": image}),
+            ("train_convnet", None, {"image": image, "label": label})):  # step, seed: defaults
+        path = folder / f"{target}.onnx"
+        onnx.save(dslc.compile(prog, target, emit=emit), str(path))
+        cases.append((f"{target} ({'forward' if target == 'ConvNet' else 'train step'})", path, feeds))
+    return cases
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--write", action="store_true", help="rewrite the table in bench/README.md")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = convnet_cases(args.batch, Path(tmp))
+        table = {}
+        notes = []
+        for rt in RUNTIMES:
+            why = rt.missing()
+            if why:
+                notes.append(f"{rt.name}: skipped, {why}")
+                continue
+            reps = max(1, args.reps // 5) if rt.name == "onnx.reference" else args.reps
+            t0 = time.perf_counter()
+            results = run_cases(rt, [(p, f) for _, p, f in cases], reps)
+            print(f"{rt.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            table[rt.name] = results
+    lines = [f"| runtime | {' | '.join(c[0] for c in cases)} |", "|---|" + "---|" * len(cases)]
+    base = table["onnxruntime"]
+    for name, results in table.items():
+        cells = []
+        for r, b in zip(results, base):
+            if isinstance(r, Failure):
+                cells.append(f"fails: {short(r, 50)}")
+            else:
+                cells.append(f"{r[1]:.1f} ms ({r[1] / b[1]:.2f}x)")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    text = "\n".join(lines + [""] + [f"- {n}" for n in notes])
+    print(text)
+    if args.write:
+        _write_readme(text, args)
+    return 0
+
+
+BEGIN, END = "<!-- runtimes table: begin -->", "<!-- runtimes table: end -->"
+
+
+def _write_readme(text: str, args) -> None:
+    readme = ROOT / "bench" / "README.md"
+    old = readme.read_text()
+    block = (f"{BEGIN}\nBatch {args.batch}, median of {args.reps} runs after one warm-up (onnx.reference: "
+             f"{max(1, args.reps // 5)}), each runtime with its default threads "
+             f"(ort-web: 1, WASM); ratio to onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
+    if BEGIN in old:
+        new = old.split(BEGIN)[0] + block + old.split(END, 1)[1]
+    else:
+        new = old.rstrip() + "\n\n## `runtimes.py`: the convnet in every installed runtime\n\n" \
+              "```\npython bench/runtimes.py --write\n```\n\n" + block + "\n"
+    readme.write_text(new)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

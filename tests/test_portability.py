@@ -1,0 +1,59 @@
+"""A CI-sized slice of bench/portability.py: the convnet's forward graph and its train step's graphs
+(train, gradients, apply) in every installed runtime, compared with onnxruntime. Runtimes that are not
+installed are skipped, saying so; the whole matrix is `python bench/portability.py` (README's
+"Portability")."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import portability as P  # noqa: E402
+import runtimes as R  # noqa: E402
+
+import dslc  # noqa: E402
+
+SPEC = ROOT / "specs" / "convnet.dsl"
+GRAPHS = [("ConvNet", None), ("train_convnet", "train"), ("train_convnet", "gradients"), ("train_convnet", "apply")]
+# Known gaps (README's matrix): OpenVINO 2026.4 refuses the backward graphs ("Batch size is zero.")
+# and draws dropout's mask differently (its uint32 hash arithmetic), onnx2torch has no converters for
+# opset 21 ops; down-converted to 17
+# the RNG's BitwiseXor (opset 18) has no opset-17 form.
+EXPECTED_GAPS = {"openvino": {"train_convnet (train)", "train_convnet (gradients)"},
+                 "onnx2torch": {"ConvNet", "train_convnet (train)", "train_convnet (gradients)", "train_convnet (apply)"},
+                 "onnx2torch@17": {"train_convnet (train)", "train_convnet (gradients)"}}
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("port")
+    out = []
+    for target, emit in GRAPHS:
+        path = folder / f"{target}-{emit}.onnx"
+        onnx.save(dslc.compile(SPEC, target, emit=emit), str(path))
+        out.append((target + (f" ({emit})" if emit else ""), path))
+    return out
+
+
+@pytest.mark.parametrize("runtime", R.RUNTIMES[1:], ids=lambda rt: rt.name)
+def test_runtime_agrees_with_onnxruntime(runtime, cases):
+    why = runtime.missing()
+    if why:
+        pytest.skip(f"{runtime.name}: {why}")
+    matrix, _ = P.run_suite(cases, [runtime], log=lambda *_: None)
+    gaps = EXPECTED_GAPS.get(runtime.name, set())
+    bad = {lab: row[runtime.name][1] for lab, row in matrix.items() if not row[runtime.name][0] and lab not in gaps}
+    assert not bad, bad
+
+
+def test_rel_error_is_scale_aware():
+    import numpy as np
+    ref = {"a": np.array([1000.0, 1.0], np.float32), "n": np.array(3, np.int64)}
+    assert P.rel_error({"a": np.array([1000.5, 1.0], np.float32), "n": np.array(3, np.int64)}, ref) == pytest.approx(5e-4)
+    assert P.rel_error({"a": ref["a"], "n": np.array(4, np.int64)}, ref) == "n: integers differ"
+    assert "shape" in P.rel_error({"a": ref["a"][:1], "n": ref["n"]}, ref)
