@@ -82,6 +82,13 @@ def first_line(e: BaseException) -> str:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not inherit the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -565,7 +572,9 @@ def check_case(case: str, batch: int) -> str:
     if case.startswith("acgan"):
         return "check: not done for ACGAN (its random draws -- z, classes, 4-8 dropout masks -- are not mapped)"
     model = dslc.compile(str(ROOT / "specs" / c["spec"]), c["step"], random="input")
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     state = initializers(model)
     data = make_data(case, batch)
     rng = np.random.default_rng(7)
@@ -721,7 +730,7 @@ def bench_case(case: str, args, tmp: Path, out: list[str], session_table: list) 
         for p in procs:
             p.close()
     base = "PyTorch eager" if "PyTorch eager" in times else None
-    out.append(f"\n### {case}: {c['desc'].replace(str(c['batch']), str(batch)) if args.quick else c['desc']}\n")
+    out.append(f"\n### {case}: {c['desc']}" + (f" (--quick: batch {batch})" if args.quick else "") + "\n")
     out.append("| contender | median ms/step | vs PyTorch | peak RSS MB | build ms | first ms | loss at call 1 |")
     out.append("|---|---|---|---|---|---|---|")
     for p in procs:
@@ -1020,6 +1029,8 @@ def main(argv=None) -> int:
     with quiet():
         import onnxruntime as ort
         import torch
+    ort.set_default_logger_severity(3)
+    torch.set_num_threads(THREADS)
     sections = args.only or ["steps", "e2e", "compile", "scaling"]
     out: list[str] = []
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} cores; torch {torch.__version__}, "
