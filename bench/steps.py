@@ -611,6 +611,9 @@ def check_case(case: str, batch: int) -> str:
     opt = torch_optimizer(case, [p for p in m.parameters() if p.requires_grad])
     batch_t = {k: torch.from_numpy(np.asarray(v)) for k, v in data.items()}
     torch_losses = []
+    params = [p for p in m.parameters() if p.requires_grad]
+    rmsprop = c["opt"][0] == "rmsprop"
+    ms = [torch.zeros_like(p) for p in params]
     Noise.draws = draws
     try:
         for _ in range(2):
@@ -618,7 +621,13 @@ def check_case(case: str, batch: int) -> str:
             opt.zero_grad()
             loss = loss_fn(batch_t)
             loss.backward()
-            opt.step()
+            if rmsprop:  # dslc's (TF.js) equation, eps inside the sqrt: torch.optim.RMSprop cannot do it
+                with torch.no_grad():
+                    for p, s_ in zip(params, ms):
+                        s_.mul_(0.9).add_(0.1 * p.grad * p.grad)
+                        p.sub_(c["opt"][1] * p.grad / (s_ + 1e-7).sqrt())
+            else:
+                opt.step()
             torch_losses.append(loss.item())
     finally:
         Noise.draws = None
@@ -626,7 +635,9 @@ def check_case(case: str, batch: int) -> str:
     ok = rel[0] <= 1e-4 and rel[1] <= 1e-3
     return (f"check: loss step 1 dslc {dslc_losses[0]:.6f} torch {torch_losses[0]:.6f} (rel {rel[0]:.1e}); "
             f"step 2 (after one update) dslc {dslc_losses[1]:.6f} torch {torch_losses[1]:.6f} (rel {rel[1]:.1e})"
-            f" {'PASS' if ok else 'FAIL'}")
+            f" {'PASS' if ok else 'FAIL'}" + (" (torch side: a hand-written update with dslc's RMSProp "
+                                              "equation; the timed torch.optim.RMSprop puts eps outside the sqrt)"
+                                              if rmsprop else ""))
 
 
 def prepare_case(case: str, batch: int, work: Path, ortt_ok: bool) -> tuple[dict, list[str]]:
@@ -1033,7 +1044,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=None, help="timed steps per contender per round (default 3)")
     ap.add_argument("--quick", action="store_true", help="smoke: small batches, 2 rounds, short sections")
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="only these cases (repeatable)")
-    ap.add_argument("--only", action="append", choices=["steps", "e2e", "compile", "scaling"],
+    ap.add_argument("--only", action="append", choices=["steps", "e2e", "compile", "scaling", "check"],
                     help="only these sections (repeatable; compile includes forward inference)")
     ap.add_argument("--ortt-python", default=os.environ.get("ORTT_PYTHON", DEFAULT_ORTT_PYTHON))
     ap.add_argument("--no-onnxsim", action="store_true")
@@ -1059,6 +1070,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dslc-bench-steps-") as tmp:
         tmp = Path(tmp)
+        if sections == ["check"]:
+            for case in args.case or list(CASES):
+                print(f"{case}: {check_case(case, 32)}", flush=True)
         if "steps" in sections:
             out.append("\n## Training steps (median ms per whole step: forward + backward + optimizer update)")
             for case in args.case or list(CASES):
