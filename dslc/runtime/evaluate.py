@@ -17,7 +17,7 @@ from ..emit.onnx_emit import to_onnx
 from ..lower.lowerer import Options
 from ..lower.targets import Lowered, lower_target
 from ..train.plan import Measure, Plan
-from .plots import image_grid, latent_grid_points, save_latent_grid
+from .plots import image_grid, latent_grid_points
 from .session import make_session
 
 EVAL_BATCH = 500
@@ -118,8 +118,10 @@ def draw(m: Measure, graphs: Graphs, fields, weights: dict, out: Path, epoch: in
     value_range = fields.value_range("image")
     if m.kind == "latent_grid":
         sess = graphs.session(m.model)
-        decoded = run(sess, {sess.get_inputs()[0].name: latent_grid_points(30)}, weights)[0]
-        return save_latent_grid(decoded, out / "latent_grid.png", value_range=value_range, scale=1)
+        side = 20  # points per axis, over [-2.5, 2.5]: where a standard-normal prior puts the data
+        decoded = run(sess, {sess.get_inputs()[0].name: latent_grid_points(side, -2.5, 2.5)}, weights)[0]
+        return image_grid(decoded.reshape(side * side, 28, 28), side, side, out / "latent_grid.png",
+                          value_range=value_range, scale=1, pad=1)
     if m.kind == "reconstructions":
         idx = np.arange(min(10, fields.n))
         sess = graphs.session(m.call.name)

@@ -34,7 +34,7 @@ EVALUATIONS = {
                           "model trained by TRAIN classifies as the class asked for",
 }
 PICTURES = {
-    "latent_grid": "latent_grid(Decoder): a 30x30 grid of decoded points of a 2-D latent space",
+    "latent_grid": "latent_grid(Decoder): a 20x20 grid of decoded points of a 2-D latent space",
     "reconstructions": "reconstructions(Model(field)): test images above their reconstructions",
     "class_grid": "class_grid(Generator): generated digits, one row per class",
     "kernels": "kernels(Model): its first conv layer's kernels, as images",
