@@ -121,7 +121,7 @@ def draw(m: Measure, graphs: Graphs, fields, weights: dict, out: Path, epoch: in
         side = 20  # points per axis, over [-2.5, 2.5]: where a standard-normal prior puts the data
         decoded = run(sess, {sess.get_inputs()[0].name: latent_grid_points(side, -2.5, 2.5)}, weights)[0]
         return image_grid(decoded.reshape(side * side, 28, 28), side, side, out / "latent_grid.png",
-                          value_range=value_range, scale=1, pad=1)
+                          value_range=value_range, scale=2, pad=1)
     if m.kind == "reconstructions":
         idx = np.arange(min(10, fields.n))
         sess = graphs.session(m.call.name)
