@@ -70,11 +70,7 @@ class Fields:
         return base
 
     def value_range(self, name: str) -> tuple[float, float]:
-        f = self.plan.fields.get(name)
-        for pipe, args in (f.pipes if f else ()):
-            if pipe == "scale":
-                return float(args[0]), float(args[1])
-        return 0.0, 1.0
+        return self.plan.value_range(name)
 
 
 def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -448,7 +444,7 @@ class Judge:
         if plan.evaluate is None or plan.evaluate.kind != "accuracy":
             raise DslError(f"the judge `{name}` must evaluate accuracy(Model(image), label)", plan.span)
         self.model = plan.evaluate.call.name
-        self.image_range = _field_range(plan, plan.evaluate.call.args[0][1])
+        self.image_range = plan.value_range(plan.evaluate.call.args[0][1])
         self.generated_range = parent.test_fields.value_range("image")
         weights_file = out / "weights.npz"
         if not weights_file.is_file():
@@ -467,14 +463,6 @@ class Judge:
         name = self.plan.evaluate.call.args[0][0]
         return np.concatenate([E.run(sess, {name: x[idx].astype(np.float32)}, self.weights)[0].argmax(-1)
                                for idx in E.in_batches(len(x))])
-
-
-def _field_range(plan: P.Plan, field: str) -> tuple[float, float]:
-    f = plan.fields.get(field)
-    for pipe, args in (f.pipes if f else ()):
-        if pipe == "scale":
-            return float(args[0]), float(args[1])
-    return 0.0, 1.0
 
 
 def _feed_hint(value: np.ndarray, dims: list, dtype) -> str | None:

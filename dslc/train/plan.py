@@ -83,6 +83,14 @@ class Plan:
     export: str  # the model written as the trained inference .onnx
     span: Span = field(compare=False, repr=False)
 
+    def value_range(self, field: str) -> tuple[float, float]:
+        """The pixel range a field's `scale(lo, hi)` gives (0-1 without one)."""
+        f = self.fields.get(field)
+        for pipe, args in (f.pipes if f else ()):
+            if pipe == "scale":
+                return float(args[0]), float(args[1])
+        return 0.0, 1.0
+
     def settings(self) -> dict:
         """What a checkpoint must agree on to be resumed."""
         return {"train": self.name, "dataset": self.dataset, "batch": self.batch, "seed": self.seed,
@@ -117,8 +125,10 @@ class _Reader:
                 raise DslError(f"`{st.targets[0]}` is set twice", st.span)
             self.values[st.targets[0]] = st
         dataset = self._word("data", DATASETS)
-        fields = {n: self._field(st) for n, st in self.values.items() if n not in SETTINGS}
-        self.fields = fields
+        self.fields = fields = {}
+        for n, st in self.values.items():
+            if n not in SETTINGS:
+                fields[n] = self._field(st)
         batch = self._int("batch", 64)
         epochs = self._int("epochs", 1)
         seed = self._int("seed", 0, minimum=0)
@@ -178,6 +188,8 @@ class _Reader:
         if not isinstance(e, A.Name):
             raise DslError("a field is a dataset field piped through preprocessing steps", st.value.span,
                            "e.g. image = image |> scale(0, 1) |> channels_first")
+        if e.id != st.targets[0] and e.id in self.values and e.id not in self.fields:
+            raise DslError(f"the field `{e.id}` is defined further down", e.span, "define it before its uses")
         return Field(st.targets[0], e.id, tuple(reversed(pipes)), st.span)
 
     @staticmethod
