@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,9 +67,12 @@ class EpochProgress:
         if self.enabled:
             from tqdm import tqdm  # lazy: only a terminal shows the bar
 
-            # leave=False: the bar gives way to the epoch's summary line when closed.
+            # leave=False: the bar gives way to the epoch's summary line when closed. One column
+            # short of the terminal: a line that fills it exactly leaves the cursor hanging at the
+            # edge, and the clearing and the next line land one row off.
+            width = min(shutil.get_terminal_size().columns - 1, 120)
             self._bar = tqdm(total=total_steps, desc=f"epoch {epoch}/{epochs}", unit="step",
-                             file=self.file, leave=False, dynamic_ncols=True)
+                             file=self.file, leave=False, ncols=width)
 
     @property
     def seconds(self) -> float:

@@ -324,8 +324,6 @@ class Trainer:
                         stopped = True
                         break
                     reports = self._one_batch(idx, state, global_step, seeds)
-                    if not self._tuned:
-                        self._report_tuning()
                     global_step, next_batch = global_step + 1, b + 1
                     for k, v in reports.items():
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -334,6 +332,8 @@ class Trainer:
                         self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums))
                         last_save = time.monotonic()
                 bar.close()
+                if not self._tuned:  # (after the bar: a line printed under a live bar splits it)
+                    self._report_tuning()
                 if stopped:
                     self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums))
                     break
