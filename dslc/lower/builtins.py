@@ -140,6 +140,10 @@ def _keepdims_axes(ctx: Ctx, x: Value, axis) -> list[int] | None:
     for a in axes:
         if not -x.rank <= a < x.rank:
             raise ctx.error(f"axis {a} is out of range for {x.type}", "axis", cls=DslShapeError)
+    seen = [a % x.rank for a in axes]
+    if len(set(seen)) != len(seen):
+        raise ctx.error(f"axis {axis} names an axis of {x.type} twice", "axis",
+                        "list each axis once (negative axes count from the end)", DslShapeError)
     return axes
 
 
