@@ -95,3 +95,83 @@ def test_reductions_over_several_axes_gradients(reduce_prog):
 
 def test_reductions_over_several_axes_onnxruntime():
     ort_agrees(REDUCE, "reduce_grad")
+
+
+# ------------------------------------------------------------------ group_norm
+GROUP = """
+model GN(x: f64[N, 6, 3, 4]) -> (two, one, each) {
+    two  = group_norm(x, 2)
+    one  = group_norm(x, 1, eps=1e-5)
+    each = group_norm(x, 6)
+}
+model GN1(x: f64[N, 4, 5]) -> y {
+    y = group_norm(conv1d(x, 4, kernel=3, padding=same), 2, eps=0.01) |> silu
+}
+fn gn_loss(x: f64[N, 4, 5]) {
+    return sum(GN1(x) * GN1(x))
+}
+fn gn_grad(x: f64[N, 4, 5]) {
+    y = GN1(x)
+    gx, gw, gg, gb = grad(sum(y * y), [x, GN1.y.weight, GN1.y_2.gamma, GN1.y_2.beta])
+    return gx, gw, gg, gb
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def group_prog():
+    return dslc.loads(GROUP, "group.dsl")
+
+
+def group_norm_ref(x, groups, eps, gamma=None, beta=None):
+    n, c = x.shape[:2]
+    g = x.reshape(n, groups, -1)
+    y = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(x.shape)
+    along = (c,) + (1,) * (x.ndim - 2)
+    gamma = np.ones(c) if gamma is None else gamma
+    beta = np.zeros(c) if beta is None else beta
+    return y * gamma.reshape(along) + beta.reshape(along)
+
+
+def test_group_norm_values(group_prog):
+    x = RNG.standard_normal((2, 6, 3, 4)) * 3 + 1
+    two, one, each = run(group_prog, "GN", x=x)
+    np.testing.assert_allclose(two, group_norm_ref(x, 2, 1e-3), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(one, group_norm_ref(x, 1, 1e-5), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(each, group_norm_ref(x, 6, 1e-3), rtol=1e-9, atol=1e-12)
+    weights = {n: w.shape for n, w in weights_of(dslc.compile(group_prog, "GN")).items()}
+    assert weights == {f"GN.{b}.{w}": (6,) for b in ("two", "one", "each") for w in ("gamma", "beta")}
+
+
+def test_group_norm_with_weights_matches_reference(group_prog):
+    model = dslc.compile(group_prog, "GN1")
+    feeds = {**weights_of(model), "x": RNG.standard_normal((3, 4, 5))}
+    feeds["GN1.y_2.gamma"] = RNG.uniform(0.5, 1.5, 4)
+    feeds["GN1.y_2.beta"] = RNG.uniform(-0.5, 0.5, 4)
+    (got,) = reference(model).run(None, feeds)
+    w, bias = feeds["GN1.y.weight"], feeds["GN1.y.bias"]
+    xp = np.pad(feeds["x"], ((0, 0), (0, 0), (1, 1)))
+    conv = np.stack([np.einsum("nck,fck->nf", xp[:, :, i:i + 3], w) for i in range(5)], -1) + bias[:, None]
+    z = group_norm_ref(conv, 2, 0.01, feeds["GN1.y_2.gamma"], feeds["GN1.y_2.beta"])
+    np.testing.assert_allclose(got, z / (1 + np.exp(-z)), rtol=1e-9, atol=1e-12)
+
+
+def test_group_norm_gradients(group_prog):
+    model = dslc.compile(group_prog, "gn_loss")
+    feeds = {**weights_of(model), "x": RNG.standard_normal((3, 4, 5))}
+    feeds["GN1.y_2.gamma"] = feeds["GN1.y_2.gamma"] + RNG.uniform(-0.3, 0.3, 4)  # not all ones
+    directional_check(group_prog, "gn_loss", "gn_grad", feeds,
+                      ["x", "GN1.y.weight", "GN1.y_2.gamma", "GN1.y_2.beta"])
+
+
+def test_group_norm_onnxruntime():
+    ort_agrees(GROUP, "gn_grad")
+
+
+def test_group_norm_matches_torch(group_prog):
+    torch = pytest.importorskip("torch")
+    x = RNG.standard_normal((2, 6, 3, 4))
+    two, one, _ = run(group_prog, "GN", x=x)
+    for groups, eps, got in ((2, 1e-3, two), (1, 1e-5, one)):
+        want = torch.nn.GroupNorm(groups, 6, eps=eps).double()(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -297,6 +297,40 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
     return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
 
 
+def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
+    """torch.nn.GroupNorm on channels-first [N, C, ...]: the channels split into `groups` runs, each
+    run normalized with its mean and biased variance over its channels and all spatial positions,
+    then gamma and beta per channel (eps 1e-3 as layer_norm; torch's default is 1e-5)."""
+    x = _float_tensor(ctx, x, "x")
+    if x.rank < 2 or not isinstance(x.shape[1], int):
+        raise ctx.error(f"group_norm needs channels-first input [N, C, ...] with a static C, got {x.type}", "x",
+                        cls=DslShapeError)
+    c = x.shape[1]
+    if c % groups:
+        raise ctx.error(f"group_norm with groups={groups} needs channels divisible by it, got {x.type}", "groups",
+                        f"use a divisor of {c} channels", DslShapeError)
+    if eps <= 0:
+        raise ctx.error(f"group_norm eps must be positive, got {eps}", "eps")
+    path = _weighted(ctx)
+    lw, b = ctx.lw, ctx.b
+    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span, dtype=x.dtype)
+    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span, dtype=x.dtype)
+    grouped = b.op("Reshape", [x, b.ints([0, groups, -1])])  # [N, G, C/G * spatial]
+    axes = b.ints([2])
+    centered = b.op("Sub", [grouped, b.op("ReduceMean", [grouped, axes], {"keepdims": 1})])
+    var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), axes], {"keepdims": 1})
+    normed = b.op("Mul", [centered, b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])])
+    if all(isinstance(d, int) for d in x.shape[1:]):
+        back = b.ints([0] + list(x.shape[1:]))
+    else:
+        from ..ir import patterns
+        back = patterns.shape_of(b, x)
+    normed = b.op("Reshape", [normed, back])
+    along = b.ints([c] + [1] * (x.rank - 2))  # gamma, beta per channel
+    y = b.op("Mul", [normed, b.op("Reshape", [gamma, along])])
+    return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * c)
+
+
 def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "count" = 1,
            padding=Symbol("valid"), dilation: "count" = 1, groups: "count" = 1, activation=None,
            use_bias: "bool" = True, kernel_init: "word" = Symbol("glorot_uniform")):
@@ -735,5 +769,5 @@ BUILTINS = {
     "erf": _unary("Erf"), "sign": _unary("Sign"), "floor": _unary("Floor"), "ceil": _unary("Ceil"),
     "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
     "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
-    "conv1d": conv1d,
+    "conv1d": conv1d, "group_norm": group_norm,
 }
