@@ -175,3 +175,77 @@ def test_group_norm_matches_torch(group_prog):
     for groups, eps, got in ((2, 1e-3, two), (1, 1e-5, one)):
         want = torch.nn.GroupNorm(groups, 6, eps=eps).double()(torch.from_numpy(x)).detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+# ------------------------------------------------------------------ embedding padding_idx
+EMB = """
+model Emb(x: i64[N, 5]) -> (y, last) {
+    y    = embedding(x, 7, 3, padding_idx=2)
+    last = embedding(x, 7, 4, padding_idx=-1, init=normal)
+}
+fn emb_loss(x: i64[N, 5], t: f32[N, 5, 3]) {
+    y, last = Emb(x)
+    return sum(y * t) + sum(y * y) + sum(last * last)
+}
+fn emb_grad(x: i64[N, 5], t: f32[N, 5, 3]) {
+    y, last = Emb(x)
+    gy, gl = grad(sum(y * t) + sum(y * y) + sum(last * last), [Emb.y.weight, Emb.last.weight])
+    return gy, gl
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def emb_prog():
+    return dslc.loads(EMB, "emb.dsl")
+
+
+def test_embedding_padding_row_starts_at_zero_and_looks_up_zeros(emb_prog):
+    model = dslc.compile(emb_prog, "Emb")
+    w = weights_of(model)
+    assert not w["Emb.y.weight"][2].any() and w["Emb.y.weight"][[0, 1, 3, 4, 5, 6]].all()
+    assert not w["Emb.last.weight"][6].any() and w["Emb.last.weight"][:6].all()
+    x = np.array([[0, 2, 6, 2, 1], [3, 4, 5, 6, 2]])
+    feeds = {**w, "x": x}
+    feeds["Emb.y.weight"] = RNG.standard_normal((7, 3)).astype(np.float32)  # even if the row moved
+    y, last = reference(model).run(None, feeds)
+    want = feeds["Emb.y.weight"][x] * (x != 2)[..., None]
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(last, w["Emb.last.weight"][x])
+
+
+def test_embedding_padding_row_gets_no_gradient(emb_prog):
+    """The loss is quadratic in the tables, so central differences are exact up to float32
+    rounding (the tables are float32)."""
+    model = dslc.compile(emb_prog, "emb_loss")
+    x = np.array([[0, 2, 6, 2, 1], [3, 4, 5, 6, 2], [2, 2, 1, 1, 0]])
+    feeds = {**weights_of(model), "x": x, "t": RNG.standard_normal((3, 5, 3)).astype(np.float32)}
+    for n in ("Emb.y.weight", "Emb.last.weight"):
+        feeds[n] = RNG.standard_normal(feeds[n].shape).astype(np.float32)
+    gy, gl = reference(dslc.compile(emb_prog, "emb_grad")).run(None, feeds)
+    assert not gy[2].any() and gy[[0, 1, 3, 4, 5, 6]].all()
+    assert not gl[6].any()
+    want = np.zeros((7, 3))  # scatter-add of d(loss)/dy over the rows looked up
+    np.add.at(want, x, (feeds["t"] + 2 * feeds["Emb.y.weight"][x]) * (x != 2)[..., None])
+    np.testing.assert_allclose(gy, want, rtol=1e-5, atol=1e-5)
+    ev, names = reference(model), ["Emb.y.weight", "Emb.last.weight"]
+    dirs = {n: RNG.standard_normal(feeds[n].shape).astype(np.float32) for n in names}
+
+    def at(step):
+        return float(np.float64(ev.run(None, {**feeds, **{n: feeds[n] + step * dirs[n] for n in names}})[0]))
+    fd = (at(0.5) - at(-0.5)) / 1.0
+    analytic = float(np.sum(gy * dirs[names[0]]) + np.sum(gl * dirs[names[1]]))
+    assert abs(fd - analytic) <= 1e-4 * max(1.0, abs(fd)), (fd, analytic)
+
+
+def test_embedding_padding_row_zero_when_drawn_in_chunks(monkeypatch):
+    from dslc.lower import init as I
+    from dslc.lower.builtins import _zero_row
+    monkeypatch.setattr(I, "CHUNK", 4)  # a 5 x 3 table drawn 4 numbers at a time
+    for row in range(5):
+        w = I.generate(_zero_row(I.kernel("uniform", 5, 3), row, 3), np.random.default_rng(0), (5, 3), np.float32)
+        assert not w[row].any() and np.delete(w, row, 0).all()
+
+
+def test_embedding_onnxruntime():
+    ort_agrees(EMB, "emb_grad", int_inputs=("x",))

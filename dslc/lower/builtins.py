@@ -262,14 +262,48 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     return _record(ctx, path, y, 4 * c)
 
 
-def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "word" = Symbol("uniform")):
+def _zero_row(init, row: int, width: int):
+    """`init` with row `row` of a [rows, width] table zeroed, also when `I.generate` draws a big
+    table in flat chunks (it asks for them in order, so the numbers drawn so far give the offset)."""
+    drawn = [0]
+
+    def zeroed(rng, shape):
+        out = np.array(init(rng, shape), dtype=np.float64, copy=True)
+        if len(shape) == 2:
+            out[row] = 0.0
+            return out
+        flat = out.reshape(-1)
+        lo, hi = row * width - drawn[0], (row + 1) * width - drawn[0]
+        flat[max(lo, 0):max(min(hi, flat.size), 0)] = 0.0
+        drawn[0] += flat.size
+        return out
+    return zeroed
+
+
+def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "word" = Symbol("uniform"),
+              padding_idx: "int" = None):
+    """Rows of a [input_dim, output_dim] table. With `padding_idx` (torch's; negative counts from
+    the end) that row starts at zero and its lookups give zeros and pass no gradient back."""
     x = _t(ctx, x, arg="x")
     if x.dtype not in ("i64", "i32"):
         raise ctx.error(f"embedding needs integer indices, got {x.type}", "x", "use cast(x, i64)")
+    if padding_idx is not None:
+        if not -input_dim <= padding_idx < input_dim:
+            raise ctx.error(f"embedding padding_idx {padding_idx} is out of range for input_dim={input_dim}",
+                            "padding_idx", f"use an index in [{-input_dim}, {input_dim - 1}]")
+        padding_idx %= input_dim
     path = _weighted(ctx)
-    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), _init(ctx, init, "init", input_dim, output_dim),
-                      span=ctx.span)
-    return _record(ctx, path, ctx.b.op("Gather", [w, x], {"axis": 0}), input_dim * output_dim)
+    table_init = _init(ctx, init, "init", input_dim, output_dim)
+    if padding_idx is not None:
+        table_init = _zero_row(table_init, padding_idx, output_dim)
+    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), table_init, span=ctx.span)
+    b = ctx.b
+    y = b.op("Gather", [w, x], {"axis": 0})
+    if padding_idx is not None:  # lookups of the padding row: zero, and so no gradient for it
+        keep = b.op("Not", [b.op("Equal", [x, b.const(padding_idx, x.dtype)])])
+        keep = b.op("Unsqueeze", [b.op("Cast", [keep], {"to": DTYPE_CODE[w.dtype]}), b.ints([-1])])
+        y = b.op("Mul", [y, keep])
+    return _record(ctx, path, y, input_dim * output_dim)
 
 
 def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
