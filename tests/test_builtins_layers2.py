@@ -249,3 +249,81 @@ def test_embedding_padding_row_zero_when_drawn_in_chunks(monkeypatch):
 
 def test_embedding_onnxruntime():
     ort_agrees(EMB, "emb_grad", int_inputs=("x",))
+
+
+# ------------------------------------------------------------------ upsample2d bilinear
+UP = """
+fn up(x: f64[N, 2, 3, 4]) {
+    return upsample2d(x, mode=bilinear), upsample2d(x, [3, 1], mode=bilinear), upsample2d(x, 2, mode=nearest)
+}
+model Up(x: f64[N, 2, 3, 4]) -> y {
+    y = conv2d(x, 3, kernel=1) |> upsample2d([2, 3], mode=bilinear) |> tanh
+}
+fn up_loss(x: f64[N, 2, 3, 4]) {
+    return sum(Up(x) * Up(x)) + sum(upsample2d(x * x, 3, mode=bilinear))
+}
+fn up_grad(x: f64[N, 2, 3, 4]) {
+    gx, gw = grad(up_loss(x), [x, Up.y.weight])
+    return gx, gw
+}
+fn up_second(x: f64[N, 2, 3, 4], v: f64[N, 2, 3, 4]) {
+    return grad(sum(grad(up_loss(x), x) * v), x)
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def up_prog():
+    return dslc.loads(UP, "up.dsl")
+
+
+def bilinear_ref(x, sh, sw):
+    """Pixel by pixel: torch's interpolate(mode="bilinear", align_corners=False)."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, h * sh, w * sw))
+
+    def source(i, s, size):
+        src = max((i + 0.5) / s - 0.5, 0.0)
+        i0 = min(int(src), size - 1)
+        return i0, min(i0 + 1, size - 1), src - i0
+    for i in range(h * sh):
+        y0, y1, fy = source(i, sh, h)
+        for j in range(w * sw):
+            x0, x1, fx = source(j, sw, w)
+            out[:, :, i, j] = ((1 - fy) * ((1 - fx) * x[:, :, y0, x0] + fx * x[:, :, y0, x1])
+                               + fy * ((1 - fx) * x[:, :, y1, x0] + fx * x[:, :, y1, x1]))
+    return out
+
+
+def test_upsample2d_bilinear_values(up_prog):
+    x = RNG.standard_normal((2, 2, 3, 4))
+    two, three_one, nearest = run(up_prog, "up", x=x)
+    np.testing.assert_allclose(two, bilinear_ref(x, 2, 2), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(three_one, bilinear_ref(x, 3, 1), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(nearest, x.repeat(2, 2).repeat(2, 3))
+    torch = pytest.importorskip("torch")
+    want = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=2, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(two, want.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_upsample2d_bilinear_gradients(up_prog):
+    model = dslc.compile(up_prog, "up_loss")
+    feeds = {**weights_of(model), "x": RNG.standard_normal((2, 2, 3, 4))}
+    directional_check(up_prog, "up_loss", "up_grad", feeds, ["x", "Up.y.weight"])
+
+
+def test_upsample2d_bilinear_second_derivatives(up_prog):
+    """grad(<grad(loss), v>) is the Hessian times v: against differences of the gradient."""
+    model = dslc.compile(up_prog, "up_grad")
+    w = weights_of(model)
+    x, v = RNG.standard_normal((2, 2, 3, 4)), RNG.standard_normal((2, 2, 3, 4))
+    (hv,) = reference(dslc.compile(up_prog, "up_second")).run(None, {**w, "x": x, "v": v})
+    g = reference(model)
+    eps = 1e-5
+    fd = (g.run(None, {**w, "x": x + eps * v})[0] - g.run(None, {**w, "x": x - eps * v})[0]) / (2 * eps)
+    np.testing.assert_allclose(hv, fd, rtol=1e-6, atol=1e-6)
+
+
+def test_upsample2d_bilinear_onnxruntime():
+    ort_agrees(UP, "up")
+    ort_agrees(UP, "up_grad")

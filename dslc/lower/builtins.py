@@ -462,11 +462,16 @@ def concat(ctx: Ctx, *xs, axis: "int" = -1):
     return ctx.b.op("Concat", list(xs), {"axis": axis})
 
 
-def upsample2d(ctx: Ctx, x: "T", size: "ints" = 2):
+def upsample2d(ctx: Ctx, x: "T", size: "ints" = 2, mode: "word" = Symbol("nearest")):
+    """Each pixel repeated (nearest), or bilinear interpolation as torch's
+    interpolate(mode="bilinear", align_corners=False) (ONNX Resize, half_pixel coordinates)."""
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     sh, sw = _pair(ctx, size, "size")
     from ..ir import patterns
-    return _record(ctx, _layer_name(ctx), patterns.upsample_nearest(ctx.b, x, sh, sw))
+    if mode.name not in ("nearest", "bilinear"):
+        raise ctx.error(f"unknown upsampling mode `{mode.name}`", "mode", "use nearest or bilinear")
+    up = patterns.upsample_nearest if mode.name == "nearest" else patterns.upsample_bilinear
+    return _record(ctx, _layer_name(ctx), up(ctx.b, x, sh, sw))
 
 
 # ------------------------------------------------------------------ activations
