@@ -154,6 +154,9 @@ CASES = [case(op, [S((2, 3), kind)]) for op, kind in UNARY.items()] + [
     case("Tan", [S((2, 3), lambda rng, shape: rng.uniform(-1.2, 1.2, shape))]),  # away from pi/2
     case("Atan", [S((2, 3))]),
     case("Pow", [S((2, 3), "away")], consts={1: f64(0.0)}, name="Pow-zero-exponent"),
+    case("Resize", [S((2, 2, 3, 4))], consts={1: lambda b: b.const(np.zeros(0), "f32"),
+                                              2: lambda b: b.const([1.0, 1.0, 2.0, 3.0], "f32")},
+         attrs={"mode": "linear", "coordinate_transformation_mode": "half_pixel"}, name="Resize-bilinear"),
 ]
 
 

@@ -96,6 +96,8 @@ LAYERS = [
          integer_input=True),
     Case("dropout-0", "dropout(x, 0.0)", (3, 6), lambda x, w: F.dropout(x, 0.0, training=True), training=True),
     Case("upsample2d", "upsample2d(x, 2)", IMG, lambda x, w: F.interpolate(x, scale_factor=2, mode="nearest")),
+    Case("upsample2d-bilinear", "upsample2d(x, 2, mode=bilinear)", IMG,
+         lambda x, w: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)),
 ] + [Case(name, f"{name}(x)", (3, 7), lambda x, w, f=f: f(x)) for name, f in ACTIVATIONS.items()]
 
 

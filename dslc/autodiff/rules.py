@@ -545,6 +545,23 @@ def _scatter(scatter: str, gather: str) -> Rule:
 
 
 # ------------------------------------------------------------------ the table
+def _resize(b, node, dys):
+    """Linear Resize (half_pixel) by integer scales on [N, C, H, W] is y = A_h x A_w^T with
+    constant interpolation matrices, so dx = A_h^T dy A_w: two MatMuls, differentiable again."""
+    x, dy = node.inputs[0], dys[0]
+    mode, coords = node.attrs.get("mode", "nearest"), node.attrs.get("coordinate_transformation_mode", "half_pixel")
+    scales = [float(f) for f in np.asarray(node.inputs[2].const).reshape(-1)]
+    h, w = x.shape[2], x.shape[3]
+    if (mode != "linear" or coords != "half_pixel" or x.rank != 4 or scales[:2] != [1.0, 1.0]
+            or not isinstance(h, int) or not isinstance(w, int)):
+        raise DslError(f"cannot differentiate Resize with mode {mode}, {coords} coordinates, scales {scales} "
+                       f"on {x.type}", b.span)
+    a_h = P.linear_resize_matrix(h, int(scales[2]))  # [H*sh, H]
+    a_w = P.linear_resize_matrix(w, int(scales[3]))  # [W*sw, W]
+    rows = _op(b, "MatMul", dy, _c(b, a_w, dy))  # [N, C, H*sh, W]
+    return [_op(b, "MatMul", _c(b, a_h.T, dy), rows)]
+
+
 VJP: dict[str, Rule] = {
     "Identity": lambda b, node, dys: [dys[0]],
     "Neg": lambda b, node, dys: [_op(b, "Neg", dys[0])],
@@ -577,6 +594,7 @@ VJP: dict[str, Rule] = {
     "Split": _split,
     "Slice": _slice,
     "Pad": _pad,
+    "Resize": _resize,
     "Expand": lambda b, node, dys: [dys[0]],  # the driver sums the broadcast back down
     "ReduceSum": _reduce_sum,
     "ReduceMean": _reduce_mean,

@@ -602,6 +602,20 @@ def _expand(inputs, attrs):
 _register("Expand", _expand)
 
 
+def _resize(inputs, attrs):
+    """Resize by constant integer scales (the one form dslc emits: upsample2d's bilinear mode)."""
+    x, scales = inputs[0], inputs[2] if len(inputs) > 2 else None
+    if scales is None or scales.const is None:
+        raise ShapeIssue("internal: Resize needs constant scales")
+    factors = [float(f) for f in np.asarray(scales.const).reshape(-1)]
+    if len(factors) != x.rank or any(f != int(f) or f < 1 for f in factors):
+        raise ShapeIssue(f"internal: Resize scales {factors} must be positive integers, one per axis of {x.type}")
+    return [TensorType(x.dtype, tuple(dim_mul(d, int(f)) if f != 1 else d for d, f in zip(x.shape, factors)))]
+
+
+_register("Resize", _resize)
+
+
 # ------------------------------------------------------------------ reductions
 def _reduce(inputs, attrs):
     x = inputs[0]

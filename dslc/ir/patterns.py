@@ -108,6 +108,30 @@ def upsample_nearest(b: Builder, x: Value, sh: int, sw: int) -> Value:
     return b.op("Reshape", [x6, b.ints([0, 0, h * sh, w * sw])])
 
 
+def linear_resize_matrix(n: int, s: int) -> np.ndarray:
+    """[n*s, n]: linear interpolation from n samples to n*s with ONNX Resize's half_pixel
+    coordinates (torch's align_corners=False): output i reads source (i + 0.5) / s - 0.5, clamped
+    to [0, n - 1]."""
+    a = np.zeros((n * s, n))
+    for i in range(n * s):
+        src = min(max((i + 0.5) / s - 0.5, 0.0), n - 1)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, n - 1)
+        frac = src - i0
+        a[i, i0] += 1 - frac
+        a[i, i1] += frac
+    return a
+
+
+def upsample_bilinear(b: Builder, x: Value, sh: int, sw: int) -> Value:
+    """[N, C, H, W] -> [N, C, H*sh, W*sw] by ONNX Resize (linear, half_pixel); its gradient rule
+    applies the transposed interpolation matrices (linear_resize_matrix)."""
+    _static_hw(b, x, "upsampling")
+    roi = b.const(np.zeros(0), "f32")
+    scales = b.const([1.0, 1.0, float(sh), float(sw)], "f32")
+    return b.op("Resize", [x, roi, scales], {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})
+
+
 # ------------------------------------------------------------------ convolution without Conv
 def conv_out_size(size: int, k: int, s: int, d: int, p0: int, p1: int) -> int:
     return (size + p0 + p1 - (k - 1) * d - 1) // s + 1

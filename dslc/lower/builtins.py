@@ -140,6 +140,10 @@ def _keepdims_axes(ctx: Ctx, x: Value, axis) -> list[int] | None:
     for a in axes:
         if not -x.rank <= a < x.rank:
             raise ctx.error(f"axis {a} is out of range for {x.type}", "axis", cls=DslShapeError)
+    seen = [a % x.rank for a in axes]
+    if len(set(seen)) != len(seen):
+        raise ctx.error(f"axis {axis} names an axis of {x.type} twice", "axis",
+                        "list each axis once (negative axes count from the end)", DslShapeError)
     return axes
 
 
@@ -258,14 +262,48 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     return _record(ctx, path, y, 4 * c)
 
 
-def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "word" = Symbol("uniform")):
+def _zero_row(init, row: int, width: int):
+    """`init` with row `row` of a [rows, width] table zeroed, also when `I.generate` draws a big
+    table in flat chunks (it asks for them in order, so the numbers drawn so far give the offset)."""
+    drawn = [0]
+
+    def zeroed(rng, shape):
+        out = np.array(init(rng, shape), dtype=np.float64, copy=True)
+        if len(shape) == 2:
+            out[row] = 0.0
+            return out
+        flat = out.reshape(-1)
+        lo, hi = row * width - drawn[0], (row + 1) * width - drawn[0]
+        flat[max(lo, 0):max(min(hi, flat.size), 0)] = 0.0
+        drawn[0] += flat.size
+        return out
+    return zeroed
+
+
+def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "word" = Symbol("uniform"),
+              padding_idx: "int" = None):
+    """Rows of a [input_dim, output_dim] table. With `padding_idx` (torch's; negative counts from
+    the end) that row starts at zero and its lookups give zeros and pass no gradient back."""
     x = _t(ctx, x, arg="x")
     if x.dtype not in ("i64", "i32"):
         raise ctx.error(f"embedding needs integer indices, got {x.type}", "x", "use cast(x, i64)")
+    if padding_idx is not None:
+        if not -input_dim <= padding_idx < input_dim:
+            raise ctx.error(f"embedding padding_idx {padding_idx} is out of range for input_dim={input_dim}",
+                            "padding_idx", f"use an index in [{-input_dim}, {input_dim - 1}]")
+        padding_idx %= input_dim
     path = _weighted(ctx)
-    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), _init(ctx, init, "init", input_dim, output_dim),
-                      span=ctx.span)
-    return _record(ctx, path, ctx.b.op("Gather", [w, x], {"axis": 0}), input_dim * output_dim)
+    table_init = _init(ctx, init, "init", input_dim, output_dim)
+    if padding_idx is not None:
+        table_init = _zero_row(table_init, padding_idx, output_dim)
+    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), table_init, span=ctx.span)
+    b = ctx.b
+    y = b.op("Gather", [w, x], {"axis": 0})
+    if padding_idx is not None:  # lookups of the padding row: zero, and so no gradient for it
+        keep = b.op("Not", [b.op("Equal", [x, b.const(padding_idx, x.dtype)])])
+        keep = b.op("Unsqueeze", [b.op("Cast", [keep], {"to": DTYPE_CODE[w.dtype]}), b.ints([-1])])
+        y = b.op("Mul", [y, keep])
+    return _record(ctx, path, y, input_dim * output_dim)
 
 
 def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
@@ -291,6 +329,40 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
     along = b.ints([d] + [1] * (x.rank - 1 - axis % x.rank))  # gamma, beta lined up with the axis
     y = b.op("Mul", [b.op("Mul", [centered, inv]), b.op("Reshape", [gamma, along])])
     return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
+
+
+def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
+    """torch.nn.GroupNorm on channels-first [N, C, ...]: the channels split into `groups` runs, each
+    run normalized with its mean and biased variance over its channels and all spatial positions,
+    then gamma and beta per channel (eps 1e-3 as layer_norm; torch's default is 1e-5)."""
+    x = _float_tensor(ctx, x, "x")
+    if x.rank < 2 or not isinstance(x.shape[1], int):
+        raise ctx.error(f"group_norm needs channels-first input [N, C, ...] with a static C, got {x.type}", "x",
+                        cls=DslShapeError)
+    c = x.shape[1]
+    if c % groups:
+        raise ctx.error(f"group_norm with groups={groups} needs channels divisible by it, got {x.type}", "groups",
+                        f"use a divisor of {c} channels", DslShapeError)
+    if eps <= 0:
+        raise ctx.error(f"group_norm eps must be positive, got {eps}", "eps")
+    path = _weighted(ctx)
+    lw, b = ctx.lw, ctx.b
+    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span, dtype=x.dtype)
+    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span, dtype=x.dtype)
+    grouped = b.op("Reshape", [x, b.ints([0, groups, -1])])  # [N, G, C/G * spatial]
+    axes = b.ints([2])
+    centered = b.op("Sub", [grouped, b.op("ReduceMean", [grouped, axes], {"keepdims": 1})])
+    var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), axes], {"keepdims": 1})
+    normed = b.op("Mul", [centered, b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])])
+    if all(isinstance(d, int) for d in x.shape[1:]):
+        back = b.ints([0] + list(x.shape[1:]))
+    else:
+        from ..ir import patterns
+        back = patterns.shape_of(b, x)
+    normed = b.op("Reshape", [normed, back])
+    along = b.ints([c] + [1] * (x.rank - 2))  # gamma, beta per channel
+    y = b.op("Mul", [normed, b.op("Reshape", [gamma, along])])
+    return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * c)
 
 
 def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "count" = 1,
@@ -390,11 +462,16 @@ def concat(ctx: Ctx, *xs, axis: "int" = -1):
     return ctx.b.op("Concat", list(xs), {"axis": axis})
 
 
-def upsample2d(ctx: Ctx, x: "T", size: "ints" = 2):
+def upsample2d(ctx: Ctx, x: "T", size: "ints" = 2, mode: "word" = Symbol("nearest")):
+    """Each pixel repeated (nearest), or bilinear interpolation as torch's
+    interpolate(mode="bilinear", align_corners=False) (ONNX Resize, half_pixel coordinates)."""
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     sh, sw = _pair(ctx, size, "size")
     from ..ir import patterns
-    return _record(ctx, _layer_name(ctx), patterns.upsample_nearest(ctx.b, x, sh, sw))
+    if mode.name not in ("nearest", "bilinear"):
+        raise ctx.error(f"unknown upsampling mode `{mode.name}`", "mode", "use nearest or bilinear")
+    up = patterns.upsample_nearest if mode.name == "nearest" else patterns.upsample_bilinear
+    return _record(ctx, _layer_name(ctx), up(ctx.b, x, sh, sw))
 
 
 # ------------------------------------------------------------------ activations
@@ -731,5 +808,5 @@ BUILTINS = {
     "erf": _unary("Erf"), "sign": _unary("Sign"), "floor": _unary("Floor"), "ceil": _unary("Ceil"),
     "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
     "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
-    "conv1d": conv1d,
+    "conv1d": conv1d, "group_norm": group_norm,
 }

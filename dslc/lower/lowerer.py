@@ -25,6 +25,7 @@ WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal"
          "lecun_normal", "zeros", "ones", "uniform", "normal", *DTYPES,
          "relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "linear"}
 WORDS |= {"silu", "swish", "mish"}  # activation names usable as `activation=` words
+WORDS |= {"bilinear"}  # upsample2d(mode=)
 
 MAX_NESTING = 100  # expressions inside expressions, through calls too (each takes ~5 Python frames)
 MAX_LOOP_NESTING = 16  # Loop bodies inside Loop bodies: protobuf readers stop at ~30
