@@ -133,6 +133,16 @@ def test_graph_outputs_keep_their_names():
     assert [o.name for o in g.outputs] == ["y", "z", "w"]
 
 
+def test_an_identity_output_hands_its_name_to_the_producer():
+    g, b, x = _graph()
+    r = b.op("Relu", [x])
+    w = b.op("Exp", [r], names=["w"])  # reads r before the Identity renames it
+    g.outputs = [w, b.op("Identity", [r], names=["y"]), b.op("Identity", [r], names=["z"])]
+    assert _simplified(g) == ["Relu", "Exp", "Identity"]
+    assert g.nodes[0].outputs[0].name == "y" and g.nodes[1].inputs[0] is g.nodes[0].outputs[0]
+    assert g.nodes[2].inputs[0].name == "y" and [o.name for o in g.outputs] == ["w", "y", "z"]
+
+
 def test_loop_bodies_and_captured_values():
     """A body reads an outer no-op Reshape by name (rewired to its input) and has no-ops of its own; its
     outputs keep theirs."""
@@ -149,7 +159,7 @@ def test_loop_bodies_and_captured_values():
     g.outputs = [b.op("Relu", [out], names=["y"])]
     ops = _simplified(g)
     assert "Reshape" not in ops
-    assert [n.op for n in body.nodes] == ["Add", "Identity", "Identity"]
+    assert [n.op for n in body.nodes] == ["Add", "Identity"] and body.nodes[0].outputs[0] is body.outputs[1]
     assert body.nodes[0].inputs == [acc, x]
 
 

@@ -11,7 +11,8 @@ Rewrites (each rewires the node's consumers, in this graph and in its Loop bodie
 - Neg(Neg(x)).
 
 A node that makes an output of its graph (or of a subgraph that reads it) keeps its output: the output
-must keep its name. The values it leaves unused are dropped by dead-code elimination afterwards.
+must keep its name. An Identity that only renames an inner value into an output hands the name to
+that value's producer instead (`_take_name`). The values it leaves unused are dropped by dead-code elimination afterwards.
 """
 from __future__ import annotations
 
@@ -130,13 +131,32 @@ def _rewrite(n: Node) -> tuple[Value | None, bool]:
 
 
 def simplify(graph: Graph) -> bool:
-    return _simplify(graph, {})
+    alias: dict[int, Value] = {}
+    changed = _simplify(graph, alias)
+    _rename_uses(graph, alias)  # (nodes that read a value renamed after them: see `_take_name`)
+    return changed
+
+
+def _take_name(n: Node, mine: set[int], keep_names: set[int], alias: dict[int, Value]) -> bool:
+    """`out = Identity(y)` making a graph output: when y is made by a node of this graph and is no output
+    itself, that node makes `out` instead, and the Identity goes."""
+    y, out = n.inputs[0], n.outputs[0]
+    p = y.producer
+    if (n.op != "Identity" or p is None or id(p) not in mine or p.op == "Constant" or id(y) in keep_names
+            or not any(o is y for o in p.outputs) or y.type != out.type):
+        return False
+    p.outputs = [out if o is y else o for o in p.outputs]
+    out.producer = p
+    out.const, out.sym = y.const, y.sym
+    alias[id(y)] = out
+    return True
 
 
 def _simplify(graph: Graph, alias: dict[int, Value]) -> bool:
     keep_names = {id(v) for v in graph.outputs} | _subgraph_outputs(graph)
     changed = False
     kept = []
+    mine: set[int] = set()
     for n in graph.nodes:
         n.inputs = [_resolve(alias, v) for v in n.inputs]
         for sub in _subgraphs(n):
@@ -144,10 +164,15 @@ def _simplify(graph: Graph, alias: dict[int, Value]) -> bool:
             changed |= _simplify(sub, alias)
         replacement, modified = _rewrite(n)
         changed |= modified
-        if replacement is not None and not any(id(o) in keep_names for o in n.outputs):
-            alias[id(n.outputs[0])] = replacement
-            changed = True
-            continue
+        if replacement is not None:
+            if not any(id(o) in keep_names for o in n.outputs):
+                alias[id(n.outputs[0])] = replacement
+                changed = True
+                continue
+            if _take_name(n, mine, keep_names, alias):
+                changed = True
+                continue
         kept.append(n)
+        mine.add(id(n))
     graph.nodes = kept
     return changed
