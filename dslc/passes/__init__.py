@@ -5,8 +5,9 @@ from ..ir.core import Graph
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .fold import fold_constants
+from .simplify import simplify
 
-PASSES = (fold_constants, eliminate_common_subexpressions, eliminate_dead_code)
+PASSES = (fold_constants, simplify, eliminate_common_subexpressions, eliminate_dead_code)
 
 
 def optimize(graph: Graph) -> bool:
