@@ -702,6 +702,9 @@ def _class_logprob(ctx: Ctx, p: Value, from_logits: bool) -> Value:
 def categorical_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "bool" = False,
                              label_smoothing: "float" = 0.0):
     p = _float_tensor(ctx, pred, "pred")
+    if p.rank < 1:
+        raise ctx.error(f"{ctx.name}() needs class probabilities [..., classes], got {p.type}", "pred",
+                        cls=DslShapeError)
     t = _target(ctx, target, p)
     b = ctx.b
     if not 0 <= label_smoothing <= 1:
