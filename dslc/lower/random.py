@@ -5,7 +5,7 @@ differently, so a graph using them can neither be resumed bit for bit nor compar
 Here each random tensor is a hash of counters instead (a counter-based generator, as Philox and
 JAX's threefry are):
 
-    key  = mix(mix(seed * GOLDEN + site) ^ mix(step * GOLDEN2 + C))   per random op ("site")
+    key  = mix(mix(seed * GOLDEN + site + C) ^ mix(step * GOLDEN2 + C))   per random op ("site")
     bits = mix(mix(position * GOLDEN + key) ^ key)                     per element (uint32)
 
 where `mix` is MurmurHash3's 32-bit finalizer (a bijection with full avalanche), `position` is the
@@ -46,7 +46,8 @@ def _as_u32(b: Builder, v: Value) -> Value:
 
 def site_key(b: Builder, seed: Value, step: Value | None, site: int, iteration: Value | None) -> Value:
     """The uint32 key of one random op: a function of the seed, the step, the site and the loop pass."""
-    h = _mix(b, b.op("Add", [b.op("Mul", [_as_u32(b, seed), _u32(b, GOLDEN)]), _u32(b, site)]))
+    # (OFFSET: mix(0) is 0, so seed 0 at site 0 would otherwise get the all-zero key)
+    h = _mix(b, b.op("Add", [b.op("Mul", [_as_u32(b, seed), _u32(b, GOLDEN)]), _u32(b, site + OFFSET)]))
     for counter in (step, iteration):
         if counter is not None:
             c = _mix(b, b.op("Add", [b.op("Mul", [_as_u32(b, counter), _u32(b, GOLDEN2)]), _u32(b, OFFSET)]))
