@@ -68,11 +68,12 @@ def _dims(vi) -> list:
 
 def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache=None, train_images: int = 2000,
                test_images: int = 500, seed: int | None = None, log=print) -> Path:
-    from .. import api
+    from ..lower.program import load_program
     from ..runtime.datasets import load_dataset
+    from ..runtime.evaluate import compile_target
     from ..train.plan import plan as make_plan
 
-    program = api.load(path)
+    program = load_program(path)
     p = make_plan(program, target)
     if seed is not None:
         from dataclasses import replace
@@ -93,10 +94,10 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
     for f in ORT_FILES:
         shutil.copyfile(dist / f, out / "ort" / f)
 
-    train = api.compile(program, step.name, seed=p.seed)
+    train = compile_target(program, step.name, seed=p.seed)
     state = lift_initializers(train)
     counters = {k: state.pop(k) for k in ("step", "seed") if k in state}
-    infer = api.compile(program, p.export, seed=p.seed)
+    infer = compile_target(program, p.export, seed=p.seed)
     infer_weights = lift_initializers(infer, set(state))
     onnx.save(train, str(out / "train_step.onnx"))
     onnx.save(infer, str(out / "model.onnx"))
