@@ -322,13 +322,17 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
     lw, b = ctx.lw, ctx.b
     gamma = lw.weight(f"{path}.gamma", (d,), I.ones, span=ctx.span, dtype=x.dtype)
     beta = lw.weight(f"{path}.beta", (d,), I.zeros, span=ctx.span, dtype=x.dtype)
+    along = b.ints([d] + [1] * (x.rank - 1 - axis % x.rank))  # gamma, beta lined up with the axis
+    y = b.op("Mul", [_standardize(b, x, axis, eps), b.op("Reshape", [gamma, along])])
+    return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
+
+
+def _standardize(b, x: Value, axis: int, eps: float) -> Value:
+    """(x - mean) / sqrt(var + eps) along one axis, with the biased variance (layer and group norm)."""
     axes = b.ints([axis])
     centered = b.op("Sub", [x, b.op("ReduceMean", [x, axes], {"keepdims": 1})])
     var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), axes], {"keepdims": 1})
-    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])
-    along = b.ints([d] + [1] * (x.rank - 1 - axis % x.rank))  # gamma, beta lined up with the axis
-    y = b.op("Mul", [b.op("Mul", [centered, inv]), b.op("Reshape", [gamma, along])])
-    return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
+    return b.op("Mul", [centered, b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])])
 
 
 def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
@@ -350,10 +354,7 @@ def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
     gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span, dtype=x.dtype)
     beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span, dtype=x.dtype)
     grouped = b.op("Reshape", [x, b.ints([0, groups, -1])])  # [N, G, C/G * spatial]
-    axes = b.ints([2])
-    centered = b.op("Sub", [grouped, b.op("ReduceMean", [grouped, axes], {"keepdims": 1})])
-    var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), axes], {"keepdims": 1})
-    normed = b.op("Mul", [centered, b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])])
+    normed = _standardize(b, grouped, 2, eps)
     if all(isinstance(d, int) for d in x.shape[1:]):
         back = b.ints([0] + list(x.shape[1:]))
     else:
