@@ -88,7 +88,7 @@ def compile_file(path: str | Path, out_dir: str | Path | None = None, targets: l
         if verify:
             check(model)
         dest = out / f"{t}.onnx"
-        save_onnx(dest, model)
+        save_onnx(dest, model, durable=False)  # recomputable: no fsync
         written.append(dest)
     return written
 

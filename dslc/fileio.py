@@ -1,5 +1,7 @@
-"""Every file dslc writes goes through here: to a temp file in the same directory, fsync, then
-rename, so a crash, a kill or Ctrl-C leaves the old file or the new one, never half of one."""
+"""Every file dslc writes goes through here: to a temp file in the same directory, then rename, so
+a crash, a kill or Ctrl-C leaves the old file or the new one, never half of one. Files that
+cannot be recomputed (checkpoints, weights) are also fsynced, to survive a power loss; compiled
+graphs skip that (a few ms each): a recompile restores them."""
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +17,10 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path) -> Iterator[IO[bytes]]:
-    """`with atomic_write(p) as f: f.write(...)`: p appears whole when the block ends, or not at all.
-    A file system's refusal (no space, no permission, a folder in the way) is a DslError."""
+def atomic_write(path: str | Path, durable: bool = True) -> Iterator[IO[bytes]]:
+    """`with atomic_write(p) as f: f.write(...)`: p appears whole when the block ends, or not at all;
+    durable: fsync the file and the rename. A file system's refusal (no space, no permission, a
+    folder in the way) is a DslError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,8 +33,9 @@ def atomic_write(path: str | Path) -> Iterator[IO[bytes]]:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         with os.fdopen(fd, "wb") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -39,6 +43,8 @@ def atomic_write(path: str | Path) -> Iterator[IO[bytes]]:
         if isinstance(e, OSError):
             raise _write_error(path, e) from None
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -53,8 +59,8 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_write(path) as f:
+def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+    with atomic_write(path, durable) as f:
         f.write(data)
 
 
@@ -70,7 +76,7 @@ def save_npz(path: str | Path, arrays: dict[str, np.ndarray], compress: bool = F
 MAX_PROTO = 2**31 - 1  # protobuf cannot serialize a message of 2 GiB or more
 
 
-def save_onnx(path: str | Path, model) -> None:
+def save_onnx(path: str | Path, model, durable: bool = True) -> None:
     from .diagnostics import DslError, format_bytes
 
     size = sum(len(t.raw_data) for t in model.graph.initializer)
@@ -83,7 +89,7 @@ def save_onnx(path: str | Path, model) -> None:
         raise DslError(f"out of memory writing {path}: the model needs about {format_bytes(2 * size)}") from None
     except ValueError as e:  # protobuf's own size limit, counted over the whole graph
         raise DslError(f"cannot write {path}: {e}") from None
-    write_bytes(path, data)
+    write_bytes(path, data, durable)
 
 
 # ------------------------------------------------------------------ checking outputs before the work
