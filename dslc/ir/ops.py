@@ -783,9 +783,20 @@ _register("RandomNormal RandomUniform",
 
 def _loop(inputs, attrs):
     body = attrs["body"]
-    # body: (iter, cond, carried...) -> (cond, carried..., scan outputs...)
+    # body: (iter, cond, carried...) -> (cond, carried..., scan outputs...); a scan output stacks
+    # one value per pass
     n_carried = len(inputs) - 2
-    return [v.type for v in body.outputs[1:1 + n_carried]]
+    passes = _trip_dim(inputs[0])
+    return ([v.type for v in body.outputs[1:1 + n_carried]] +
+            [TensorType(v.dtype, (passes,) + v.shape) for v in body.outputs[1 + n_carried:]])
+
+
+def _trip_dim(trip: Value | None) -> Dim:
+    if trip is not None and trip.const is not None:
+        return int(trip.const)
+    if trip is not None and trip.sym is not None and len(trip.sym) == 1:
+        return trip.sym[0]
+    return f"passes({trip.name if trip is not None else ''})"
 
 
 _register("Loop", _loop)
