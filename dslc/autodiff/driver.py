@@ -16,7 +16,7 @@ from ..ir import patterns as P
 from ..ir.core import Graph, Node, Value
 from ..ir.builder import Builder
 from .loops import captured, loop_vjp
-from .rules import NON_DIFFERENTIABLE, VJP
+from .rules import NON_DIFFERENTIABLE, OWN_RULE, VJP
 
 
 def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Value]) -> list[Value | None]:
@@ -25,7 +25,7 @@ def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Val
     nodes, first_new = list(b.graph.nodes), len(b.graph.nodes)
     live, path = _gradient_path(nodes, wrt, outputs)
     for node in path:
-        if node.op not in VJP and node.op != "Loop":
+        if node.op not in VJP and node.op not in OWN_RULE:
             raise DslError(f"cannot differentiate through {node.op}", node.span)
 
     grads: dict[Value, list[Value]] = {}

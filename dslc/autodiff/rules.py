@@ -30,8 +30,8 @@ NON_DIFFERENTIABLE = {
     "BitwiseXor", "BitwiseAnd", "BitwiseOr", "BitShift", "Range",
     "Round",
 }
-# Ops with neither: reaching one on a gradient path is the driver's located error.
-NO_RULE = {"Loop"}
+# Ops whose rule lives in a module of its own (it needs more than the node: which values are live).
+OWN_RULE = {"Loop"}  # loops.py
 
 
 # ------------------------------------------------------------------ small builders
