@@ -60,18 +60,41 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
 def dim_add(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a + b
-    if a == 0:
-        return b
+    if isinstance(a, int):
+        a, b = b, a
     if b == 0:
         return a
+    if isinstance(b, int):  # N-1 + 1 is N: offsets of one symbol add up
+        base, offset = _offset(a)
+        offset += b
+        return base if offset == 0 else f"{base}{offset:+d}"
     if a == b:
         return dim_mul(2, a)
     return f"{a}+{b}"
 
 
+def dim_sub(a: Dim, b: Dim) -> Dim:
+    if isinstance(b, int):
+        return dim_add(a, -b)
+    (base_a, off_a), (base_b, off_b) = _offset(a), _offset(b)
+    if base_a == base_b:  # (N-1) - (N-3) is 2
+        return off_a - off_b
+    return f"{a}-{_paren(b)}"
+
+
+def _offset(d: Dim) -> tuple[Dim, int]:
+    """A symbolic dim as (base, constant offset): "N-2" -> ("N", -2), "N" -> ("N", 0)."""
+    if isinstance(d, int):
+        return 0, d
+    head, sign, tail = max(d.rpartition("+"), d.rpartition("-"), key=lambda p: len(p[0]))
+    if head and tail.isdigit() and head.count("(") == head.count(")"):
+        return head, int(sign + tail)
+    return d, 0
+
+
 def _paren(d: Dim) -> str:
     s = str(d)
-    return f"({s})" if "+" in s else s
+    return f"({s})" if "+" in s or "-" in s else s
 
 
 class ShapeIssue(Exception):
