@@ -108,7 +108,7 @@ def _bound(lw, sc, part):
     if isinstance(v, int) and not isinstance(v, bool):
         return v
     raise DslTypeError(f"a slice bound must be an integer, got {describe(v)}", part.span,
-                       "a number, or a dim as a value: `N - 1`, `x.shape[0] - 1`, an `i64` input")
+                       "use an integer, or a dim as a value: `N - 1`, `x.shape[0] - 1`, an `i64` input")
 
 
 def _step(lw, sc, part):
