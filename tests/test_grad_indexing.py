@@ -64,6 +64,19 @@ fn repeat_random(x: f64[N, 6]) { y = x
   repeat 2 { y = y * random_uniform(like=y, low=0.5, high=1.5) + x }
   loss = sum(y * y)
   return loss, grad(loss, x) }
+fn repeat_moving_bound(x: f64[N, 6]) { y = x
+  k = x.shape[0] - 1
+  repeat 3 { y = y * x + 0.1 * sum(y[k:] ^ 2) - 0.1 * sum(y[:k])
+    k = k - 1 }
+  loss = sum(y * y)
+  return loss, grad(loss, x) }
+fn repeat_grad_inside(x: f64[N, 6]) { y = x
+  repeat 2 { gy = grad(sum(sin(y)[1:]), y)
+    z = y
+    repeat 2 { z = z * cos(y) }
+    y = z + gy }
+  loss = sum(y)
+  return loss, grad(loss, x) }
 model Cell(x: f64[N, 6]) -> h {
   h = dense(x, 6, activation=tanh)
   repeat 3 { h = dense(h, 6, activation=tanh) + x }
@@ -74,7 +87,7 @@ fn repeat_weights(x: f64[N, 6]) { loss = sum(Cell(x) ^ 2)
 """
 TARGETS = ["first_row", "last_row", "column", "inner", "all_but_last", "strided", "negative_bounds",
            "static_strides", "input_bound", "new_axes", "second_order", "repeat_constant", "repeat_run_time",
-           "repeat_nested", "repeat_second_order", "repeat_random"]
+           "repeat_nested", "repeat_second_order", "repeat_random", "repeat_moving_bound", "repeat_grad_inside"]
 RUNS = {"input_bound": [1, 2, 4], "repeat_run_time": [1, 3, 0]}
 
 
