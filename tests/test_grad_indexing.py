@@ -70,6 +70,12 @@ fn repeat_moving_bound(x: f64[N, 6]) { y = x
     k = k - 1 }
   loss = sum(y * y)
   return loss, grad(loss, x) }
+fn repeat_rotate(x: f64[N, 6]) { y = x
+  k = x.shape[0] - 4
+  repeat 3 { y = sin(concat(y[k:], y[:k], axis=0)) * x   # rows rotated by k, a run-time amount
+    k = k + 1 }
+  loss = sum(y * y)
+  return loss, grad(loss, x) }
 fn repeat_grad_inside(x: f64[N, 6]) { y = x
   repeat 2 { gy = grad(sum(sin(y)[1:]), y)
     z = y
@@ -87,7 +93,8 @@ fn repeat_weights(x: f64[N, 6]) { loss = sum(Cell(x) ^ 2)
 """
 TARGETS = ["first_row", "last_row", "column", "inner", "all_but_last", "strided", "negative_bounds",
            "static_strides", "input_bound", "new_axes", "second_order", "repeat_constant", "repeat_run_time",
-           "repeat_nested", "repeat_second_order", "repeat_random", "repeat_moving_bound", "repeat_grad_inside"]
+           "repeat_nested", "repeat_second_order", "repeat_random", "repeat_moving_bound", "repeat_rotate",
+           "repeat_grad_inside"]
 RUNS = {"input_bound": [1, 2, 4], "repeat_run_time": [1, 3, 0]}
 
 

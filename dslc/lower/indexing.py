@@ -4,7 +4,7 @@ and `None` a new axis of size 1 (Unsqueeze). Slice bounds are integers or dims k
 from __future__ import annotations
 
 
-from ..diagnostics import DslError, DslShapeError, DslTypeError
+from ..diagnostics import DslError, DslShapeError, DslTypeError, source_text
 from ..frontend import ast as A
 from ..ir.core import Value
 from .values import describe
@@ -104,6 +104,8 @@ def _bound(lw, sc, part):
     if isinstance(v, Value) and v.const is not None and v.const.ndim == 0 and v.dtype == "i64":
         return int(v.const)
     if isinstance(v, Value) and v.dtype == "i64" and v.rank == 0:
+        if v.sym is None:  # not a dim of a shape: the slice's length reads as its source text
+            v.sym = (source_text(part.span) or "?",)
         return v
     if isinstance(v, int) and not isinstance(v, bool):
         return v
