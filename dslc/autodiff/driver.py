@@ -126,5 +126,5 @@ def _prune(graph: Graph, first_new: int, results: list[Value | None]) -> None:
     for node in reversed(graph.nodes[first_new:]):
         if any(out in needed for out in node.outputs):
             kept.append(node)
-            needed.update(v for v in node.inputs if v is not None)
+            needed.update(_node_inputs(node))  # (a backward Loop's body reads outer values too)
     graph.nodes[first_new:] = kept[::-1]

@@ -63,6 +63,7 @@ def loop_vjp(b: Builder, node: Node, dys: list, live: set) -> list[Value | None]
     bwd.outputs = [bb.op("Identity", [cond])] + [bb.op("Identity", [g]) for g in grads[:len(floats)]]
     bwd.outputs += [bb.op("Add", [s, g]) for s, g in zip(sums, grads[len(floats):])]
 
+    _hoist_invariants(bwd, b.graph)
     d_final = [dys[j] if dys[j] is not None else P.zeros_like(b, node.outputs[j]) for j in floats]
     results = b.op("Loop", [trip, b.const(np.asarray(True), "bool")] + d_final +
                    [P.zeros_like(b, v) for v in wanted], {"body": bwd})
@@ -70,6 +71,25 @@ def loop_vjp(b: Builder, node: Node, dys: list, live: set) -> list[Value | None]
     d_inits = dict(zip(floats, results))
     d_outer = dict(zip(wanted, results[len(floats):]))
     return [None, None] + [d_inits.get(j) for j in range(k)] + [d_outer.get(v) for v in outer]
+
+
+def _hoist_invariants(body: Graph, outer: Graph) -> None:
+    """Move the body's nodes that read only outer values (a weight's Transpose, a Shape) out of the
+    Loop, so they run once instead of once per pass."""
+    inside = set(body.inputs)
+    kept = []
+    for n in body.nodes:
+        reads = [v for v in n.inputs if v is not None]
+        if (any(isinstance(a, Graph) for a in n.attrs.values()) or n.op.startswith("Random")
+                or any(v in inside for v in reads) or any(v in body.outputs for v in n.outputs)):
+            kept.append(n)
+            inside.update(n.outputs)
+        else:
+            outer.nodes.append(n)
+            for v in n.outputs:
+                if v.name in body.exact:
+                    outer.exact[v.name] = body.exact[v.name]
+    body.nodes = kept
 
 
 def _row(b: Builder, history: Value, r: Value, like: Value) -> Value:
