@@ -49,7 +49,7 @@ def loop_vjp(b: Builder, node: Node, dys: list, live: set) -> list[Value | None]
     t = bb.input(bb.fresh("pass"), TensorType("i64", ()))
     cond = bb.input(bb.fresh("cond"), TensorType("bool", ()))
     d_carried = [bb.input(bb.fresh("d_carried"), inits[j].type) for j in floats]
-    sums = [bb.input(bb.fresh("d_captured"), v.type) for v in outer if v in wanted]
+    sums = [bb.input(bb.fresh("d_captured"), v.type) for v in wanted]
     r = bb.op("Sub", [bb.op("Sub", [trip, bb.ints(1)]), t])  # the forward pass this one undoes
     starts = [_row(bb, h, r, init) for h, init in zip(history, inits)]
     mapping = {body.inputs[0]: r, body.inputs[1]: cond, **dict(zip(body.inputs[2:], starts))}
