@@ -15,7 +15,8 @@ from ..diagnostics import DslError
 from ..ir import patterns as P
 from ..ir.core import Graph, Node, Value
 from ..ir.builder import Builder
-from .rules import NON_DIFFERENTIABLE, VJP
+from .loops import captured, loop_vjp
+from .rules import NON_DIFFERENTIABLE, OWN_RULE, VJP
 
 
 def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Value]) -> list[Value | None]:
@@ -24,7 +25,7 @@ def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Val
     nodes, first_new = list(b.graph.nodes), len(b.graph.nodes)
     live, path = _gradient_path(nodes, wrt, outputs)
     for node in path:
-        if node.op not in VJP:
+        if node.op not in VJP and node.op not in OWN_RULE:
             raise DslError(f"cannot differentiate through {node.op}", node.span)
 
     grads: dict[Value, list[Value]] = {}
@@ -39,7 +40,7 @@ def vjp(b: Builder, outputs: list[Value], cotangents: list[Value], wrt: list[Val
             dys = [_total(b, grads, out) for out in node.outputs]
             if all(dy is None for dy in dys):
                 continue
-            for x, g in zip(node.inputs, VJP[node.op](b, node, dys)):
+            for x, g in zip(*_backward(b, node, dys, live)):
                 if g is not None and x in live:
                     grads.setdefault(x, []).append(_sum_to_shape(b, g, x))
         b.span = outer_span
@@ -54,6 +55,14 @@ def grad(b: Builder, y: Value, wrt: list[Value]) -> list[Value | None]:
     """Gradients of y (of sum(y) when y is not a scalar) with respect to each `wrt` value."""
     seed = b.const(np.asarray(1), y.dtype) if y.rank == 0 else P.full_like(b, y, 1)
     return vjp(b, [y], [seed], wrt)
+
+
+def _backward(b: Builder, node: Node, dys: list, live: set) -> tuple[list, list]:
+    """A node's differentiable inputs and their gradients. A Loop's include the outer values its
+    body reads, and its rule builds only the gradients that lead somewhere (those of live values)."""
+    if node.op == "Loop":
+        return list(node.inputs) + captured(node.attrs["body"]), loop_vjp(b, node, dys, live)
+    return node.inputs, VJP[node.op](b, node, dys)
 
 
 def _gradient_path(nodes: list[Node], wrt: list[Value], outputs: list[Value]) -> tuple[set, list[Node]]:
@@ -78,14 +87,8 @@ def _node_inputs(node: Node) -> list[Value]:
     ins = [v for v in node.inputs if v is not None]
     for attr in node.attrs.values():
         if isinstance(attr, Graph):
-            ins += _captured(attr)
+            ins += captured(attr)
     return ins
-
-
-def _captured(graph: Graph) -> list[Value]:
-    inside = set(graph.inputs) | {p.value for p in graph.params}
-    inside.update(out for n in graph.nodes for out in n.outputs)
-    return [v for n in graph.nodes for v in _node_inputs(n) if v not in inside]
 
 
 def _total(b: Builder, grads: dict[Value, list[Value]], v: Value) -> Value | None:
@@ -123,5 +126,5 @@ def _prune(graph: Graph, first_new: int, results: list[Value | None]) -> None:
     for node in reversed(graph.nodes[first_new:]):
         if any(out in needed for out in node.outputs):
             kept.append(node)
-            needed.update(v for v in node.inputs if v is not None)
+            needed.update(_node_inputs(node))  # (a backward Loop's body reads outer values too)
     graph.nodes[first_new:] = kept[::-1]

@@ -30,8 +30,8 @@ NON_DIFFERENTIABLE = {
     "BitwiseXor", "BitwiseAnd", "BitwiseOr", "BitShift", "Range",
     "Round",
 }
-# Ops with neither: reaching one on a gradient path is the driver's located error.
-NO_RULE = {"Loop"}
+# Ops whose rule lives in a module of its own (it needs more than the node: which values are live).
+OWN_RULE = {"Loop"}  # loops.py
 
 
 # ------------------------------------------------------------------ small builders
@@ -382,17 +382,15 @@ def _split(b, node, dys):
 
 
 def slice_grad(b: Builder, dy: Value, x: Value, starts, ends, axes, steps) -> Value:
-    """The Slice VJP: dy scattered back into zeros of x's shape, one axis at a time (zero
-    insertion for a step > 1, a reversal for a negative step, then padding)."""
+    """The Slice VJP with constant bounds on static axes: dy scattered back into zeros of x's shape,
+    one axis at a time (zero insertion for a step > 1, a reversal for a negative step, then
+    padding); constant pads, static shapes."""
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= x.rank
         dim = x.shape[axis]
-        if not isinstance(dim, int):
-            if step == 1 and start >= 0 and end >= 2**62:
-                dy = P.pad_or_crop(b, dy, {axis: (start, 0)})
-                continue
-            raise DslError(f"cannot differentiate the slice [{start}:{end}:{step}] of the dynamic dim {dim}",
-                           b.span)
+        if not isinstance(dim, int):  # x[k:] on a symbolic axis: pad by k in front
+            dy = P.pad_or_crop(b, dy, {axis: (start, 0)})
+            continue
         start, stop, step = slice(start, end, step).indices(dim)
         n = len(range(start, stop, step))
         if step < 0:  # walk the picked elements upwards instead
@@ -403,21 +401,97 @@ def slice_grad(b: Builder, dy: Value, x: Value, starts, ends, axes, steps) -> Va
     return dy
 
 
+def _static_slice(x: Value, starts, ends, axes, steps) -> bool:
+    """Whether slice_grad applies: constant bounds, and each sliced axis static or sliced `k:`."""
+    return starts is not None and ends is not None and all(
+        isinstance(x.shape[a % x.rank], int) or (st == 1 and s >= 0 and e >= 2**62)
+        for s, e, a, st in zip(starts, ends, axes, steps))
+
+
+def slice_grad_at_run_time(b: Builder, dy: Value, x: Value, starts: Value, axes, steps) -> Value:
+    """The Slice VJP where an axis or a start is known only at run time (x[0] or x[1:N-1] on a
+    batch axis N): per axis, reverse a negative step and insert step-1 zeros after each element,
+    then one Pad whose widths come from Shape(x), the starts and dy's length."""
+    const_starts = _ints(starts) if starts.const is not None else None
+    before, after = [0] * x.rank, [0] * x.rank
+    for i, (axis, step) in enumerate(zip(axes, steps)):
+        axis %= x.rank
+        n = _dim(b, dy, axis)
+        dim = _dim(b, x, axis)
+        start = const_starts[i] if const_starts else _op(b, "Gather", starts, b.ints(i), axis=0)
+        if step < 0:
+            dy = P.slice_axes(b, dy, [-1], [P.INT64_MIN], [axis], [-1])
+        if abs(step) > 1:  # element i at i*|step|, without the zeros after the last one
+            dy = P.slice_axes(b, P.zero_insert(b, dy, axis, abs(step)), [0], [1 - abs(step)], [axis])
+        first = _clamped_start(b, start, dim, step)
+        last_gap = _iop(b, "Mul", _iop(b, "Sub", n, 1), step)  # from the first picked element to the last
+        lowest = first if step > 0 else _iop(b, "Add", first, last_gap)
+        before[axis] = lowest
+        after[axis] = _iop(b, "Sub", _iop(b, "Sub", dim, lowest), _iop(b, "Add", _iop(b, "Mul", _iop(
+            b, "Sub", n, 1), abs(step)), 1))
+    dx = _op(b, "Pad", dy, _int_vector(b, before + after))
+    return dx if dx.shape == x.shape else _op(b, "Reshape", dx, P.shape_of(b, x))
+
+
+def _dim(b: Builder, v: Value, axis: int) -> int | Value:
+    d = v.shape[axis]
+    return d if isinstance(d, int) else _op(b, "Gather", _op(b, "Shape", v), b.ints(axis), axis=0)
+
+
+def _iop(b: Builder, op: str, p, q):
+    """Integer arithmetic on Python ints (folded here) or i64 scalars (run time)."""
+    if isinstance(p, int) and isinstance(q, int):
+        return {"Add": p + q, "Sub": p - q, "Mul": p * q, "Max": max(p, q), "Min": min(p, q)}[op]
+    as_value = [v if isinstance(v, Value) else b.ints(v) for v in (p, q)]
+    return b.op(op, as_value)
+
+
+def _clamped_start(b: Builder, start, dim, step):
+    """Where a slice starts, as ONNX Slice reads it: from the end when negative, then clamped to
+    [0, dim] (step > 0) or [-1, dim - 1] (step < 0)."""
+    lo, hi = (0, dim) if step > 0 else (-1, _iop(b, "Sub", dim, 1))
+    if isinstance(start, int):
+        if abs(start) >= 2**62:
+            return hi if start > 0 else lo
+        if start < 0:
+            start = _iop(b, "Add", dim, start)
+    else:
+        start = _op(b, "Where", _op(b, "Less", start, b.ints(0)), _op(b, "Add", start, dim if isinstance(
+            dim, Value) else b.ints(dim)), start)
+    return _iop(b, "Max", lo, _iop(b, "Min", start, hi))
+
+
+def _int_vector(b: Builder, items: list) -> Value:
+    if all(isinstance(v, int) for v in items):
+        return b.ints(items)
+    parts = [_op(b, "Unsqueeze", v, b.ints([0])) if isinstance(v, Value) else b.ints([v]) for v in items]
+    return _op(b, "Concat", *parts, axis=0)
+
+
 def _slice(b, node, dys):
-    x = node.inputs[0]
-    starts, ends = _ints(node.inputs[1]), _ints(node.inputs[2])
-    axes = _ints(_input(node, 3)) or list(range(len(starts)))
-    steps = _ints(_input(node, 4)) or [1] * len(starts)
-    return [slice_grad(b, dys[0], x, starts, ends, axes, steps)]
+    x, starts, ends = node.inputs[:3]
+    axes = _ints(_input(node, 3)) or list(range(starts.shape[0]))
+    steps = _ints(_input(node, 4)) or [1] * len(axes)
+    const_starts = _ints(starts) if starts.const is not None else None
+    const_ends = _ints(ends) if ends.const is not None else None
+    if _static_slice(x, const_starts, const_ends, axes, steps):
+        return [slice_grad(b, dys[0], x, const_starts, const_ends, axes, steps)]
+    return [slice_grad_at_run_time(b, dys[0], x, starts, axes, steps)]
 
 
 def _pad(b, node, dys):
-    x, value, dy = node.inputs[0], _input(node, 2), dys[0]
+    x, pads, value, dy = node.inputs[0], node.inputs[1], _input(node, 2), dys[0]
     mode = node.attrs.get("mode", "constant")
     if mode != "constant":
         raise DslError(f"cannot differentiate through Pad with mode {mode}", b.span)
-    pads, r = _ints(node.inputs[1]), x.rank
-    dx = P.pad_or_crop(b, dy, {a: (-pads[a], -pads[a + r]) for a in range(r)})
+    r = x.rank
+    if pads.const is not None:
+        widths = _ints(pads)
+        dx = P.pad_or_crop(b, dy, {a: (-widths[a], -widths[a + r]) for a in range(r)})
+    else:  # widths known at run time (a Slice gradient's): crop [before, before + dim) on each axis
+        before = P.slice_axes(b, pads, [0], [r], [0])
+        dx = _op(b, "Slice", dy, before, _op(b, "Add", before, _op(b, "Shape", x)), b.ints(list(range(r))))
+        dx = _op(b, "Reshape", dx, P.shape_of(b, x))
     d_value = None
     if value is not None and value.type.is_float:  # the padding cells: all of dy minus x's part
         d_value = _op(b, "Sub", _op(b, "ReduceSum", dy, keepdims=0), _op(b, "ReduceSum", dx, keepdims=0))

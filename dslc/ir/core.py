@@ -60,18 +60,56 @@ def dim_mul(a: Dim, b: Dim) -> Dim:
 def dim_add(a: Dim, b: Dim) -> Dim:
     if isinstance(a, int) and isinstance(b, int):
         return a + b
-    if a == 0:
-        return b
-    if b == 0:
-        return a
     if a == b:
         return dim_mul(2, a)
-    return f"{a}+{b}"
+    return _combine(a, b, 1)
+
+
+def dim_sub(a: Dim, b: Dim) -> Dim:
+    """a - b; symbolic terms cancel: (N-1) - (N-3) is 2, (N-k) + k is N."""
+    return a - b if isinstance(a, int) and isinstance(b, int) else _combine(a, b, -1)
+
+
+def _combine(a: Dim, b: Dim, sign: int) -> Dim:
+    terms_a, const_a = _terms(a)
+    terms_b, const_b = _terms(b)
+    terms = list(terms_a)
+    for s, atom in terms_b:
+        s *= sign
+        if (-s, atom) in terms:
+            terms.remove((-s, atom))
+        else:
+            terms.append((s, atom))
+    const = const_a + sign * const_b
+    if not terms:
+        return const
+    text = "".join(("-" if s < 0 else "+" if i else "") + atom for i, (s, atom) in enumerate(terms))
+    return text + (f"{const:+d}" if const else "")
+
+
+def _terms(d: Dim) -> tuple[list[tuple[int, str]], int]:
+    """A dim as signed atoms and a constant, split at the + and - outside parentheses:
+    "N-k+2" -> ([(1, "N"), (-1, "k")], 2)."""
+    if isinstance(d, int):
+        return [], d
+    terms, const, depth, start, sign = [], 0, 0, 0, 1
+    for i, ch in enumerate(d + "+"):
+        depth += (ch == "(") - (ch == ")")
+        if ch in "+-" and depth == 0 and i > start:
+            atom = d[start:i]
+            if atom.isdigit():
+                const += sign * int(atom)
+            else:
+                terms.append((sign, atom))
+            sign, start = (1 if ch == "+" else -1), i + 1
+        elif ch in "+-" and depth == 0 and i == start:
+            sign, start = sign * (1 if ch == "+" else -1), i + 1
+    return terms, const
 
 
 def _paren(d: Dim) -> str:
     s = str(d)
-    return f"({s})" if "+" in s else s
+    return f"({s})" if "+" in s or "-" in s else s
 
 
 class ShapeIssue(Exception):

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_mul, dtype_of
+from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_mul, dim_sub, dtype_of
 
 ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 12: "u32", 2: "u8", 9: "bool"}
 DTYPE_CODE = {v: k for k, v in ONNX_DTYPE_CODES.items()}
@@ -167,7 +167,7 @@ def _binary(inputs, attrs):
 
 
 _NP_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
-_DIM_ARITHMETIC = {"Add": dim_add, "Mul": dim_mul}
+_DIM_ARITHMETIC = {"Add": dim_add, "Sub": dim_sub, "Mul": dim_mul}
 
 
 def _dims_of(v: Value):
@@ -484,27 +484,51 @@ _register("Split", _split)
 
 
 def _slice_params(x: Value, inputs):
-    starts = _const_ints(inputs[1], "slice starts")
-    ends = _const_ints(inputs[2], "slice ends")
+    """Starts and ends hold ints, or dims (symbols such as "N-1") for bounds known only at run time;
+    axes and steps are constants."""
+    starts, ends = _bounds(inputs[1]), _bounds(inputs[2])
     axes = _const_ints(inputs[3], "slice axes") if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
     steps = _const_ints(inputs[4], "slice steps") if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
     return starts, ends, [_norm_axis(a, x.rank) for a in axes], steps
 
 
-def _slice_len(dim: Dim, start: int, end: int, step: int) -> Dim:
-    if isinstance(dim, int):
+def _bounds(v: Value) -> list:
+    if v.const is not None:
+        return [int(b) for b in np.asarray(v.const).reshape(-1)]
+    if v.sym is not None:
+        return list(v.sym)
+    if v.rank != 1 or not isinstance(v.shape[0], int):
+        raise ShapeIssue("slice bounds must be a list of integers")
+    return [f"{v.name}[{i}]" for i in range(v.shape[0])]  # unknown until run time: named after its source
+
+
+BIG = 2**62  # a bound past this means "to the end" (INT64_MAX, or INT64_MIN for a negative step)
+
+
+def _slice_len(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
+    """len(range(start, end, step)) after clamping to the axis; bounds and dims may be symbolic (a
+    symbolic bound is taken to lie inside the axis)."""
+    if isinstance(dim, int) and isinstance(start, int) and isinstance(end, int):
         return len(range(*slice(start, end, step).indices(dim)))
-    if step == 1 and start >= 0 and end >= 0 and end < 2**62:
-        return end - start if end > start else 0
-    if step == 1 and start == 0 and end >= 2**62:
-        return dim
-    if step == 1 and start >= 0 and end >= 2**62:
-        return f"{dim}-{start}"
-    if step == -1 and start == -1 and end <= -2**62:  # x[::-1]: the whole axis, reversed
-        return dim
-    bounds = ":".join("" if abs(b) >= 2**62 else str(b) for b in (start, end)) + ("" if step == 1 else f":{step}")
-    raise ShapeIssue(f"cannot take [{bounds}] of an axis of size {dim}, known only at run time",
-                     "on such an axis, slice with step 1 and bounds >= 0, or take the whole axis")
+    lo, hi = (0, dim) if step > 0 else (-1, dim_add(dim, -1))
+    first, last = (_clamp(dim, b, lo, hi) for b in (start, end))
+    span = dim_sub(last, first) if step > 0 else dim_sub(first, last)
+    if isinstance(span, int):
+        return max(0, -(-span // abs(step)))
+    return span if abs(step) == 1 else f"ceil(({span})/{abs(step)})"
+
+
+def _clamp(dim: Dim, bound: Dim, lo: Dim, hi: Dim) -> Dim:
+    if not isinstance(bound, int):
+        return bound
+    if bound >= BIG:
+        return hi
+    if bound <= -BIG:
+        return lo
+    b = dim_add(dim, bound) if bound < 0 else bound
+    if isinstance(b, int) and isinstance(lo, int) and b < lo:
+        return lo
+    return min(b, hi) if isinstance(b, int) and isinstance(hi, int) else b
 
 
 def _slice(inputs, attrs):
@@ -522,6 +546,8 @@ def _slice(inputs, attrs):
 
 def _fold_slice(node: Node):
     x = node.inputs[0]
+    if any(v is not None and v.const is None for v in node.inputs[1:]):
+        return  # bounds known only at run time
     if x.sym is not None and x.rank == 1:
         starts, ends, axes, steps = _slice_params(x, node.inputs)
         node.outputs[0].sym = tuple(x.sym[slice(starts[0], ends[0], steps[0])])
@@ -538,7 +564,7 @@ _register("Slice", _slice, _fold_slice)
 
 def _pad(inputs, attrs):
     x = inputs[0]
-    pads = _const_ints(inputs[1], "pad widths")
+    pads = _bounds(inputs[1])  # widths known only at run time (a gradient's) are symbols
     r = x.rank
     if len(pads) != 2 * r:
         raise ShapeIssue(f"pad needs {2 * r} widths for a rank-{r} value, got {len(pads)}")
@@ -783,9 +809,20 @@ _register("RandomNormal RandomUniform",
 
 def _loop(inputs, attrs):
     body = attrs["body"]
-    # body: (iter, cond, carried...) -> (cond, carried..., scan outputs...)
+    # body: (iter, cond, carried...) -> (cond, carried..., scan outputs...); a scan output stacks
+    # one value per pass
     n_carried = len(inputs) - 2
-    return [v.type for v in body.outputs[1:1 + n_carried]]
+    passes = _trip_dim(inputs[0])
+    return ([v.type for v in body.outputs[1:1 + n_carried]] +
+            [TensorType(v.dtype, (passes,) + v.shape) for v in body.outputs[1 + n_carried:]])
+
+
+def _trip_dim(trip: Value | None) -> Dim:
+    if trip is not None and trip.const is not None:
+        return int(trip.const)
+    if trip is not None and trip.sym is not None and len(trip.sym) == 1:
+        return trip.sym[0]
+    return f"passes({trip.name if trip is not None else ''})"
 
 
 _register("Loop", _loop)

@@ -306,6 +306,9 @@ class Lowerer:
             return sc.b.op("Gather", [sc.b.op("Shape", [x]), sc.b.const(axis, "i64")], {"axis": 0})
         if e.id in self.program.decls:
             return DeclRef(e.id)
+        if e.id == "None":
+            raise DslError("`None` adds an axis of size 1 inside brackets only", e.span,
+                           "e.g. x[None] or x[:, None]")
         if e.id in WORDS:
             return Symbol(e.id)
         from .builtins import BUILTINS

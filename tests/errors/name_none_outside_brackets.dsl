@@ -1,0 +1,3 @@
+fn widen(x: f32[N, 10]) {
+    return x + None
+}
