@@ -8,6 +8,7 @@ differentiated again (second derivatives, Hessian-vector products).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..diagnostics import DslError
 from ..ir import patterns as P
-from ..ir.core import DTYPES, Node, Value
+from ..ir.core import DTYPES, Node, TensorType, Value
 from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
 
@@ -246,6 +247,8 @@ def _conv_transpose(b, node, dys):
 
 
 def _max_pool(b, node, dys):
+    if node.inputs[0].rank != 4:
+        return _max_pool_nd(b, node, dys)
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     s, p, d = _window(b, node)
     kernel = list(node.attrs["kernel_shape"])
@@ -332,6 +335,8 @@ def _window_counts(n, k, s, d, p0, p1, include_pad) -> np.ndarray:
 
 
 def _average_pool(b, node, dys):
+    if node.inputs[0].rank != 4:
+        return _average_pool_nd(b, node, dys)
     x, dy = node.inputs[0], dys[0]
     s, p, d = _window(b, node)
     (kh, kw), (h, w), (ho, wo) = node.attrs["kernel_shape"], x.shape[2:], dy.shape[2:]
@@ -345,6 +350,62 @@ def _average_pool(b, node, dys):
     spread = _op(b, "ConvTranspose", per_map, _c(b, np.ones((1, 1, kh, kw)), dy), strides=s, pads=p,
                  dilations=d, output_padding=out_pad)
     return [_op(b, "Reshape", spread, P.shape_of(b, x))]
+
+
+# ------------------------------------------------------------------ pooling over 1 or 3 spatial axes
+# Both rules visit the window one kernel offset at a time: a strided Slice of the padded input per
+# offset, its share sent back by the Slice VJP. No Conv/ConvTranspose, so float64 runs everywhere.
+def _window_nd(b: Builder, node: Node) -> tuple[list, list, list, list]:
+    n = node.inputs[0].rank - 2
+    _window(b, node)  # (refuses auto_pad and ceil_mode)
+    a = node.attrs
+    return (list(a["kernel_shape"]), list(a.get("strides", [1] * n)), list(a.get("pads", [0] * 2 * n)),
+            list(a.get("dilations", [1] * n)))
+
+
+def _offset_slices(kernel, strides, dilations, out):
+    """(starts, ends) of the strided Slice that each kernel offset reads, in row-major window order."""
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [o * d for o, d in zip(offset, dilations)]
+        yield starts, [st + s * (n - 1) + 1 for st, s, n in zip(starts, strides, out)]
+
+
+def _max_pool_nd(b, node, dys):
+    """An offset takes dy where it holds its window's maximum and no earlier offset did: the first
+    maximum in row-major window order wins ties, as in PyTorch and TensorFlow (and the 2-D rule)."""
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    kernel, s, p, d = _window_nd(b, node)
+    n = len(kernel)
+    axes = list(range(2, 2 + n))
+    xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=_c(b, -np.inf, x))
+    dxp, seen = None, None
+    for starts, ends in _offset_slices(kernel, s, d, y.shape[2:]):
+        taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
+        first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
+        seen = taken if seen is None else _op(b, "Add", seen, first)
+        part = slice_grad(b, _op(b, "Mul", first, dy), xp, starts, ends, axes, s)
+        dxp = part if dxp is None else _op(b, "Add", dxp, part)
+    return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
+
+
+def _average_pool_nd(b, node, dys):
+    """Each output's dy / (taps counted) goes back to every tap of its window."""
+    x, dy = node.inputs[0], dys[0]
+    kernel, s, p, d = _window_nd(b, node)
+    n = len(kernel)
+    include = node.attrs.get("count_include_pad", 0)
+    counts = np.ones(())
+    for i in range(n):
+        counts = np.multiply.outer(counts, _window_counts(x.shape[2 + i], kernel[i], s[i], d[i], p[i], p[i + n],
+                                                          include))
+    share = _op(b, "Mul", dy, _c(b, 1.0 / counts, dy))
+    padded = tuple(x.shape[:2]) + tuple(x.shape[2 + i] + p[i] + p[i + n] for i in range(n))
+    zeros = Value("padded", TensorType(x.dtype, padded))  # slice_grad reads only its shape
+    dxp = None
+    for starts, ends in _offset_slices(kernel, s, d, dy.shape[2:]):
+        part = slice_grad(b, share, zeros, starts, ends, list(range(2, 2 + n)), s)
+        dxp = part if dxp is None else _op(b, "Add", dxp, part)
+    return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
 
 
 def _global_average_pool(b, node, dys):

@@ -427,6 +427,96 @@ def global_avg_pool2d(ctx: Ctx, x: "T"):
     return _record(ctx, _layer_name(ctx), y)
 
 
+# 1-D pools run as 2-D ones on a one-row image; 3-D pools are 5-D MaxPool / AveragePool.
+_LAYOUTS = {1: "[N, C, L]", 3: "[N, C, D, H, W]"}
+
+
+def _ranked_input(ctx: Ctx, x, spatial: int) -> Value:
+    x = _float_tensor(ctx, x, "x")
+    if x.rank != spatial + 2:
+        raise ctx.error(f"{ctx.name}() expects a rank-{spatial + 2} value {_LAYOUTS[spatial]}, got {x.type}", "x",
+                        cls=DslShapeError)
+    return x
+
+
+def _tuple(ctx: Ctx, v, n: int, arg: str) -> list[int]:
+    vals = [v] * n if isinstance(v, int) else list(v)
+    if len(vals) != n or any(x < 1 for x in vals):
+        what = "integer" if n == 1 else f"integer or a list of {n}"
+        raise ctx.error(f"{ctx.name}() expects `{arg}` as a positive {what}, got {describe(v)}", arg)
+    return vals
+
+
+def _window_pads(ctx: Ctx, padding, x: Value, k: list[int], s: list[int]) -> list[int]:
+    """valid | same | INT | one per spatial axis | begin and end per axis, as ONNX `pads` (all the
+    begins, then all the ends); each smaller than the window, as ONNX and torch require."""
+    n = len(k)
+    if isinstance(padding, Symbol) and padding.name in ("valid", "same"):
+        if padding.name == "valid":
+            return [0] * 2 * n
+        if not all(isinstance(d, int) for d in x.shape[2:]):
+            raise ctx.error("padding=same needs static spatial dims", "padding")
+        return _same_pads(list(x.shape[2:]), k, s, [1] * n)
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pads = [padding] * 2 * n
+    elif isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (n, 2 * n):
+        pads = padding * 2 if len(padding) == n else list(padding)
+    else:
+        lists = f"a list of {n} or {2 * n} integers" if n > 1 else "a list of 2 integers (begin, end)"
+        raise ctx.error(f"padding must be `same`, `valid`, an integer or {lists}", "padding")
+    for i, p in enumerate(pads):
+        if not 0 <= p < k[i % n]:
+            raise ctx.error(f"{ctx.name}() padding {describe(padding)} does not fit the pool window {k}: each pad "
+                            f"must be at least 0 and smaller than the window on its axis", "padding",
+                            "use a smaller padding or padding=same")
+    return pads
+
+
+def _pool_1d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
+    x = _ranked_input(ctx, x, 1)
+    k = _tuple(ctx, pool, 1, "pool")
+    s = _tuple(ctx, strides if strides is not None else pool, 1, "strides")
+    pads = _window_pads(ctx, padding, x, k, s)
+    b = ctx.b
+    image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]: the 2-D pool and its gradient rule
+    y = b.op(op, [image], {"kernel_shape": [1, *k], "strides": [1, *s], "pads": [0, pads[0], 0, pads[1]],
+                           **(extra or {})})
+    return _record(ctx, _layer_name(ctx), b.op("Squeeze", [y, b.ints([2])]))
+
+
+def _pool_3d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
+    x = _ranked_input(ctx, x, 3)
+    k = _tuple(ctx, pool, 3, "pool")
+    s = _tuple(ctx, strides if strides is not None else pool, 3, "strides")
+    pads = _window_pads(ctx, padding, x, k, s)
+    y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
+    return _record(ctx, _layer_name(ctx), y)
+
+
+def max_pool1d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_1d(ctx, "MaxPool", x, pool, strides, padding)
+
+
+def avg_pool1d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_1d(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 0})
+
+
+def max_pool3d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_3d(ctx, "MaxPool", x, pool, strides, padding)
+
+
+def avg_pool3d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_3d(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 0})
+
+
+def _global_mean(spatial: int):
+    def pool(ctx: Ctx, x: "T"):
+        x = _ranked_input(ctx, x, spatial)
+        y = ctx.b.op("ReduceMean", [x, ctx.b.ints(list(range(2, 2 + spatial)))], {"keepdims": 0})
+        return _record(ctx, _layer_name(ctx), y)
+    return pool
+
+
 def dropout(ctx: Ctx, x: "T", rate: "float"):
     x = _float_tensor(ctx, x, "x")
     if not 0 <= rate < 1:
@@ -813,4 +903,6 @@ BUILTINS = {
     "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
     "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
     "conv1d": conv1d, "group_norm": group_norm,
+    "max_pool1d": max_pool1d, "avg_pool1d": avg_pool1d, "global_avg_pool1d": _global_mean(1),
+    "max_pool3d": max_pool3d, "avg_pool3d": avg_pool3d, "global_avg_pool3d": _global_mean(3),
 }
