@@ -466,7 +466,8 @@ def _window_pads(ctx: Ctx, padding, x: Value, k: list[int], s: list[int]) -> lis
         raise ctx.error(f"padding must be `same`, `valid`, an integer or {lists}", "padding")
     for i, p in enumerate(pads):
         if not 0 <= p < k[i % n]:
-            raise ctx.error(f"{ctx.name}() padding {describe(padding)} does not fit the pool window {k}: each pad "
+            window = k[0] if n == 1 else k
+            raise ctx.error(f"{ctx.name}() padding {padding} does not fit the pool window {window}: each pad "
                             f"must be at least 0 and smaller than the window on its axis", "padding",
                             "use a smaller padding or padding=same")
     return pads
