@@ -193,15 +193,36 @@ def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
+def _output_padding(ctx: Ctx, output_padding, padding, s: list[int], d: list[int]) -> list[int]:
+    """torch's output_padding: extra rows/columns at the bottom/right, each smaller than the stride
+    or the dilation on its axis (else the size is not ambiguous and torch refuses it too)."""
+    vals = [output_padding] * 2 if isinstance(output_padding, int) else list(output_padding)
+    if len(vals) != 2 or any(v < 0 for v in vals):
+        raise ctx.error(f"conv2d_transpose expects `output_padding` as an integer or a pair [h, w] of "
+                        f"integers >= 0, got {output_padding}", "output_padding")
+    for v, si, di, axis in zip(vals, s, d, ("height", "width")):
+        if v >= max(si, di):
+            raise ctx.error(f"conv2d_transpose output_padding {v} on the {axis} must be smaller than the stride "
+                            f"{si} or the dilation {di}", "output_padding",
+                            "output_padding picks one of the `stride` output sizes that a conv maps to the same "
+                            "input size; use strides > output_padding")
+    if any(vals) and isinstance(padding, Symbol) and padding.name == "same":
+        raise ctx.error("conv2d_transpose output_padding needs explicit padding: `same` already makes the output "
+                        "input * strides", "output_padding", "give padding as an integer or [top, left, bottom, right]")
+    return vals
+
+
 def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "ints" = 1,
                      padding=Symbol("valid"), dilation: "ints" = 1, activation=None, use_bias: "bool" = True,
-                     kernel_init: "word" = Symbol("glorot_uniform")):
+                     kernel_init: "word" = Symbol("glorot_uniform"), output_padding: "ints" = 0):
+    """torch ConvTranspose2d: padding=p crops p from each side of the full transposed convolution,
+    [top, left, bottom, right] each side on its own; output_padding adds rows/columns at the end."""
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k, s, d = _pair(ctx, kernel, "kernel"), _pair(ctx, strides, "strides"), _pair(ctx, dilation, "dilation")
     cin = x.shape[1]
     if not isinstance(cin, int):
         raise ctx.error(f"conv2d_transpose needs a static channel axis 1, got {x.type}", "x", cls=DslShapeError)
-    out_pad = [0, 0]
+    out_pad = _output_padding(ctx, output_padding, padding, s, d)
     if isinstance(padding, Symbol) and padding.name == "same":
         # Keras: output = input * stride; pad what the full transposed conv adds beyond that.
         begin, end = [], []
@@ -214,17 +235,38 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
         pads = begin + end
     else:
         pads = _pads(ctx, padding, x, k, s, d)
+        if any(p < 0 for p in pads):
+            raise ctx.error(f"conv2d_transpose padding {padding} is negative", "padding")
+        for i, n in enumerate(x.shape[2:]):
+            size = (n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2]
+            if isinstance(n, int) and size < 1:
+                raise ctx.error(f"conv2d_transpose padding {padding} crops all of the {(n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i]} "
+                                f"output {('rows', 'columns')[i]} of {x.type}", "padding", "use a smaller padding",
+                                DslShapeError)
     path = _weighted(ctx)
     fan_in, fan_out = filters * k[0] * k[1], cin * k[0] * k[1]
     w = ctx.lw.weight(f"{path}.weight", (cin, filters, *k), _init(ctx, kernel_init, "kernel_init", fan_in, fan_out),
                       span=ctx.span, dtype=x.dtype)
     bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
+    beyond = [0, 0]  # output_padding >= stride (below the dilation), which onnxruntime refuses:
+    for i in range(2):  # less end padding gives the same rows, then zeros past every window
+        if out_pad[i] >= s[i]:
+            cut = min(out_pad[i], pads[i + 2])
+            pads[i + 2] -= cut
+            beyond[i], out_pad[i] = out_pad[i] - cut, 0
+    b = ctx.b
+    inner_bias = bias if not any(beyond) else None  # else added after the zero rows, as torch's reach them
     if ctx.lw.options.conv_lowering == "im2col":
         from ..ir import patterns
-        y = patterns.conv_transpose2d_im2col(ctx.b, x, w, bias, s, pads, d, 1, out_pad)
+        y = patterns.conv_transpose2d_im2col(b, x, w, inner_bias, s, pads, d, 1, out_pad)
     else:
         attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}
-        y = ctx.b.op("ConvTranspose", [x, w] + ([bias] if bias is not None else []), attrs)
+        y = b.op("ConvTranspose", [x, w] + ([inner_bias] if inner_bias is not None else []), attrs)
+    if any(beyond):
+        from ..ir import patterns
+        y = patterns.pad_or_crop(b, y, {2: (0, beyond[0]), 3: (0, beyond[1])})
+        if bias is not None:
+            y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([-1, 1, 1])])])
     n = int(np.prod(w.shape)) + (filters if use_bias else 0)
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
