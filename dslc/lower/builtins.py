@@ -449,7 +449,7 @@ def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k = _pair(ctx, pool, "pool")
     s = _pair(ctx, strides if strides is not None else pool, "strides")
-    pads = _pads(ctx, padding, x, k, s, [1, 1])
+    pads = _window_pads(ctx, padding, x, k, s)
     y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
     return _record(ctx, _layer_name(ctx), y)
 
