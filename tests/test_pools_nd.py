@@ -75,6 +75,9 @@ CASES = [  # (builtin, x shape, arguments, kernel, strides, pads)
      [0, 0, 0, 1, 1, 1]),  # TF same: the odd pad at the end
     ("avg_pool3d", (1, 2, 4, 4, 4), "3, strides=2, padding=[1, 0, 1, 0, 1, 1]", [3, 3, 3], [2, 2, 2],
      [1, 0, 1, 0, 1, 1]),
+    ("max_pool3d", (1, 2, 5, 7, 6), "[2, 1, 2], strides=3", [2, 1, 2], [3, 3, 3], [0] * 6),  # gaps
+    ("avg_pool3d", (1, 2, 5, 7, 6), "[2, 1, 2], strides=[3, 2, 1]", [2, 1, 2], [3, 2, 1], [0] * 6),
+    ("max_pool1d", (2, 3, 11), "4, strides=3, padding=[1, 2]", [4], [3], [1, 2]),
 ]
 
 

@@ -376,16 +376,74 @@ def _max_pool_nd(b, node, dys):
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel, s, p, d = _window_nd(b, node)
     n = len(kernel)
+    if kernel == s and not any(p) and d == [1] * n:
+        return [_max_pool_nd_tiles(b, x, y, dy, kernel)]
     axes = list(range(2, 2 + n))
     xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=_c(b, -np.inf, x))
-    dxp, seen = None, None
+    parts, seen = [], None
     for starts, ends in _offset_slices(kernel, s, d, y.shape[2:]):
         taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
         first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
         seen = taken if seen is None else _op(b, "Add", seen, first)
-        part = slice_grad(b, _op(b, "Mul", first, dy), xp, starts, ends, axes, s)
-        dxp = part if dxp is None else _op(b, "Add", dxp, part)
+        parts.append(_op(b, "Mul", first, dy))
+    dxp = _scatter_windows(b, parts, xp, kernel, s, d)
     return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
+
+
+def _scatter_windows(b, parts, xp, kernel, s, d):
+    """Sum each kernel offset's [N, C, *out] share back into the padded input's shape (col2im)."""
+    n, out = len(kernel), list(parts[0].shape[2:])
+    if d != [1] * n:  # one Slice VJP per offset
+        dxp = None
+        for part, (starts, ends) in zip(parts, _offset_slices(kernel, s, d, out)):
+            back = slice_grad(b, part, xp, starts, ends, list(range(2, 2 + n)), s)
+            dxp = back if dxp is None else _op(b, "Add", dxp, back)
+        return dxp
+    # Offset o = q * s + r lands on r + s * (j + q): per residue r, the shares of its offsets are
+    # shifted by q on the output-sized grid and added there; the residues then interleave (the
+    # tiles' Reshape-Transpose-Reshape backwards). Full-size work: one Transpose.
+    reach = [-(-k // st) for k, st in zip(kernel, s)]
+    coarse = [o + r - 1 for o, r in zip(out, reach)]
+    index = {o: i for i, o in enumerate(itertools.product(*[range(k) for k in kernel]))}
+    classes = []
+    for r in itertools.product(*[range(st) for st in s]):
+        acc = None
+        for q in itertools.product(*[range(m) for m in reach]):
+            o = tuple(qi * st + ri for qi, st, ri in zip(q, s, r))
+            if o not in index:
+                continue
+            shifted = P.pad_or_crop(b, parts[index[o]], {2 + i: (q[i], coarse[i] - out[i] - q[i]) for i in range(n)})
+            acc = shifted if acc is None else _op(b, "Add", acc, shifted)
+        if acc is None:  # a stride longer than the window: these positions get nothing
+            acc = _op(b, "ConstantOfShape", P.shape_with(b, parts[0], {2 + i: coarse[i] for i in range(n)}),
+                      value=np.zeros(1, DTYPES[parts[0].dtype]))
+        classes.append(_op(b, "Unsqueeze", acc, b.ints([-1])))
+    grid = classes[0] if len(classes) == 1 else _op(b, "Concat", *classes, axis=-1)
+    grid = _op(b, "Reshape", grid, b.ints([0, 0, *coarse, *s]))
+    perm = [0, 1] + [a for i in range(n) for a in (2 + i, 2 + n + i)]
+    full = _op(b, "Reshape", _op(b, "Transpose", grid, perm=perm), b.ints([0, 0, *[c * st for c, st in zip(coarse, s)]]))
+    return P.pad_or_crop(b, full, {2 + i: (0, xp.shape[2 + i] - coarse[i] * s[i]) for i in range(n)})
+
+
+def _max_pool_nd_tiles(b, x, y, dy, kernel):
+    """Non-overlapping windows: each window's taps become a last axis [N, C, *out, K] (one Reshape,
+    Transpose, Reshape), the maxima with no earlier maximum in the window are found with one MatMul
+    by a constant 0/1 matrix (as `_max_pool_tiles`), and dy goes back the same way."""
+    n, out = len(kernel), list(y.shape[2:])
+    covered = P.pad_or_crop(b, x, {2 + i: (0, out[i] * kernel[i] - x.shape[2 + i]) for i in range(n)})
+    split = [0, 0] + [m for pair in zip(out, kernel) for m in pair]  # [N, C, Do, kd, Ho, kh, ...]
+    perm = [0, 1] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)]
+    taps = int(np.prod(kernel))
+    windows = _op(b, "Reshape", _op(b, "Transpose", _op(b, "Reshape", covered, b.ints(split)), perm=perm),
+                  b.ints([0, 0, *out, taps]))
+    at_max = _mask(b, _op(b, "Equal", windows, _op(b, "Unsqueeze", y, b.ints([-1]))), x)
+    before = np.triu(np.ones((taps, taps)), 1)  # [p, q] = 1: tap p comes before tap q
+    first = _mask(b, _op(b, "Greater", at_max, _op(b, "MatMul", at_max, _c(b, before, x))), dy)
+    g = _op(b, "Mul", first, _op(b, "Unsqueeze", dy, b.ints([-1])))
+    g = _op(b, "Transpose", _op(b, "Reshape", g, b.ints([0, 0, *out, *kernel])),
+            perm=[int(i) for i in np.argsort(perm)])
+    g = _op(b, "Reshape", g, b.ints([0, 0, *[o * k for o, k in zip(out, kernel)]]))
+    return P.pad_or_crop(b, g, {2 + i: (0, x.shape[2 + i] - out[i] * kernel[i]) for i in range(n)})
 
 
 def _average_pool_nd(b, node, dys):
@@ -401,10 +459,7 @@ def _average_pool_nd(b, node, dys):
     share = _op(b, "Mul", dy, _c(b, 1.0 / counts, dy))
     padded = tuple(x.shape[:2]) + tuple(x.shape[2 + i] + p[i] + p[i + n] for i in range(n))
     zeros = Value("padded", TensorType(x.dtype, padded))  # slice_grad reads only its shape
-    dxp = None
-    for starts, ends in _offset_slices(kernel, s, d, dy.shape[2:]):
-        part = slice_grad(b, share, zeros, starts, ends, list(range(2, 2 + n)), s)
-        dxp = part if dxp is None else _op(b, "Add", dxp, part)
+    dxp = _scatter_windows(b, [share] * int(np.prod(kernel)), zeros, kernel, s, d)
     return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
 
 
