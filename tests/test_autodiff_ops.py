@@ -114,6 +114,9 @@ CASES = [case(op, [S((2, 3), kind)]) for op, kind in UNARY.items()] + [
     pool("AveragePool", "AveragePool-pads-counted", kernel_shape=[3, 2], strides=[1, 2], pads=[1, 1, 0, 1],
          count_include_pad=1),
     case("GlobalAveragePool", [S((2, 3, 4, 5))]),
+    conv((2, 2, 4, 3, 4), (3, 2, 2, 2, 3), (3,), name="Conv-3d", pads=[1, 0, 1, 0, 1, 1], strides=[1, 2, 1]),
+    conv((1, 4, 5, 3, 3), (4, 2, 3, 1, 2), name="Conv-3d-groups-dilation", group=2, dilations=[2, 1, 1],
+         strides=[2, 1, 1], pads=[0, 0, 1, 0, 0, 0]),
     # 1 and 3 spatial axes (max_pool1d/3d, avg_pool3d): the per-offset rules
     pool("MaxPool", "MaxPool-3d-tiles", x=(1, 2, 4, 4, 5), kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
     pool("MaxPool", "MaxPool-3d-overlapping", x=(1, 2, 4, 5, 4), kernel_shape=[3, 2, 3], strides=[2, 1, 2],

@@ -48,6 +48,7 @@ CASES = {
     "log": (X2, "log(x * x + 1.0)"), "sqrt": (X2, "sqrt(x * x + 1.0)"), "square": (X2, "square(x)"),
     "layer_norm": (X3, "layer_norm(x)"), "group_norm": (X4, "group_norm(x, 2)"),
     "conv1d": (X3, "conv1d(x, 4, kernel=3, padding=same, groups=2)"),
+    "conv3d": (X5, "conv3d(x, 4, kernel=[2, 3, 2], strides=[1, 2, 1], padding=same, groups=2)"),
     "max_pool1d": (X3, "max_pool1d(x, 3, strides=2, padding=1)"), "avg_pool1d": (X3, "avg_pool1d(x, 3, padding=same)"),
     "global_avg_pool1d": (X3, "global_avg_pool1d(x)"), "max_pool3d": (X5, "max_pool3d(x, 2, padding=same)"),
     "avg_pool3d": (X5, "avg_pool3d(x, 3, strides=2, padding=1)"), "global_avg_pool3d": (X5, "global_avg_pool3d(x)"),

@@ -227,6 +227,8 @@ def _bias_grad(b, node, dy):
 
 
 def _conv(b, node, dys):
+    if node.inputs[0].rank != 4:
+        return _conv_nd(b, node, dys)
     (x, w), dy = node.inputs[:2], dys[0]
     s, p, d = _window(b, node)
     g = node.attrs.get("group", 1)
@@ -423,6 +425,34 @@ def _scatter_windows(b, parts, xp, kernel, s, d):
     perm = [0, 1] + [a for i in range(n) for a in (2 + i, 2 + n + i)]
     full = _op(b, "Reshape", _op(b, "Transpose", grid, perm=perm), b.ints([0, 0, *[c * st for c, st in zip(coarse, s)]]))
     return P.pad_or_crop(b, full, {2 + i: (0, xp.shape[2 + i] - coarse[i] * s[i]) for i in range(n)})
+
+
+def _conv_nd(b, node, dys):
+    """Conv over 3 spatial axes (conv3d): dW is dy times the patches of x (im2col); dx is the
+    patches' gradient W^T dy summed back into x's shape (col2im). No ConvTranspose, so the float64
+    graph and second derivatives need nothing more."""
+    (x, w), dy = node.inputs[:2], dys[0]
+    _window(b, node)  # (refuses auto_pad)
+    a, kernel, n = node.attrs, list(w.shape[2:]), x.rank - 2
+    s, p, d = list(a.get("strides", [1] * n)), list(a.get("pads", [0] * 2 * n)), list(a.get("dilations", [1] * n))
+    g, (o, cg), c = a.get("group", 1), w.shape[:2], x.shape[1]
+    taps, out = int(np.prod(kernel)), list(dy.shape[2:])
+    length, k = int(np.prod(out)), cg * taps
+    cols = P.im2col_nd(b, x, kernel, s, p, d)  # [N, C*K, L]
+    dy_g = _op(b, "Reshape", dy, b.ints([0, g, o // g, length]))
+    cols_g = _op(b, "Reshape", cols, b.ints([0, g, k, length]))
+    dw = _op(b, "ReduceSum", _op(b, "MatMul", dy_g, _op(b, "Transpose", cols_g, perm=[0, 1, 3, 2])), b.ints([0]),
+             keepdims=0)  # [g, O/g, k]
+    w_t = _op(b, "Transpose", _op(b, "Reshape", w, b.ints([g, o // g, k])), perm=[0, 2, 1])  # [g, k, O/g]
+    d_cols = _op(b, "Reshape", _op(b, "MatMul", w_t, dy_g), b.ints([0, c, taps, *out]))  # [N, C, K, *out]
+    parts = b.op("Split", [d_cols, b.ints([1] * taps)], {"axis": 2})
+    parts = [_op(b, "Squeeze", v, b.ints([2])) for v in (parts if isinstance(parts, tuple) else [parts])]
+    padded = tuple(x.shape[:2]) + tuple(x.shape[2 + i] + p[i] + p[i + n] for i in range(n))
+    dxp = _scatter_windows(b, parts, Value("padded", TensorType(x.dtype, padded)), kernel, s, d)
+    dx = P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})
+    bias = _input(node, 2)
+    db = _op(b, "ReduceSum", dy, b.ints([0, *range(2, 2 + n)]), keepdims=0) if bias is not None else None
+    return [dx, _op(b, "Reshape", dw, b.ints(list(w.shape))), db]
 
 
 def _max_pool_nd_tiles(b, x, y, dy, kernel):

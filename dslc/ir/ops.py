@@ -303,17 +303,20 @@ def _window(x: Value, attrs, kernel):
 
 def _conv(inputs, attrs):
     x, w = inputs[0], inputs[1]
-    _same_float([x, w], "conv2d")
-    if x.rank != 4:
-        raise ShapeIssue(f"conv2d expects a rank-4 value [N, C, H, W], got {x.type}",
-                         "reshape the input to [N, C, H, W] (channels first)")
+    name = "conv3d" if w.rank == 5 else "conv2d"  # (conv1d runs as conv2d)
+    _same_float([x, w], name)
+    if x.rank not in (4, 5) or x.rank != w.rank:
+        layout = "[N, C, D, H, W]" if w.rank == 5 else "[N, C, H, W]"
+        raise ShapeIssue(f"{name} expects a rank-{w.rank} value {layout}, got {x.type}",
+                         f"reshape the input to {layout} (channels first)")
     g = attrs.get("group", 1)
     cin = x.shape[1]
     if isinstance(cin, int) and cin != w.shape[1] * g:
-        raise ShapeIssue(f"conv2d input has {cin} channels, the weight expects {w.shape[1] * g}")
+        raise ShapeIssue(f"{name} input has {cin} channels, the weight expects {w.shape[1] * g}")
     strides, dil, pads = _window(x, attrs, w.shape[2:])
-    sp = [_spatial_out(x.shape[2 + i], w.shape[2 + i], strides[i], dil[i], pads[i], pads[i + 2],
-                       what="conv2d's kernel", x=x) for i in range(2)]
+    n = x.rank - 2
+    sp = [_spatial_out(x.shape[2 + i], w.shape[2 + i], strides[i], dil[i], pads[i], pads[i + n],
+                       what=f"{name}'s kernel", x=x) for i in range(n)]
     return [TensorType(x.dtype, (x.shape[0], w.shape[0], *sp))]
 
 

@@ -444,6 +444,46 @@ def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "co
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
+def conv3d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "ints" = 1, padding=Symbol("valid"),
+           dilation: "ints" = 1, groups: "count" = 1, activation=None, use_bias: "bool" = True,
+           kernel_init: "word" = Symbol("glorot_uniform")):
+    """x [N, C, D, H, W] -> [N, filters, D', H', W'], weight [filters, C/groups, kd, kh, kw] as torch
+    Conv3d; padding: valid, same, one number, one per axis or [d0, h0, w0, d1, h1, w1]."""
+    x = _ranked_input(ctx, x, 3)
+    k, s, d = _tuple(ctx, kernel, 3, "kernel"), _tuple(ctx, strides, 3, "strides"), _tuple(ctx, dilation, 3, "dilation")
+    cin = x.shape[1]
+    if not isinstance(cin, int) or cin % groups or filters % groups:
+        raise ctx.error(f"conv3d with groups={groups} needs channels divisible by it, got {x.type} "
+                        f"and {filters} filters", "groups", cls=DslShapeError)
+    if isinstance(padding, Symbol) and padding.name == "same":
+        if not all(isinstance(n, int) for n in x.shape[2:]):
+            raise ctx.error("padding=same needs static spatial dims", "padding")
+        pads = _same_pads(list(x.shape[2:]), k, s, d)
+    elif isinstance(padding, Symbol) and padding.name == "valid":
+        pads = [0] * 6
+    elif isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
+        pads = [padding] * 6
+    elif isinstance(padding, list) and len(padding) in (3, 6) and all(isinstance(p, int) and p >= 0 for p in padding):
+        pads = padding * 2 if len(padding) == 3 else list(padding)
+    else:
+        raise ctx.error("conv3d padding must be `same`, `valid`, an integer >= 0 or a list of 3 or 6 of them",
+                        "padding")
+    path = _weighted(ctx)
+    taps = k[0] * k[1] * k[2]
+    w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, *k),
+                      _init(ctx, kernel_init, "kernel_init", cin // groups * taps, filters * taps),
+                      span=ctx.span, dtype=x.dtype)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
+    if ctx.lw.options.conv_lowering == "im2col":
+        from ..ir import patterns
+        y = patterns.conv_nd_im2col(ctx.b, x, w, bias, s, pads, d, groups)
+    else:
+        attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
+        y = ctx.b.op("Conv", [x, w] + ([bias] if bias is not None else []), attrs)
+    n = int(np.prod(w.shape)) + (filters if use_bias else 0)
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
 # ------------------------------------------------------------------ layers without weights
 def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
@@ -946,6 +986,7 @@ BUILTINS = {
     "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
     "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
     "conv1d": conv1d, "group_norm": group_norm,
+    "conv3d": conv3d,
     "max_pool1d": max_pool1d, "avg_pool1d": avg_pool1d, "global_avg_pool1d": _global_mean(1),
     "max_pool3d": max_pool3d, "avg_pool3d": avg_pool3d, "global_avg_pool3d": _global_mean(3),
 }

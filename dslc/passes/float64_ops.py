@@ -146,7 +146,8 @@ def _spatial(n: Node, name: str, default):
 
 def _conv(b, n):
     x, w, bias = n.inputs[0], n.inputs[1], n.inputs[2] if len(n.inputs) > 2 else None
-    return P.conv2d_im2col(b, x, w, bias, _spatial(n, "strides", [1]), _spatial(n, "pads", [0, 0]),
+    im2col = P.conv2d_im2col if x.rank == 4 else P.conv_nd_im2col  # (conv3d)
+    return im2col(b, x, w, bias, _spatial(n, "strides", [1]), _spatial(n, "pads", [0, 0]),
                            _spatial(n, "dilations", [1]), n.attrs.get("group", 1))
 
 
@@ -215,7 +216,7 @@ def _one_hot(b, n):
 REWRITES = {
     "Softplus": (None, _softplus), "Elu": (None, _elu), "LeakyRelu": (None, _leaky_relu), "Erf": (None, _erf),
     "Tan": (None, _tan), "Atan": (None, _atan),
-    "Conv": (lambda n: n.inputs[0].rank == 4 and n.attrs.get("auto_pad", "NOTSET") == "NOTSET", _conv),
+    "Conv": (lambda n: n.attrs.get("auto_pad", "NOTSET") == "NOTSET", _conv),
     "ConvTranspose": (lambda n: n.inputs[0].rank == 4 and n.attrs.get("auto_pad", "NOTSET") == "NOTSET",
                       _conv_transpose),
     "AveragePool": (lambda n: not n.attrs.get("ceil_mode", 0) and n.attrs.get("auto_pad", "NOTSET") == "NOTSET",
