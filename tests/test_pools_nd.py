@@ -145,3 +145,31 @@ fn loss_grad(x: f64[2, 2, 4, 4, 4]) {
     fd = (at(eps) - at(-eps)) / (2 * eps)
     analytic = float(np.sum(gx * tx) + np.sum(gw * tw))
     assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(fd)), (fd, analytic)
+
+
+STEP = """
+model Vol(x: f32[N, 2, 6, 8, 8]) -> y {
+    c = conv3d(x, 4, kernel=3, padding=same, activation=relu) |> max_pool3d(2)
+    o = max_pool3d(c, 3, strides=2, padding=1) |> avg_pool3d([2, 1, 2], strides=[1, 3, 2])
+    y = dense(concat(global_avg_pool3d(c), flatten(o), axis=1), 3)
+}
+model Seq(x: f32[N, 3, 20]) -> y {
+    y = dense(flatten(max_pool1d(x, 3, strides=2, padding=same) |> avg_pool1d(2)), 2)
+}
+step train(v: f32[N, 2, 6, 8, 8], s: f32[N, 3, 20], t: f32[N, 3]) updates Vol, Seq using adam() {
+    minimize mse(Vol(v), t) + mean(Seq(s) ^ 2)
+}
+"""
+
+
+def test_a_train_step_with_a_symbolic_batch_passes_the_checks_and_agrees():
+    """The rules' Reshapes keep N symbolic (0 = copy); strict shape inference and both runtimes agree."""
+    model = dslc.compile(dslc.loads(STEP, "step.dsl"), "train")
+    check(model)
+    rng = np.random.default_rng(6)
+    feeds = {"v": rng.standard_normal((3, 2, 6, 8, 8)).astype(np.float32),
+             "s": rng.standard_normal((3, 3, 20)).astype(np.float32), "t": rng.standard_normal((3, 3)).astype(np.float32)}
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    want = reference(model).run(None, feeds)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
