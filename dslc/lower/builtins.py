@@ -455,19 +455,7 @@ def conv3d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     if not isinstance(cin, int) or cin % groups or filters % groups:
         raise ctx.error(f"conv3d with groups={groups} needs channels divisible by it, got {x.type} "
                         f"and {filters} filters", "groups", cls=DslShapeError)
-    if isinstance(padding, Symbol) and padding.name == "same":
-        if not all(isinstance(n, int) for n in x.shape[2:]):
-            raise ctx.error("padding=same needs static spatial dims", "padding")
-        pads = _same_pads(list(x.shape[2:]), k, s, d)
-    elif isinstance(padding, Symbol) and padding.name == "valid":
-        pads = [0] * 6
-    elif isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
-        pads = [padding] * 6
-    elif isinstance(padding, list) and len(padding) in (3, 6) and all(isinstance(p, int) and p >= 0 for p in padding):
-        pads = padding * 2 if len(padding) == 3 else list(padding)
-    else:
-        raise ctx.error("conv3d padding must be `same`, `valid`, an integer >= 0 or a list of 3 or 6 of them",
-                        "padding")
+    pads = _window_pads(ctx, padding, x, k, s, d, pool=False)
     path = _weighted(ctx)
     taps = k[0] * k[1] * k[2]
     w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, *k),
@@ -529,24 +517,28 @@ def _tuple(ctx: Ctx, v, n: int, arg: str) -> list[int]:
     return vals
 
 
-def _window_pads(ctx: Ctx, padding, x: Value, k: list[int], s: list[int]) -> list[int]:
+def _window_pads(ctx: Ctx, padding, x: Value, k: list[int], s: list[int], d: list[int] | None = None,
+                 pool: bool = True) -> list[int]:
     """valid | same | INT | one per spatial axis | begin and end per axis, as ONNX `pads` (all the
-    begins, then all the ends); each smaller than the window, as ONNX and torch require."""
+    begins, then all the ends); none negative, and for a pool each smaller than the window, as
+    ONNX and torch require."""
     n = len(k)
     if isinstance(padding, Symbol) and padding.name in ("valid", "same"):
         if padding.name == "valid":
             return [0] * 2 * n
-        if not all(isinstance(d, int) for d in x.shape[2:]):
+        if not all(isinstance(dim, int) for dim in x.shape[2:]):
             raise ctx.error("padding=same needs static spatial dims", "padding")
-        return _same_pads(list(x.shape[2:]), k, s, [1] * n)
+        return _same_pads(list(x.shape[2:]), k, s, d or [1] * n)
     if isinstance(padding, int) and not isinstance(padding, bool):
         pads = [padding] * 2 * n
     elif isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (n, 2 * n):
         pads = padding * 2 if len(padding) == n else list(padding)
     else:
         lists = f"a list of {n} or {2 * n} integers" if n > 1 else "a list of 2 integers (begin, end)"
-        raise ctx.error(f"padding must be `same`, `valid`, an integer or {lists}", "padding")
-    for i, p in enumerate(pads):
+        raise ctx.error(f"{ctx.name}() padding must be `same`, `valid`, an integer or {lists}", "padding")
+    if not pool and any(p < 0 for p in pads):
+        raise ctx.error(f"{ctx.name}() padding {padding} is negative", "padding")
+    for i, p in enumerate(pads if pool else []):
         if not 0 <= p < k[i % n]:
             window = k[0] if n == 1 else k
             raise ctx.error(f"{ctx.name}() padding {padding} does not fit the pool window {window}: each pad "
