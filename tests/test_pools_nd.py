@@ -1,7 +1,9 @@
 """1-D and 3-D pooling (max_pool1d/3d, avg_pool1d/3d, global_avg_pool1d/3d): values and gradients
 against numpy written from the definitions (averages do not count padding; a max-pool window sends
 its whole gradient to its first maximum in row-major window order), in onnxruntime and in
-onnx.reference, on inputs full of ties."""
+onnx.reference, on inputs full of ties; with symbolic batch and channels; and a train step with
+them and conv3d. (Against torch: tests/test_conformance_torch.py; finite differences of the IR
+rules: tests/test_autodiff_ops.py.)"""
 from __future__ import annotations
 
 import itertools
@@ -173,3 +175,34 @@ def test_a_train_step_with_a_symbolic_batch_passes_the_checks_and_agrees():
     want = reference(model).run(None, feeds)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("op,attrs", [
+    ("MaxPool", {"kernel_shape": [2, 2, 2], "strides": [2, 2, 2]}),
+    ("MaxPool", {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 1, 1, 1]}),
+    ("AveragePool", {"kernel_shape": [3, 2, 3], "strides": [2, 1, 2], "pads": [1, 0, 1, 1, 1, 1]}),
+], ids=["max-tiles", "max-windows", "avg"])
+def test_symbolic_batch_and_channels(op, attrs):
+    """The IR rules on [N, C, D, H, W] with N and C unknown until run time."""
+    from dslc.autodiff import vjp
+    from dslc.emit.onnx_emit import to_onnx
+    from dslc.ir.builder import Builder
+    from dslc.ir.core import Graph, TensorType
+    b = Builder(Graph("sym"))
+    x = b.input("x", TensorType("f32", ("N", "C", 4, 5, 6)))
+    y = b.op(op, [x], {**attrs, **({"count_include_pad": 0} if op == "AveragePool" else {})})
+    dy = b.input("dy", TensorType("f32", ("N", "C", *y.shape[2:])))
+    (dx,) = vjp(b, [y], [dy], [x])
+    b.graph.outputs = [b.op("Identity", [y]), b.op("Identity", [dx])]
+    model = to_onnx(b.graph)
+    check(model)
+    rng = np.random.default_rng(7)
+    xs = tied(rng, (2, 3, 4, 5, 6))
+    kind = "max" if op == "MaxPool" else "avg"
+    want_y, vjp_np = pooled(xs.astype(np.float64), attrs["kernel_shape"], attrs["strides"],
+                            attrs.get("pads", [0] * 6), kind)
+    dys = rng.standard_normal(want_y.shape).astype(np.float32)
+    got_y, got_dx = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": xs, "dy": dys})
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_dx, vjp_np(dys.astype(np.float64)), rtol=1e-5, atol=1e-6)
