@@ -7,11 +7,13 @@ Order 2 checks the VJP of the VJP, (x, c) -> vjp(c), the same way: second deriva
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_conv_transpose import ConvTranspose as _ReferenceConvTranspose
 
 from dslc.autodiff import vjp
@@ -46,8 +48,43 @@ class ConvTranspose(_ReferenceConvTranspose):
         return (y if B is None else y + B.reshape(1, -1, 1, 1),)
 
 
+class _Pool(OpRun):
+    """onnx.reference (1.23) pools with stride 1 misplace pads that are not 4 numbers and read 4 pads
+    as [top, bottom, left, right]: 3-D pooling with padding fails. This is the definition instead:
+    each kernel offset's strided slice of the padded input, then the max or the mean over the taps
+    inside the input (and the padding too where count_include_pad=1)."""
+    op_domain = ""
+    kind = ""
+
+    def _run(self, x, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+             storage_order=0, strides=None, count_include_pad=0):
+        assert auto_pad in ("NOTSET", None) and not ceil_mode
+        n = len(kernel_shape)
+        strides, dilations = strides or [1] * n, dilations or [1] * n
+        pads = pads or [0] * 2 * n
+        fill = -np.inf if self.kind == "max" else (0.0 if count_include_pad else np.nan)
+        xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)], constant_values=fill)
+        out = [(xp.shape[2 + i] - (kernel_shape[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(n)]
+        taps = []
+        for offset in itertools.product(*[range(k) for k in kernel_shape]):
+            index = tuple(slice(o * d, o * d + s * (m - 1) + 1, s)
+                          for o, d, s, m in zip(offset, dilations, strides, out))
+            taps.append(xp[(slice(None), slice(None)) + index])
+        taps = np.stack(taps)
+        y = taps.max(0) if self.kind == "max" else np.nanmean(taps, 0)
+        return (y.astype(x.dtype),)
+
+
+class MaxPool(_Pool):
+    kind = "max"
+
+
+class AveragePool(_Pool):
+    kind = "avg"
+
+
 def reference(model) -> ReferenceEvaluator:
-    return ReferenceEvaluator(model, new_ops=[ConvTranspose])
+    return ReferenceEvaluator(model, new_ops=[ConvTranspose, MaxPool, AveragePool])
 
 
 def sample(rng: np.random.Generator, shape, kind: str = "normal") -> np.ndarray:

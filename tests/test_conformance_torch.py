@@ -52,6 +52,11 @@ def bn_t(training):
 
 IMG = (2, 4, 8, 8)
 SEQ = (2, 4, 20)
+VOL = (2, 3, 6, 5, 6)
+
+
+def convt_t(**kw):
+    return lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], **kw)
 ACTIVATIONS = {
     "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "softplus": F.softplus,
     "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "mish": F.mish, "elu": F.elu,
@@ -73,6 +78,20 @@ LAYERS = [
          lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], stride=2, padding=1), ("weight", "bias")),
     Case("conv2d_transpose-dilation", "conv2d_transpose(x, 2, kernel=2, strides=1, dilation=2)", IMG,
          lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], dilation=2), ("weight", "bias")),
+    Case("conv2d_transpose-padding-output_padding", "conv2d_transpose(x, 3, kernel=3, strides=2, padding=1, "
+         "output_padding=1)", IMG, convt_t(stride=2, padding=1, output_padding=1), ("weight", "bias")),
+    Case("conv2d_transpose-asymmetric-output_padding",
+         "conv2d_transpose(x, 2, kernel=[4, 3], strides=[3, 2], padding=[2, 1], output_padding=[2, 1])", IMG,
+         convt_t(stride=(3, 2), padding=(2, 1), output_padding=(2, 1)), ("weight", "bias")),
+    Case("conv2d_transpose-output_padding-below-dilation",
+         "conv2d_transpose(x, 3, kernel=3, strides=1, dilation=2, padding=1, output_padding=1)", IMG,
+         convt_t(stride=1, dilation=2, padding=1, output_padding=1), ("weight", "bias")),
+    Case("conv2d_transpose-output_padding-past-the-windows",
+         "conv2d_transpose(x, 2, kernel=2, strides=1, dilation=3, output_padding=2)", IMG,
+         convt_t(stride=1, dilation=3, output_padding=2), ("weight", "bias")),
+    Case("conv2d_transpose-4-pads", "conv2d_transpose(x, 3, kernel=3, strides=2, padding=[0, 1, 2, 1])", IMG,
+         lambda x, w: F.conv_transpose2d(x, w["weight"], w["bias"], stride=2)[:, :, 0:-2, 1:-1],
+         ("weight", "bias")),
     Case("conv1d", "conv1d(x, 6, kernel=3)", SEQ, lambda x, w: F.conv1d(x, w["weight"], w["bias"]),
          ("weight", "bias")),
     Case("conv1d-same-stride-groups", "conv1d(x, 4, kernel=5, strides=2, padding=same, groups=2)", SEQ,
@@ -80,6 +99,11 @@ LAYERS = [
          ("weight", "bias")),
     Case("conv1d-dilation-pad", "conv1d(x, 2, kernel=3, dilation=2, padding=2, use_bias=false)", SEQ,
          lambda x, w: F.conv1d(x, w["weight"], dilation=2, padding=2), ("weight",)),
+    Case("conv3d", "conv3d(x, 4, kernel=3)", VOL, lambda x, w: F.conv3d(x, w["weight"], w["bias"]), ("weight", "bias")),
+    Case("conv3d-stride-pad-dilation-groups",
+         "conv3d(x, 6, kernel=[3, 2, 3], strides=[2, 1, 2], padding=1, dilation=[1, 2, 1], groups=3)", VOL,
+         lambda x, w: F.conv3d(x, w["weight"], w["bias"], stride=(2, 1, 2), padding=1, dilation=(1, 2, 1), groups=3),
+         ("weight", "bias")),
     Case("max_pool2d", "max_pool2d(x, 2)", IMG, lambda x, w: F.max_pool2d(x, 2)),
     Case("max_pool2d-ties", "max_pool2d(x, 2)", IMG, lambda x, w: F.max_pool2d(x, 2), relu_input=True),
     Case("max_pool2d-overlap-ties", "max_pool2d(x, 3, strides=2, padding=1)", IMG,
@@ -88,6 +112,20 @@ LAYERS = [
     Case("avg_pool2d-pad", "avg_pool2d(x, 3, strides=2, padding=1)", IMG,
          lambda x, w: F.avg_pool2d(x, 3, 2, padding=1, count_include_pad=False)),  # Keras: pads not counted
     Case("global_avg_pool2d", "global_avg_pool2d(x)", IMG, lambda x, w: x.mean((2, 3))),
+    Case("max_pool1d", "max_pool1d(x, 3, strides=2, padding=1)", SEQ, lambda x, w: F.max_pool1d(x, 3, 2, 1)),
+    Case("max_pool1d-ties", "max_pool1d(x, 2)", SEQ, lambda x, w: F.max_pool1d(x, 2), relu_input=True),
+    Case("avg_pool1d", "avg_pool1d(x, 3, strides=2, padding=1)", SEQ,
+         lambda x, w: F.avg_pool1d(x, 3, 2, 1, count_include_pad=False)),
+    Case("global_avg_pool1d", "global_avg_pool1d(x)", SEQ, lambda x, w: x.mean(2)),
+    Case("max_pool3d", "max_pool3d(x, 2)", VOL, lambda x, w: F.max_pool3d(x, 2)),
+    Case("max_pool3d-overlap-ties", "max_pool3d(x, 3, strides=2, padding=1)", VOL,
+         lambda x, w: F.max_pool3d(x, 3, 2, 1), relu_input=True),
+    Case("max_pool3d-ties", "max_pool3d(x, [2, 1, 2])", VOL, lambda x, w: F.max_pool3d(x, (2, 1, 2)),
+         relu_input=True),
+    Case("avg_pool3d", "avg_pool3d(x, 2)", VOL, lambda x, w: F.avg_pool3d(x, 2)),
+    Case("avg_pool3d-pad", "avg_pool3d(x, [3, 3, 2], strides=[2, 1, 2], padding=[1, 1, 0])", VOL,
+         lambda x, w: F.avg_pool3d(x, (3, 3, 2), (2, 1, 2), (1, 1, 0), count_include_pad=False)),
+    Case("global_avg_pool3d", "global_avg_pool3d(x)", VOL, lambda x, w: x.mean((2, 3, 4))),
     Case("batch_norm-training", "batch_norm(x)", IMG, bn_t(True), ("gamma", "beta"), training=True),
     Case("batch_norm-inference", "batch_norm(x)", IMG, bn_t(False), ("gamma", "beta")),
     Case("layer_norm", "layer_norm(x)", (3, 4, 6),

@@ -303,17 +303,20 @@ def _window(x: Value, attrs, kernel):
 
 def _conv(inputs, attrs):
     x, w = inputs[0], inputs[1]
-    _same_float([x, w], "conv2d")
-    if x.rank != 4:
-        raise ShapeIssue(f"conv2d expects a rank-4 value [N, C, H, W], got {x.type}",
-                         "reshape the input to [N, C, H, W] (channels first)")
+    name = "conv3d" if w.rank == 5 else "conv2d"  # (conv1d runs as conv2d)
+    _same_float([x, w], name)
+    if x.rank not in (4, 5) or x.rank != w.rank:
+        layout = "[N, C, D, H, W]" if w.rank == 5 else "[N, C, H, W]"
+        raise ShapeIssue(f"{name} expects a rank-{w.rank} value {layout}, got {x.type}",
+                         f"reshape the input to {layout} (channels first)")
     g = attrs.get("group", 1)
     cin = x.shape[1]
     if isinstance(cin, int) and cin != w.shape[1] * g:
-        raise ShapeIssue(f"conv2d input has {cin} channels, the weight expects {w.shape[1] * g}")
+        raise ShapeIssue(f"{name} input has {cin} channels, the weight expects {w.shape[1] * g}")
     strides, dil, pads = _window(x, attrs, w.shape[2:])
-    sp = [_spatial_out(x.shape[2 + i], w.shape[2 + i], strides[i], dil[i], pads[i], pads[i + 2],
-                       what="conv2d's kernel", x=x) for i in range(2)]
+    n = x.rank - 2
+    sp = [_spatial_out(x.shape[2 + i], w.shape[2 + i], strides[i], dil[i], pads[i], pads[i + n],
+                       what=f"{name}'s kernel", x=x) for i in range(n)]
     return [TensorType(x.dtype, (x.shape[0], w.shape[0], *sp))]
 
 
@@ -337,14 +340,16 @@ _register("ConvTranspose", _conv_transpose)
 
 
 def _pool(inputs, attrs):
+    """MaxPool / AveragePool on [N, C, spatial...] with 1 to 3 spatial axes (pooling 1-D and 3-D)."""
     x = inputs[0]
     _float_only(x, "pooling")
-    if x.rank != 4:
-        raise ShapeIssue(f"pooling expects a rank-4 value [N, C, H, W], got {x.type}")
     k = attrs["kernel_shape"]
+    if x.rank not in (3, 4, 5) or len(k) != x.rank - 2:
+        raise ShapeIssue(f"pooling with a {len(k)}-D window expects a rank-{len(k) + 2} value, got {x.type}")
     strides, dil, pads = _window(x, attrs, k)
-    sp = [_spatial_out(x.shape[2 + i], k[i], strides[i], dil[i], pads[i], pads[i + 2], what="the pooling window",
-                       x=x) for i in range(2)]
+    n = len(k)
+    sp = [_spatial_out(x.shape[2 + i], k[i], strides[i], dil[i], pads[i], pads[i + n], what="the pooling window",
+                       x=x) for i in range(n)]
     return [TensorType(x.dtype, (x.shape[0], x.shape[1], *sp))]
 
 
@@ -353,9 +358,9 @@ _register("MaxPool AveragePool", _pool)
 
 def _global_pool(inputs, attrs):
     x = inputs[0]
-    if x.rank != 4:
-        raise ShapeIssue(f"global_avg_pool2d expects a rank-4 value [N, C, H, W], got {x.type}")
-    return [TensorType(x.dtype, (x.shape[0], x.shape[1], 1, 1))]
+    if x.rank < 3:
+        raise ShapeIssue(f"global average pooling expects [N, C, spatial...], got {x.type}")
+    return [TensorType(x.dtype, (x.shape[0], x.shape[1], *[1] * (x.rank - 2)))]
 
 
 _register("GlobalAveragePool", _global_pool)

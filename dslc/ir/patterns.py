@@ -245,3 +245,49 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     per_sample = b.op("MatMul", [dy_g, cols_t])  # [N, (g,) O/g, k]
     dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
     return b.op("Reshape", [dw, b.ints(list(w_shape))])
+
+
+# ------------------------------------------------------------------ convolution over any number of spatial axes
+def window_slices(b: Builder, xp: Value, kernel, strides, dilations, out) -> list[Value]:
+    """One strided Slice of the padded xp [N, C, *spatial] per kernel offset, in row-major window
+    order, each [N, C, *out]: the taps of every output position."""
+    import itertools
+    axes = list(range(2, 2 + len(kernel)))
+    parts = []
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [o * d for o, d in zip(offset, dilations)]
+        ends = [st + s * (n - 1) + 1 for st, s, n in zip(starts, strides, out)]
+        parts.append(slice_axes(b, xp, starts, ends, axes, strides))
+    return parts
+
+
+def im2col_nd(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
+    """Patches of x [N, C, *spatial] as [N, C*K, L] (K taps per window, L output positions),
+    features ordered (c, taps in row-major order); C must be static."""
+    n = len(kernel)
+    if not all(isinstance(d, int) for d in x.shape[1:]):
+        raise DslShapeError(f"convolution needs static channels and spatial dims, got {x.type}", b.span)
+    out = [conv_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n]) for i in range(n)]
+    xp = pad_or_crop(b, x, {2 + i: (pads[i], pads[i + n]) for i in range(n)})
+    taps = [b.op("Unsqueeze", [t, b.ints([2])]) for t in window_slices(b, xp, kernel, strides, dilations, out)]
+    patches = taps[0] if len(taps) == 1 else b.op("Concat", taps, {"axis": 2})  # [N, C, K, *out]
+    return b.op("Reshape", [patches, b.ints([0, x.shape[1] * len(taps), int(np.prod(out))])])
+
+
+def conv_nd_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                   group: int = 1) -> Value:
+    """ONNX Conv on [N, C, *spatial] as im2col_nd + MatMul (no Conv op): w [O, C/g, *kernel]."""
+    o, cg, *kernel = w.shape
+    n = len(kernel)
+    out = [conv_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n]) for i in range(n)]
+    cols = im2col_nd(b, x, kernel, strides, pads, dilations)  # [N, C*K, L]
+    k = cg * int(np.prod(kernel))
+    if group == 1:
+        y = b.op("MatMul", [b.op("Reshape", [w, b.ints([o, k])]), cols])  # [N, O, L]
+    else:
+        w3 = b.op("Reshape", [w, b.ints([group, o // group, k])])
+        y = b.op("MatMul", [w3, b.op("Reshape", [cols, b.ints([0, group, k, -1])])])  # [N, g, O/g, L]
+    y = b.op("Reshape", [y, b.ints([0, o, *out])])
+    if bias is not None:
+        y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([o] + [1] * n)])])
+    return y

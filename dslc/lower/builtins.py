@@ -193,15 +193,36 @@ def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
+def _output_padding(ctx: Ctx, output_padding, padding, s: list[int], d: list[int]) -> list[int]:
+    """torch's output_padding: extra rows/columns at the bottom/right, each smaller than the stride
+    or the dilation on its axis (else the size is not ambiguous and torch refuses it too)."""
+    vals = [output_padding] * 2 if isinstance(output_padding, int) else list(output_padding)
+    if len(vals) != 2 or any(v < 0 for v in vals):
+        raise ctx.error(f"conv2d_transpose expects `output_padding` as an integer or a pair [h, w] of "
+                        f"integers >= 0, got {output_padding}", "output_padding")
+    for v, si, di, axis in zip(vals, s, d, ("height", "width")):
+        if v >= max(si, di):
+            raise ctx.error(f"conv2d_transpose output_padding {v} on the {axis} must be smaller than the stride "
+                            f"{si} or the dilation {di}", "output_padding",
+                            "output_padding picks one of the `stride` output sizes that a conv maps to the same "
+                            "input size; use strides > output_padding")
+    if any(vals) and isinstance(padding, Symbol) and padding.name == "same":
+        raise ctx.error("conv2d_transpose output_padding needs explicit padding: `same` already makes the output "
+                        "input * strides", "output_padding", "give padding as an integer or [top, left, bottom, right]")
+    return vals
+
+
 def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "ints" = 1,
                      padding=Symbol("valid"), dilation: "ints" = 1, activation=None, use_bias: "bool" = True,
-                     kernel_init: "word" = Symbol("glorot_uniform")):
+                     kernel_init: "word" = Symbol("glorot_uniform"), output_padding: "ints" = 0):
+    """torch ConvTranspose2d: padding=p crops p from each side of the full transposed convolution,
+    [top, left, bottom, right] each side on its own; output_padding adds rows/columns at the end."""
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k, s, d = _pair(ctx, kernel, "kernel"), _pair(ctx, strides, "strides"), _pair(ctx, dilation, "dilation")
     cin = x.shape[1]
     if not isinstance(cin, int):
         raise ctx.error(f"conv2d_transpose needs a static channel axis 1, got {x.type}", "x", cls=DslShapeError)
-    out_pad = [0, 0]
+    out_pad = _output_padding(ctx, output_padding, padding, s, d)
     if isinstance(padding, Symbol) and padding.name == "same":
         # Keras: output = input * stride; pad what the full transposed conv adds beyond that.
         begin, end = [], []
@@ -214,17 +235,38 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
         pads = begin + end
     else:
         pads = _pads(ctx, padding, x, k, s, d)
+        if any(p < 0 for p in pads):
+            raise ctx.error(f"conv2d_transpose padding {padding} is negative", "padding")
+        for i, n in enumerate(x.shape[2:]):
+            size = (n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2]
+            if isinstance(n, int) and size < 1:
+                raise ctx.error(f"conv2d_transpose padding {padding} crops all of the {(n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i]} "
+                                f"output {('rows', 'columns')[i]} of {x.type}", "padding", "use a smaller padding",
+                                DslShapeError)
     path = _weighted(ctx)
     fan_in, fan_out = filters * k[0] * k[1], cin * k[0] * k[1]
     w = ctx.lw.weight(f"{path}.weight", (cin, filters, *k), _init(ctx, kernel_init, "kernel_init", fan_in, fan_out),
                       span=ctx.span, dtype=x.dtype)
     bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
+    beyond = [0, 0]  # output_padding >= stride (below the dilation), which onnxruntime refuses:
+    for i in range(2):  # less end padding gives the same rows, then zeros past every window
+        if out_pad[i] >= s[i]:
+            cut = min(out_pad[i], pads[i + 2])
+            pads[i + 2] -= cut
+            beyond[i], out_pad[i] = out_pad[i] - cut, 0
+    b = ctx.b
+    inner_bias = bias if not any(beyond) else None  # else added after the zero rows, as torch's reach them
     if ctx.lw.options.conv_lowering == "im2col":
         from ..ir import patterns
-        y = patterns.conv_transpose2d_im2col(ctx.b, x, w, bias, s, pads, d, 1, out_pad)
+        y = patterns.conv_transpose2d_im2col(b, x, w, inner_bias, s, pads, d, 1, out_pad)
     else:
         attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}
-        y = ctx.b.op("ConvTranspose", [x, w] + ([bias] if bias is not None else []), attrs)
+        y = b.op("ConvTranspose", [x, w] + ([inner_bias] if inner_bias is not None else []), attrs)
+    if any(beyond):
+        from ..ir import patterns
+        y = patterns.pad_or_crop(b, y, {2: (0, beyond[0]), 3: (0, beyond[1])})
+        if bias is not None:
+            y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([-1, 1, 1])])])
     n = int(np.prod(w.shape)) + (filters if use_bias else 0)
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
@@ -402,12 +444,40 @@ def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "co
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
+def conv3d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "ints" = 1, padding=Symbol("valid"),
+           dilation: "ints" = 1, groups: "count" = 1, activation=None, use_bias: "bool" = True,
+           kernel_init: "word" = Symbol("glorot_uniform")):
+    """x [N, C, D, H, W] -> [N, filters, D', H', W'], weight [filters, C/groups, kd, kh, kw] as torch
+    Conv3d; padding: valid, same, one number, one per axis or [d0, h0, w0, d1, h1, w1]."""
+    x = _ranked_input(ctx, x, 3)
+    k, s, d = _tuple(ctx, kernel, 3, "kernel"), _tuple(ctx, strides, 3, "strides"), _tuple(ctx, dilation, 3, "dilation")
+    cin = x.shape[1]
+    if not isinstance(cin, int) or cin % groups or filters % groups:
+        raise ctx.error(f"conv3d with groups={groups} needs channels divisible by it, got {x.type} "
+                        f"and {filters} filters", "groups", cls=DslShapeError)
+    pads = _window_pads(ctx, padding, x, k, s, d, pool=False)
+    path = _weighted(ctx)
+    taps = k[0] * k[1] * k[2]
+    w = ctx.lw.weight(f"{path}.weight", (filters, cin // groups, *k),
+                      _init(ctx, kernel_init, "kernel_init", cin // groups * taps, filters * taps),
+                      span=ctx.span, dtype=x.dtype)
+    bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
+    if ctx.lw.options.conv_lowering == "im2col":
+        from ..ir import patterns
+        y = patterns.conv_nd_im2col(ctx.b, x, w, bias, s, pads, d, groups)
+    else:
+        attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
+        y = ctx.b.op("Conv", [x, w] + ([bias] if bias is not None else []), attrs)
+    n = int(np.prod(w.shape)) + (filters if use_bias else 0)
+    return _record(ctx, path, _activate(ctx, y, activation), n)
+
+
 # ------------------------------------------------------------------ layers without weights
 def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k = _pair(ctx, pool, "pool")
     s = _pair(ctx, strides if strides is not None else pool, "strides")
-    pads = _pads(ctx, padding, x, k, s, [1, 1])
+    pads = _window_pads(ctx, padding, x, k, s)
     y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
     return _record(ctx, _layer_name(ctx), y)
 
@@ -425,6 +495,101 @@ def global_avg_pool2d(ctx: Ctx, x: "T"):
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     y = ctx.b.op("Flatten", [ctx.b.op("GlobalAveragePool", [x])], {"axis": 1})
     return _record(ctx, _layer_name(ctx), y)
+
+
+# 1-D pools run as 2-D ones on a one-row image; 3-D pools are 5-D MaxPool / AveragePool.
+_LAYOUTS = {1: "[N, C, L]", 3: "[N, C, D, H, W]"}
+
+
+def _ranked_input(ctx: Ctx, x, spatial: int) -> Value:
+    x = _float_tensor(ctx, x, "x")
+    if x.rank != spatial + 2:
+        raise ctx.error(f"{ctx.name}() expects a rank-{spatial + 2} value {_LAYOUTS[spatial]}, got {x.type}", "x",
+                        cls=DslShapeError)
+    return x
+
+
+def _tuple(ctx: Ctx, v, n: int, arg: str) -> list[int]:
+    vals = [v] * n if isinstance(v, int) else list(v)
+    if len(vals) != n or any(x < 1 for x in vals):
+        what = "integer" if n == 1 else f"integer or a list of {n}"
+        raise ctx.error(f"{ctx.name}() expects `{arg}` as a positive {what}, got {describe(v)}", arg)
+    return vals
+
+
+def _window_pads(ctx: Ctx, padding, x: Value, k: list[int], s: list[int], d: list[int] | None = None,
+                 pool: bool = True) -> list[int]:
+    """valid | same | INT | one per spatial axis | begin and end per axis, as ONNX `pads` (all the
+    begins, then all the ends); none negative, and for a pool each smaller than the window, as
+    ONNX and torch require."""
+    n = len(k)
+    if isinstance(padding, Symbol) and padding.name in ("valid", "same"):
+        if padding.name == "valid":
+            return [0] * 2 * n
+        if not all(isinstance(dim, int) for dim in x.shape[2:]):
+            raise ctx.error("padding=same needs static spatial dims", "padding")
+        return _same_pads(list(x.shape[2:]), k, s, d or [1] * n)
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pads = [padding] * 2 * n
+    elif isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (n, 2 * n):
+        pads = padding * 2 if len(padding) == n else list(padding)
+    else:
+        lists = f"a list of {n} or {2 * n} integers" if n > 1 else "a list of 2 integers (begin, end)"
+        raise ctx.error(f"{ctx.name}() padding must be `same`, `valid`, an integer or {lists}", "padding")
+    if not pool and any(p < 0 for p in pads):
+        raise ctx.error(f"{ctx.name}() padding {padding} is negative", "padding")
+    for i, p in enumerate(pads if pool else []):
+        if not 0 <= p < k[i % n]:
+            window = k[0] if n == 1 else k
+            raise ctx.error(f"{ctx.name}() padding {padding} does not fit the pool window {window}: each pad "
+                            f"must be at least 0 and smaller than the window on its axis", "padding",
+                            "use a smaller padding or padding=same")
+    return pads
+
+
+def _pool_1d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
+    x = _ranked_input(ctx, x, 1)
+    k = _tuple(ctx, pool, 1, "pool")
+    s = _tuple(ctx, strides if strides is not None else pool, 1, "strides")
+    pads = _window_pads(ctx, padding, x, k, s)
+    b = ctx.b
+    image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]: the 2-D pool and its gradient rule
+    y = b.op(op, [image], {"kernel_shape": [1, *k], "strides": [1, *s], "pads": [0, pads[0], 0, pads[1]],
+                           **(extra or {})})
+    return _record(ctx, _layer_name(ctx), b.op("Squeeze", [y, b.ints([2])]))
+
+
+def _pool_3d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
+    x = _ranked_input(ctx, x, 3)
+    k = _tuple(ctx, pool, 3, "pool")
+    s = _tuple(ctx, strides if strides is not None else pool, 3, "strides")
+    pads = _window_pads(ctx, padding, x, k, s)
+    y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
+    return _record(ctx, _layer_name(ctx), y)
+
+
+def max_pool1d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_1d(ctx, "MaxPool", x, pool, strides, padding)
+
+
+def avg_pool1d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_1d(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 0})
+
+
+def max_pool3d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_3d(ctx, "MaxPool", x, pool, strides, padding)
+
+
+def avg_pool3d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
+    return _pool_3d(ctx, "AveragePool", x, pool, strides, padding, {"count_include_pad": 0})
+
+
+def _global_mean(spatial: int):
+    def pool(ctx: Ctx, x: "T"):
+        x = _ranked_input(ctx, x, spatial)
+        y = ctx.b.op("ReduceMean", [x, ctx.b.ints(list(range(2, 2 + spatial)))], {"keepdims": 0})
+        return _record(ctx, _layer_name(ctx), y)
+    return pool
 
 
 def dropout(ctx: Ctx, x: "T", rate: "float"):
@@ -813,4 +978,7 @@ BUILTINS = {
     "round": _unary("Round"), "minimum": _pairwise("Min"), "maximum": _pairwise("Max"),
     "layer_norm": layer_norm, "silu": silu, "swish": silu, "mish": mish, "mae": mae, "huber": huber,
     "conv1d": conv1d, "group_norm": group_norm,
+    "conv3d": conv3d,
+    "max_pool1d": max_pool1d, "avg_pool1d": avg_pool1d, "global_avg_pool1d": _global_mean(1),
+    "max_pool3d": max_pool3d, "avg_pool3d": avg_pool3d, "global_avg_pool3d": _global_mean(3),
 }

@@ -12,6 +12,7 @@ from ..ir.core import DTYPES, Graph, TensorType, Value
 from ..ir.builder import Builder
 from ..ir.verify import verify
 from ..passes import optimize
+from ..passes.float64_ops import rewrite_float64_ops
 from ..passes.precision import to_float64
 from ..train.optimizers import apply_updates
 from .lowerer import Lowerer, Options, Scope, add_dims, input_type, unbound_output
@@ -97,6 +98,7 @@ def lower_target(program: Program, name: str, options: Options | None = None, em
         g = out.graph
     if lw.options.float64:  # before folding, so constants fold in float64 from their exact values
         to_float64(g)
+    rewrite_float64_ops(g)  # (float64 nodes onnxruntime has no kernel for)
     optimize(g)
     verify(g)
     return out

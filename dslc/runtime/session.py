@@ -149,6 +149,12 @@ def _ort_error(doing: str, e: Exception) -> DslError:
         need = f": it needed {format_bytes(int(size.group(1)))} for one tensor" if size else ""
         return DslError(f"out of memory in onnxruntime{need}", hint="use smaller inputs or a smaller model")
     first = text.splitlines()[0] if text else type(e).__name__
+    missing = re.search(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'", text)
+    if missing:  # a kernel onnxruntime lacks for these types (float64 Conv, say, in a file from elsewhere)
+        op, version, node = missing.groups()
+        return DslError(f"onnxruntime has no {op} kernel (opset {version}) for the types of node `{node}` on this "
+                        f"device", hint="models that dslc compiles replace the float64 ops onnxruntime lacks; "
+                        "recompile the .dsl with this dslc, run the model in float32, or use onnx.reference")
     return DslError(f"onnxruntime {doing}: {first[:500]}")
 
 
