@@ -124,6 +124,8 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wrt-inputs", action="store_true",
                    help="with --emit gradients: also the gradients of the step's float inputs")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the weight initialization (0 or more)")
+    p.add_argument("--float64", action="store_true",
+                   help="compute in float64 end to end (constants rebuilt from the source, not widened)")
 
 
 def _import_path(p: argparse.ArgumentParser) -> None:
@@ -144,7 +146,7 @@ def _seed(text: str) -> int:
 
 def _options(args) -> dict:
     return {"emit": args.emit, "conv_lowering": args.conv_lowering, "seed": args.seed,
-            "wrt_inputs": args.wrt_inputs}
+            "wrt_inputs": args.wrt_inputs, "float64": args.float64}
 
 
 def _compile(args) -> int:

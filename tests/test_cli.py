@@ -73,6 +73,25 @@ def test_run_dsl_with_npy_and_number_inputs(src, tmp_path, capsys):
     assert np.array_equal(np.load(out)["output"], x * 2 + 3)
 
 
+def test_float64_flag_compiles_and_runs_in_float64(tmp_path, capsys):
+    # conv2d and softplus have no float64 kernel in onnxruntime: dslc writes float64 equivalents
+    src = tmp_path / "m.dsl"
+    src.write_text("model M(x: f32[N, 1, 6, 6]) -> y { y = conv2d(x, 2, 3) |> softplus |> flatten |> dense(3) }")
+    assert main(["compile", str(src), "--float64", "-o", str(tmp_path), "--verify"]) == 0
+    model = onnx.load(tmp_path / "M.onnx")
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    x = np.random.default_rng(0).random((2, 1, 6, 6))
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "o.npz"
+    assert main(["run", str(src), "--float64", "--input", f"x={tmp_path / 'x.npy'}", "--output", str(out),
+                 "--device", "cpu"]) == 0
+    y64 = np.load(out)["y"]
+    assert y64.dtype == np.float64 and y64.shape == (2, 3)
+    np.save(tmp_path / "x32.npy", x.astype(np.float32))  # the float32 graph, same weights: agrees to f32 round-off
+    assert main(["run", str(src), "--input", f"x={tmp_path / 'x32.npy'}", "--output", str(out), "--device", "cpu"]) == 0
+    np.testing.assert_allclose(np.load(out)["y"], y64, rtol=1e-4, atol=1e-5)
+
+
 def test_run_compiled_onnx_and_bad_inputs(src, tmp_path, capsys):
     main(["compile", str(src), "-o", str(tmp_path)])
     np.save(tmp_path / "x.npy", np.ones((5, 4), np.float32))
