@@ -171,7 +171,8 @@ def test_each_ascend_step_matches_torch(weights, torch_paths, lowering):
     ascend = _session(_with_weights(dslc.compile(SPEC, "ascend", conv_lowering=lowering), weights))
     worst = 0.0
     for f, (start, theirs) in torch_paths.items():
-        ours = [ascend.run(None, {"image": x, "filter": np.asarray(f, np.int64)})[0] for x in [start] + theirs[:-1]]
+        states = [start] + theirs[:-1]
+        ours = [ascend.run(None, {"image": x, "filter": np.asarray(f, np.int64)})[0] for x in states]
         worst = max(worst, _compare(f"{lowering} one step, filter {f}", ours, theirs, ONE_STEP_TOL))
     print(f"{lowering}: one step from the same state, worst relative difference {worst:.1e}")
 
