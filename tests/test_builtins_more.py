@@ -220,3 +220,18 @@ def test_conv1d_lowerings_agree(prog):
                     for c in ("conv", "im2col"))
     for a, b in zip(conv, im2col, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_tuple_axes_reduce_like_a_list(tmp_path):
+    """`axis=(1, 2)` (and the one-element `(1,)`) is the list `[1, 2]`, as in NumPy and PyTorch."""
+    src = """
+    fn t(x: f32[N, 3, 4, 5]) { return sum(x, axis=(1, 2)), mean(x, axis=(3,)), grad(sum(max(x, axis=(1, 3))), x) }
+    """
+    model = dslc.compile(dslc.loads(src), "t")
+    check(model)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    s, m, g = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(s, x.sum(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(m, x.mean(axis=3), rtol=1e-6)
+    hit = x == x.max(axis=(1, 3), keepdims=True)  # continuous values: one maximum per slice
+    np.testing.assert_array_equal(g, hit.astype(np.float32))

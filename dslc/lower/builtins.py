@@ -94,12 +94,18 @@ def _activate(ctx: Ctx, y: Value, activation) -> Value:
     return ACTIVATIONS[name](ctx, y)
 
 
-def _same_pads(size: list, kernel: list, strides: list, dilation: list) -> list[int]:
-    """TF/Keras 'same' padding: output = ceil(in / stride), the odd pixel at the end."""
+def _same_pads(ctx: Ctx, x: Value, kernel: list, strides: list, dilation: list) -> list[int]:
+    """TF/Keras 'same' padding: output = ceil(in / stride), the odd pixel at the end. At stride 1
+    the total is (k - 1) * dilation whatever the size, so a symbolic H or W needs no value."""
     begin, end = [], []
-    for n, k, s, d in zip(size, kernel, strides, dilation):
-        out = -(-n // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - n, 0)
+    for n, k, s, d in zip(x.shape[2:], kernel, strides, dilation):
+        if isinstance(n, int):
+            total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        elif s == 1:
+            total = (k - 1) * d
+        else:
+            raise ctx.error(f"padding=same at stride {s} needs static spatial dims, got {x.type}", "padding",
+                            "give the spatial dims as numbers, or pad explicitly (padding=INT or a list)")
         begin.append(total // 2)
         end.append(total - total // 2)
     return begin + end
@@ -110,9 +116,7 @@ def _pads(ctx: Ctx, padding, x: Value, kernel, strides, dilation) -> list[int]:
         if padding.name == "valid":
             return [0, 0, 0, 0]
         if padding.name == "same":
-            if not all(isinstance(d, int) for d in x.shape[2:]):
-                raise ctx.error("padding=same needs static spatial dims", "padding")
-            return _same_pads(list(x.shape[2:]), kernel, strides, dilation)
+            return _same_pads(ctx, x, kernel, strides, dilation)
     if isinstance(padding, int) and not isinstance(padding, bool):
         return [padding] * 4
     if isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (2, 4):
@@ -526,9 +530,7 @@ def _window_pads(ctx: Ctx, padding, x: Value, k: list[int], s: list[int], d: lis
     if isinstance(padding, Symbol) and padding.name in ("valid", "same"):
         if padding.name == "valid":
             return [0] * 2 * n
-        if not all(isinstance(dim, int) for dim in x.shape[2:]):
-            raise ctx.error("padding=same needs static spatial dims", "padding")
-        return _same_pads(list(x.shape[2:]), k, s, d or [1] * n)
+        return _same_pads(ctx, x, k, s, d or [1] * n)
     if isinstance(padding, int) and not isinstance(padding, bool):
         pads = [padding] * 2 * n
     elif isinstance(padding, list) and all(isinstance(p, int) for p in padding) and len(padding) in (n, 2 * n):
