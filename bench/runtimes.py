@@ -142,7 +142,10 @@ class OpenVINO:
 
 
 class Tract:
+    """Its column is compiled with `target_runtime='tract'` (loops unrolled, ConstantOfShape of a computed
+    shape as Expand)."""
     name = "tract"
+    target = "tract"
 
     def missing(self):
         try:
@@ -152,6 +155,7 @@ class Tract:
 
     def run(self, path: Path, feeds: dict, reps: int = 0):
         import tract
+        from tract.transform import SetSymbols
         model = tract.onnx().load(str(path))
         order = [model.input_name(i) for i in range(model.input_count())]
         for i, name in enumerate(order):
@@ -159,7 +163,16 @@ class Tract:
                 raise Failure(f"tract wants input {name} fed")
         # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
         outs = _output_names(path)  # in order; tract names outputs after their nodes
-        runnable = model.into_model().into_runnable()
+        typed = model.into_model()
+        # A count input that sizes a shape (`n` of random_normal([n, 100])) names a dim of the graph's
+        # value_info; tract cannot read a dim from a value at run time, so the symbol is bound to it.
+        graph = onnx.load(str(path), load_external_data=False).graph
+        dims = {d.dim_param for vi in [*graph.input, *graph.value_info, *graph.output]
+                for d in vi.type.tensor_type.shape.dim}
+        bound = {n: int(v) for n, v in feeds.items() if np.ndim(v) == 0 and v.dtype.kind in "iu" and n in dims}
+        if bound:
+            typed.transform(SetSymbols(bound))
+        runnable = typed.into_runnable()
         args = [feeds[n] for n in order]
 
         def go():
@@ -167,28 +180,43 @@ class Tract:
         return _timed(go, reps)
 
 
-class Onnx2Torch:
-    """onnx2torch converts opsets up to 16-17 only; opset=17 first down-converts the model with
-    onnx.version_converter (no change to dslc's emission)."""
+def _import_onnx2torch():
+    """onnx2torch imports torchvision for NMS and RoIAlign alone; a torchvision built for another torch
+    (its C ops fail to register) is replaced by a stub, which those two converters would report."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure to load it
+        import types
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
 
-    def __init__(self, opset: int | None = None):
-        self.opset = opset
-        self.name = "onnx2torch" + (f"@{opset}" if opset else "")
+        def unavailable(*_, **__):
+            raise RuntimeError("torchvision does not load with this torch")
+        ops.nms = ops.roi_align = unavailable
+        stub.ops = ops
+        sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+    from onnx2torch import convert
+    return convert
+
+
+class Onnx2Torch:
+    """onnx2torch converts opsets up to ~17: its column is compiled with `target_runtime='onnx2torch'`
+    (opset 17, loops unrolled; dslc/passes/portable.py)."""
+    name = "onnx2torch"
+    target = "onnx2torch"
 
     def missing(self):
         try:
-            import onnx2torch  # noqa: F401
             import torch  # noqa: F401
+            _import_onnx2torch()
         except ImportError:
             return "not installed (pip install onnx2torch)"
 
     def run(self, path: Path, feeds: dict, reps: int = 0):
         import torch
-        from onnx2torch import convert
+        convert = _import_onnx2torch()
         model = onnx.load(str(path))
-        if self.opset:
-            from onnx import version_converter
-            model = version_converter.convert_version(model, self.opset)
         inits = {t.name for t in model.graph.initializer}
         order = [i.name for i in model.graph.input if i.name not in inits]
         names = [o.name for o in model.graph.output]
@@ -253,7 +281,7 @@ class OrtJs:
             return results
 
 
-RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), Onnx2Torch(17), OrtJs("node"), OrtJs("web")]
+RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), OrtJs("node"), OrtJs("web")]
 
 
 def run_cases(runtime, cases, reps: int = 0):

@@ -56,8 +56,9 @@ def graph_proto(graph: Graph) -> onnx.GraphProto:
                              doc_string=graph.doc)
 
 
-def to_onnx(graph: Graph) -> onnx.ModelProto:
-    model = helper.make_model(graph_proto(graph), opset_imports=[helper.make_opsetid("", OPSET)],
+def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
+    """`opset` below 21 is for graphs that passes/portable.py rewrote for it."""
+    model = helper.make_model(graph_proto(graph), opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="dslc", ir_version=IR_VERSION)
     for n in model.graph.node:
         assert n.domain in ("", "ai.onnx"), f"non-standard op {n.domain}.{n.op_type}"
