@@ -221,7 +221,8 @@ class Onnx2Torch:
         order = [i.name for i in model.graph.input if i.name not in inits]
         names = [o.name for o in model.graph.output]
         module = convert(model)
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order]
+        # (np.ascontiguousarray would turn a 0-d count such as `n` into shape [1])
+        args = [torch.from_numpy(np.array(feeds[n], order="C", copy=True)) for n in order]
 
         def go():
             with torch.no_grad():

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from .diagnostics import DslError
-from .emit.onnx_emit import check, to_onnx
+from .emit.onnx_emit import check, constants_as_initializers, to_onnx
 from .fileio import prepare_output_dir, save_onnx
 from .lower.lowerer import Options
 from .lower.program import Program, load_program, load_source
@@ -63,10 +63,13 @@ def compile(source: Program | str | Path, target: str, *, opset: int | None = No
     every float32 value: for finite-difference checks), wrt_inputs (with emit='gradients', also
     the gradients of the step's float inputs), opset (21, the default, or 17) and target_runtime
     ('tract', 'onnx2torch', ...: that runtime's opset and rewrites; see dslc/passes/portable.py)."""
-    opset, rules = emission(opset, target_runtime)  # before lowering: a bad option costs no compile time
+    opset, rules, hoisted = emission(opset, target_runtime)  # first: a bad option costs no compile time
     graph = lower(source, target, **options).graph
     rewrite(graph, rules)
-    return to_onnx(graph, opset)
+    model = to_onnx(graph, opset)
+    if hoisted:
+        constants_as_initializers(model, hoisted)
+    return model
 
 
 def check_file(path: str | Path, import_path=None) -> list[str]:

@@ -69,6 +69,23 @@ def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     return model
 
 
+def constants_as_initializers(model: onnx.ModelProto, consumers: tuple[str, ...]) -> None:
+    """Turn the Constant nodes that `consumers` ops read into initializers (for converters that build
+    a layer only from an initializer weight)."""
+    wanted = {i for n in model.graph.node if n.op_type in consumers for i in n.input}
+    keep = []
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] in wanted and n.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(n.attribute[0].t)
+            tensor.name = n.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            keep.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
 def check(model: onnx.ModelProto) -> None:
     """The checks every emitted model passes: the full checker and strict shape inference."""
     onnx.checker.check_model(model, full_check=True)

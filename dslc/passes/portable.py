@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ..diagnostics import DslError
-from ..ir.core import DTYPES, Graph, Node, TensorType, Value, dtype_of
+from ..ir.core import DTYPES, Dim, Graph, Node, TensorType, Value, dim_add, dim_mul, dtype_of
 from ..ir.ops import DTYPE_CODE
 
 DEFAULT_OPSET = 21
@@ -189,7 +189,7 @@ def _conv_transpose_pads(s: _Sub, n: Node) -> bool:
     out = n.outputs[0]
     full = out.shape
     grown = s.op("ConvTranspose", n.inputs, {**n.attrs, "pads": even + even}, dtype=out.dtype,
-                 shape=full[:2] + tuple(_grow(d, a + b - 2 * m) for d, a, b, m in
+                 shape=full[:2] + tuple(dim_add(d, a + b - 2 * m) for d, a, b, m in
                                         zip(full[2:], pads[:rank], pads[rank:], even)))
     starts = [a - m for a, m in zip(pads[:rank], even)]
     ends = [-(b - m) if b > m else 2 ** 62 for b, m in zip(pads[rank:], even)]
@@ -197,8 +197,38 @@ def _conv_transpose_pads(s: _Sub, n: Node) -> bool:
     return True
 
 
-def _grow(d, k: int):
-    return d + k if isinstance(d, int) else (f"{d}+{k}" if k else d)
+def _scatter_add(s: _Sub, n: Node) -> bool:
+    """ScatterND(data, idx[..., 1], dy, reduction=add) (the gradient of a Gather) as data plus
+    onehot(idx)^T @ dy: duplicate indices sum, as scatter-add does (onnx2torch has no reduction)."""
+    data, idx, dy = n.inputs
+    out = n.outputs[0]
+    if n.attrs.get("reduction", "none") != "add" or idx.shape[-1] != 1 or data.rank < 1:
+        return False
+    k = idx.rank - 1  # the index dims, leading in dy
+    m, r = _numel(idx.shape[:-1]), _numel(dy.shape[k:])
+    flat_idx = s.op("Reshape", [idx, s.i64([-1, 1])], dtype="i64", shape=(m, 1))
+    dim = s.op("Gather", [s.op("Shape", [data], dtype="i64", shape=(data.rank,)), s.i64(0)], {"axis": 0},
+               dtype="i64", shape=())
+    rows = s.op("Range", [s.i64(0), dim, s.i64(1)], dtype="i64", shape=(data.shape[0],))
+    hit = s.op("Cast", [s.op("Equal", [flat_idx, rows], dtype="bool", shape=(m, data.shape[0]))],
+               {"to": DTYPE_CODE[dy.dtype]}, dtype=dy.dtype, shape=(m, data.shape[0]))
+    picked = s.op("Transpose", [hit], {"perm": [1, 0]}, dtype=dy.dtype, shape=(data.shape[0], m))
+    if isinstance(r, int) or isinstance(m, int):  # (onnx2torch's Flatten ignores axis 0)
+        rest = s.op("Reshape", [dy, s.i64([-1, r] if isinstance(r, int) else [m, -1])], dtype=dy.dtype, shape=(m, r))
+    else:
+        rest = s.op("Flatten", [dy], {"axis": k}, dtype=dy.dtype, shape=(m, r))
+    summed = s.op("MatMul", [picked, rest], dtype=dy.dtype, shape=(data.shape[0], r))
+    shaped = s.op("Reshape", [summed, s.op("Shape", [data], dtype="i64", shape=(data.rank,))],
+                  dtype=dy.dtype, shape=data.shape)
+    s.op("Add", [data, shaped], out=out)
+    return True
+
+
+def _numel(dims) -> Dim:
+    total = 1
+    for d in dims:
+        total = dim_mul(total, d)
+    return total
 
 
 OPSET17: dict[str, Rule] = {
@@ -217,6 +247,7 @@ OPSET17: dict[str, Rule] = {
     "LessOrEqual": _negated("Greater"),
     "OneHot": _one_hot,
     "ConvTranspose": _conv_transpose_pads,
+    "ScatterND": _scatter_add,
 }
 
 
@@ -256,23 +287,25 @@ def _unroll(s: _Sub, n: Node) -> bool:
     return True
 
 
-# What each runtime needs: its opset and the rewrites beyond that opset's.
+# What each runtime needs: its opset, the rewrites beyond that opset's, and the ops whose constant
+# inputs must be initializers (onnx2torch builds a torch Conv only from an initializer kernel).
 RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
-    "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll}},
+    "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll}, "initializers": ("Conv", "ConvTranspose")},
     "tract": {"opset": 21, "rules": {"Loop": _unroll, "ConstantOfShape": _constant_of_shape}},
 }
 
 
-def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[str, Rule]]:
-    """The opset and the table of rewrites for these options (a DslError for unknown ones)."""
+def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[str, Rule], tuple[str, ...]]:
+    """The opset, the table of rewrites and the ops whose constant inputs become initializers, for these
+    options (a DslError for unknown ones)."""
     if target_runtime is not None and target_runtime not in RUNTIMES:
         raise DslError(f"unknown target runtime `{target_runtime}`: use one of {', '.join(RUNTIMES)}")
     wanted = RUNTIMES.get(target_runtime, {"opset": DEFAULT_OPSET, "rules": {}})
     opset = wanted["opset"] if opset is None else opset
     if opset not in OPSETS:
         raise DslError(f"dslc emits opset {' or '.join(map(str, OPSETS))}, not {opset}")
-    return opset, {**(OPSET17 if opset < 18 else {}), **wanted["rules"]}
+    return opset, {**(OPSET17 if opset < 18 else {}), **wanted["rules"]}, wanted.get("initializers", ())
 
 
 def rewrite(graph: Graph, rules: dict[str, Rule], names: itertools.count | None = None) -> bool:
