@@ -7,7 +7,9 @@ onnxruntime.
 
 Graphs: each model and typed fn (its forward graph) and each step four times: `train` (forward +
 backward + optimizer update, the default), `gradients`, `apply` (the update alone) and `forward` (the
-loss alone); batch 2, compiled with the default options (weight seed 0). Feeds: every graph input that
+loss alone); batch 2, compiled with the default options (weight seed 0), and once more per target
+runtime that a column asks for (`target` of its runtime in runtimes.py: tract, onnx2torch), whose
+numbers are compared with the default emission's in onnxruntime. Feeds: every graph input that
 has no initializer, seeded (numpy default_rng(0) per graph): floats uniform in [0, 1), integer labels in
 [0, 10), integer scalars (counts) in [1, 10); inputs with an initializer (weights, optimizer state,
 `step`, `seed`) keep it, so every runtime sees the same values (onnxruntime-web refuses feeds for

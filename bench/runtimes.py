@@ -8,8 +8,8 @@ Runtimes (each skipped with a note when it is not installed):
   onnxruntime       the reference every other runtime is compared with (CPU execution provider)
   onnx.reference    onnx's pure-Python evaluator
   openvino          pip install openvino
-  tract             pip install tract
-  onnx2torch        pip install onnx2torch (torch is needed too)
+  tract             pip install tract; runs `--target-runtime tract` graphs
+  onnx2torch        pip install onnx2torch (torch is needed too); runs `--target-runtime onnx2torch` graphs
   ort-node          npm onnxruntime-node, run by node (bench/ort_js_runner.js)
   ort-web           npm onnxruntime-web (WASM, one thread), run by node
 
