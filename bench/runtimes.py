@@ -300,7 +300,7 @@ def run_cases(runtime, cases, reps: int = 0):
 
 
 # ------------------------------------------------------------------ timing (python bench/runtimes.py)
-def convnet_cases(batch: int, folder: Path):
+def convnet_cases(batch: int, folder: Path, target_runtime: str | None = None):
     import dslc
     prog = dslc.load(ROOT / "specs" / "convnet.dsl")
     rng = np.random.default_rng(0)
@@ -310,8 +310,8 @@ def convnet_cases(batch: int, folder: Path):
     for target, emit, feeds in (
             ("ConvNet", None, {"image": image}),
             ("train_convnet", None, {"image": image, "label": label})):  # step, seed: defaults
-        path = folder / f"{target}.onnx"
-        onnx.save(dslc.compile(prog, target, emit=emit), str(path))
+        path = folder / f"{target}-{target_runtime or 'default'}.onnx"
+        onnx.save(dslc.compile(prog, target, emit=emit, target_runtime=target_runtime), str(path))
         cases.append((f"{target} ({'forward' if target == 'ConvNet' else 'train step'})", path, feeds))
     return cases
 
@@ -332,8 +332,9 @@ def main(argv=None) -> int:
                 notes.append(f"{rt.name}: skipped, {why}")
                 continue
             reps = max(1, args.reps // 5) if rt.name == "onnx.reference" else args.reps
+            own = convnet_cases(args.batch, Path(tmp), rt.target) if getattr(rt, "target", None) else cases
             t0 = time.perf_counter()
-            results = run_cases(rt, [(p, f) for _, p, f in cases], reps)
+            results = run_cases(rt, [(p, f) for _, p, f in own], reps)
             print(f"{rt.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             table[rt.name] = results
     lines = [f"| runtime | {' | '.join(c[0] for c in cases)} |", "|---|" + "---|" * len(cases)]
