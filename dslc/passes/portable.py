@@ -6,7 +6,8 @@ lack, into opset-17 ops that compute the same numbers: one entry per op in OPSET
 random generator's uint32 hash (BitwiseXor is opset 18) becomes the same hash in int64 arithmetic, so
 random graphs draw the very same numbers. `target_runtime` (`--target-runtime NAME`) picks the opset
 and the rewrites a runtime needs (RUNTIMES): tract and onnx2torch have no Loop, so constant-count
-loops are unrolled; tract reads ConstantOfShape's shape at load time, so a computed one becomes Expand.
+loops are unrolled; tract reads ConstantOfShape's shape at load time, so a computed one becomes Expand;
+onnx2torch builds a Conv only from an initializer kernel (api.compile hoists constant kernels).
 
 These rewrites run last (after the op table's checks and the optimizing passes): the op table types
 opset-21 ops, so the new nodes are typed here, by hand.
