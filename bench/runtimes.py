@@ -7,7 +7,7 @@ convnet's forward graph and train step in each of them.
 Runtimes (each skipped with a note when it is not installed):
   onnxruntime       the reference every other runtime is compared with (CPU execution provider)
   onnx.reference    onnx's pure-Python evaluator
-  openvino          pip install openvino
+  openvino          pip install openvino; runs `--target-runtime openvino` graphs
   tract             pip install tract; runs `--target-runtime tract` graphs
   onnx2torch        pip install onnx2torch (torch is needed too); runs `--target-runtime onnx2torch` graphs
   ort-node          npm onnxruntime-node, run by node (bench/ort_js_runner.js)
@@ -116,7 +116,9 @@ class Reference:
 
 
 class OpenVINO:
+    """Its column is compiled with `target_runtime='openvino'` (stride-1 ConvTranspose as Conv)."""
     name = "openvino"
+    target = "openvino"
 
     def missing(self):
         try:

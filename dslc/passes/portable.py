@@ -7,7 +7,8 @@ random generator's uint32 hash (BitwiseXor is opset 18) becomes the same hash in
 random graphs draw the very same numbers. `target_runtime` (`--target-runtime NAME`) picks the opset
 and the rewrites a runtime needs (RUNTIMES): tract and onnx2torch have no Loop, so constant-count
 loops are unrolled; tract reads ConstantOfShape's shape at load time, so a computed one becomes Expand;
-onnx2torch builds a Conv only from an initializer kernel (api.compile hoists constant kernels).
+onnx2torch builds a Conv only from an initializer kernel (api.compile hoists constant kernels);
+OpenVINO gets a convolution's input gradient as a Conv rather than a ConvTranspose.
 
 These rewrites run last (after the op table's checks and the optimizing passes): the op table types
 opset-21 ops, so the new nodes are typed here, by hand.
@@ -262,6 +263,30 @@ def _constant_of_shape(s: _Sub, n: Node) -> bool:
     return True
 
 
+def _conv_transpose_as_conv(s: _Sub, n: Node) -> bool:
+    """A stride-1 ConvTranspose as the Conv with the flipped, transposed kernel and pads k-1-p. (OpenVINO
+    2026.4 gives wrong numbers when a Conv and a ConvTranspose read the same weight, which is how a
+    convolution's input gradient reads its kernel.)"""
+    x, w = n.inputs[:2]
+    r = w.rank - 2
+    pads = list(n.attrs.get("pads", [0] * 2 * r))
+    kernel = w.shape[2:]
+    if (any(v != 1 for key in ("strides", "dilations") for v in n.attrs.get(key, [1] * r)) or n.attrs.get("group", 1) != 1
+            or any(n.attrs.get("output_padding", [0] * r)) or n.attrs.get("auto_pad", "NOTSET") != "NOTSET"
+            or not all(isinstance(k, int) for k in kernel)):
+        return False
+    conv_pads = [kernel[i % r] - 1 - p for i, p in enumerate(pads)]
+    if min(conv_pads) < 0:
+        return False
+    swapped = s.op("Transpose", [w], {"perm": [1, 0] + list(range(2, w.rank))}, dtype=w.dtype,
+                   shape=(w.shape[1], w.shape[0]) + tuple(kernel))
+    flipped = s.op("Slice", [swapped, s.i64([-1] * r), s.i64([-2 ** 62] * r), s.i64(list(range(2, w.rank))),
+                             s.i64([-1] * r)], dtype=w.dtype, shape=swapped.shape)
+    s.op("Conv", [x, flipped] + list(n.inputs[2:]), {"kernel_shape": list(kernel), "pads": conv_pads},
+         out=n.outputs[0])
+    return True
+
+
 def _unroll(s: _Sub, n: Node) -> bool:
     """A Loop with a constant trip count and a constant-true condition, as that many copies of its body."""
     trip, cond = n.inputs[:2]
@@ -294,6 +319,7 @@ RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
     "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll}, "initializers": ("Conv", "ConvTranspose")},
     "tract": {"opset": 21, "rules": {"Loop": _unroll, "ConstantOfShape": _constant_of_shape}},
+    "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv}},
 }
 
 
