@@ -138,6 +138,54 @@ def _bitwise_xor(s: _Sub, n: Node) -> bool:
     return True
 
 
+# ------------------------------------------------------------------ the uint32 hash in int32 (OpenVINO)
+# OpenVINO's CPU plugin saturates uint32 and computes int32 Div and ReduceSum through float, but its
+# int32 Mul, Add, BitwiseXor/And/Or wrap exactly: the hash runs there as int32 with the same bits,
+# the right shifts made of masks and selects.
+def _i32_constant(s: _Sub, n: Node) -> bool:
+    value = n.attrs["value"]
+    if value.dtype != np.uint32:
+        return False
+    s.op("Constant", [], {"value": value.view(np.int32)}, out=n.outputs[0])
+    return True
+
+
+def _i32_cast(s: _Sub, n: Node) -> bool:
+    if not _was_u32(n):
+        return False
+    s.op("Cast", n.inputs, {"to": DTYPE_CODE["i32"]}, out=n.outputs[0])  # counters below 2^31 stay exact
+    return True
+
+
+def _i32_shift_right(s: _Sub, n: Node) -> bool:
+    """x >>> k as the OR of bit j (a mask and a select) moved to j - k, for j = k..31, OR-ed in a tree."""
+    x, k = n.inputs
+    out = n.outputs[0]
+    if not _was_u32(n) or k.const is None or n.attrs.get("direction") != "RIGHT":
+        return False
+    k = int(k.const)
+    masks = np.asarray([1 << j for j in range(k, 32)], np.uint32).view(np.int32)
+    moved = np.asarray([1 << (j - k) for j in range(k, 32)], np.uint32).view(np.int32)
+    wide = x.shape + (len(masks),)
+    bits = s.op("BitwiseAnd", [s.op("Unsqueeze", [x, s.i64([-1])], dtype="i32", shape=x.shape + (1,)),
+                               s.const(masks)], dtype="i32", shape=wide)
+    off = s.op("Equal", [bits, s.const(np.zeros((), np.int32))], dtype="bool", shape=wide)
+    parts = s.op("Where", [off, s.const(np.zeros((), np.int32)), s.const(moved)], dtype="i32", shape=wide)
+    width = len(masks)
+    while width > 1:  # pad to even, then OR the halves
+        half = (width + 1) // 2
+        lo = s.op("Slice", [parts, s.i64([0]), s.i64([half]), s.i64([-1])], dtype="i32", shape=x.shape + (half,))
+        hi = s.op("Slice", [parts, s.i64([half]), s.i64([width]), s.i64([-1])], dtype="i32",
+                  shape=x.shape + (width - half,))
+        if width - half < half:
+            hi = s.op("Concat", [hi, s.op("Slice", [lo, s.i64([0]), s.i64([1]), s.i64([-1])], dtype="i32",
+                                         shape=x.shape + (1,))], {"axis": -1}, dtype="i32", shape=x.shape + (half,))
+        parts = s.op("BitwiseOr", [lo, hi], dtype="i32", shape=x.shape + (half,))
+        width = half
+    s.op("Squeeze", [parts, s.i64([-1])], out=out)
+    return True
+
+
 # ------------------------------------------------------------------ ops newer than opset 17, or that converters lack
 def _axes_attribute(s: _Sub, n: Node) -> bool:
     """ReduceMean/Max/Min/Prod take their axes as an input from opset 18, as an attribute before."""
@@ -319,7 +367,8 @@ RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
     "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll}, "initializers": ("Conv", "ConvTranspose")},
     "tract": {"opset": 21, "rules": {"Loop": _unroll, "ConstantOfShape": _constant_of_shape}},
-    "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv}},
+    "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv, "Constant": _i32_constant,
+                                        "Cast": _i32_cast, "BitShift": _i32_shift_right}},
 }
 
 
@@ -352,13 +401,13 @@ def rewrite(graph: Graph, rules: dict[str, Rule], names: itertools.count | None 
         else:
             nodes.append(n)
     graph.nodes = nodes
-    if any(r is _u32_constant for r in rules.values()):
-        _retype_u32(graph)
+    if rules.get("Constant") in (_u32_constant, _i32_constant):
+        _retype_u32(graph, "i64" if rules["Constant"] is _u32_constant else "i32")
     return changed
 
 
-def _retype_u32(graph: Graph) -> None:
+def _retype_u32(graph: Graph, dtype: str) -> None:
     for n in graph.nodes:
         for v in n.outputs:
             if v.dtype == "u32":
-                v.type = TensorType("i64", v.type.shape)
+                v.type = TensorType(dtype, v.type.shape)
