@@ -67,17 +67,34 @@ def test_opset17_checks_and_agrees_with_the_default(spec, target, emit):
     _close(_ref(old, feeds), _ref(default, feeds))
 
 
-def test_random_draws_are_the_same_bits_at_opset_17():
+@pytest.mark.parametrize("options", [{"opset": 17}, {"target_runtime": "openvino"}], ids=["opset17", "openvino"])
+def test_random_draws_are_the_same_bits(options):
+    """The hash in int64 (opset 17) or int32 (OpenVINO) draws the uint32 hash's very bits."""
     src = "fn noise(x: f32[N, 3]) {\n  u = random_uniform([4, 5], 0, 1)\n  z = random_normal([4, 5])\n  return u, z\n}\n"
     prog = dslc.loads(src)
-    new, old = dslc.compile(prog, "noise"), dslc.compile(prog, "noise", opset=17)
+    new, other = dslc.compile(prog, "noise"), dslc.compile(prog, "noise", **options)
+    check(other)
+    ops = {n.op_type for n in other.graph.node}
+    assert not ({"BitShift", "BitwiseXor"} if "opset" in options else {"BitShift"}) & ops
     feeds = {"x": np.zeros((2, 3), np.float32), "seed": np.asarray(7, np.int64)}
     feeds = {k: v for k, v in feeds.items() if k in {i.name for i in new.graph.input}}
     want = _ort(new, feeds)
     assert len(np.unique(want["u"])) == 20
     for run in (_ort, _ref):  # uniforms are k * 2^-24: the same bits give the same floats everywhere
-        np.testing.assert_array_equal(run(old, feeds)["u"], want["u"])
-        np.testing.assert_array_equal(run(old, feeds)["z"], run(new, feeds)["z"])
+        np.testing.assert_array_equal(run(other, feeds)["u"], want["u"])
+        np.testing.assert_array_equal(run(other, feeds)["z"], run(new, feeds)["z"])
+
+
+@pytest.mark.parametrize("spec,target,emit", [("convnet.dsl", "train_convnet", "gradients"), ("vae.dsl", "VAE", None)])
+def test_target_runtime_openvino_gives_the_same_numbers(spec, target, emit):
+    default = dslc.compile(SPECS / spec, target, emit=emit)
+    model = dslc.compile(SPECS / spec, target, emit=emit, target_runtime="openvino")
+    check(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert "BitShift" not in ops and all(t.data_type != onnx.TensorProto.UINT32 for t in model.graph.initializer)
+    feeds = random_feeds(default, np.random.default_rng(0))
+    _close(_ort(model, feeds), _ort(default, feeds))
+    _close(_ref(model, feeds), _ref(default, feeds))
 
 
 def test_opset17_gradients_match_finite_differences():

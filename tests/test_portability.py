@@ -18,9 +18,9 @@ import runtimes as R  # noqa: E402
 
 SPEC = ROOT / "specs" / "convnet.dsl"
 GRAPHS = [("ConvNet", None), ("train_convnet", "train"), ("train_convnet", "gradients"), ("train_convnet", "apply")]
-# Known gaps (README's matrix): OpenVINO 2026.4 refuses the backward graphs ("Batch size is zero.").
-# (tract and onnx2torch run the graphs compiled for them: --target-runtime tract / onnx2torch.)
-EXPECTED_GAPS = {"openvino": {"train_convnet (train)", "train_convnet (gradients)"}}
+# Known gaps (README's matrix): none for these graphs. (OpenVINO, tract and onnx2torch run the graphs
+# compiled for them: --target-runtime openvino / tract / onnx2torch.)
+EXPECTED_GAPS: dict[str, set[str]] = {}
 
 
 @pytest.fixture(scope="module")
