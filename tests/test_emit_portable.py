@@ -131,6 +131,8 @@ def test_bad_emission_options_are_errors(tmp_path, capsys):
         dslc.compile(SPECS / "convnet.dsl", "ConvNet", opset=18)
     with pytest.raises(DslError, match="unknown target runtime `torch`"):
         dslc.compile(SPECS / "convnet.dsl", "ConvNet", target_runtime="torch")
+    with pytest.raises(DslError, match="--target-runtime openvino emits opset 21"):
+        dslc.compile(SPECS / "convnet.dsl", "ConvNet", target_runtime="openvino", opset=17)
     with pytest.raises(SystemExit):
         main(["compile", str(SPECS / "convnet.dsl"), "--opset", "16", "-o", str(tmp_path)])
     assert "invalid choice" in capsys.readouterr().err

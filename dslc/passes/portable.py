@@ -378,9 +378,11 @@ def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[s
     if target_runtime is not None and target_runtime not in RUNTIMES:
         raise DslError(f"unknown target runtime `{target_runtime}`: use one of {', '.join(RUNTIMES)}")
     wanted = RUNTIMES.get(target_runtime, {"opset": DEFAULT_OPSET, "rules": {}})
-    opset = wanted["opset"] if opset is None else opset
-    if opset not in OPSETS:
+    if opset is not None and opset not in OPSETS:
         raise DslError(f"dslc emits opset {' or '.join(map(str, OPSETS))}, not {opset}")
+    if opset is not None and target_runtime is not None and opset != wanted["opset"]:
+        raise DslError(f"--target-runtime {target_runtime} emits opset {wanted['opset']}: leave out --opset {opset}")
+    opset = wanted["opset"] if opset is None else opset
     return opset, {**(OPSET17 if opset < 18 else {}), **wanted["rules"]}, wanted.get("initializers", ())
 
 
