@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -61,8 +62,6 @@ def short(e: BaseException | str, width: int = 70) -> str:
     # onnxruntime-style "[ONNXRuntimeError] : 1 : FAIL : Load model ... failed:REASON"
     # OpenVINO: "Exception from src/...:\nCheck 'x' failed at ...:\nREASON": the last line says why
     line = lines[-1] if lines and lines[0].startswith("Exception from") else (lines[0] if lines else text)
-    if "No Previous Version of" in line:  # onnx.version_converter
-        return "version_converter: no opset-17 " + line.split("No Previous Version of", 1)[1].split()[0]
     for marker in ("failed:", "Exception:", "error:"):
         if marker in line and len(line.split(marker, 1)[1].strip()) > 10:
             line = line.split(marker, 1)[1].strip()
@@ -266,7 +265,7 @@ class OrtJs:
             (tmp / "jobs.json").write_text(json.dumps(jobs))
             done = subprocess.run(["node", str(JS_RUNNER), self.kind, str(tmp / "jobs.json")],
                                   capture_output=True, text=True, timeout=timeout,
-                                  env={**__import__("os").environ, "NODE_PATH": str(node_modules)})
+                                  env={**os.environ, "NODE_PATH": str(node_modules)})
             results = []
             for k in range(len(cases)):
                 out = tmp / f"out{k}"
@@ -364,7 +363,8 @@ def _write_readme(text: str, args) -> None:
     old = readme.read_text()
     block = (f"{BEGIN}\nBatch {args.batch}, median of {args.reps} runs after one warm-up (onnx.reference: "
              f"{max(1, args.reps // 5)}), each runtime with its default threads "
-             f"(ort-web: 1, WASM); ratio to onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
+             f"(ort-web: 1, WASM) on a {os.cpu_count()}-core CPU; OpenVINO, tract and onnx2torch run the graphs "
+             f"compiled with their `--target-runtime`; ratio to onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
     if BEGIN in old:
         new = old.split(BEGIN)[0] + block + old.split(END, 1)[1]
     else:
