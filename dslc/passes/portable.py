@@ -139,7 +139,7 @@ def _bitwise_xor(s: _Sub, n: Node) -> bool:
 
 
 # ------------------------------------------------------------------ the uint32 hash in int32 (OpenVINO)
-# OpenVINO's CPU plugin saturates uint32 and computes int32 Div and ReduceSum through float, but its
+# OpenVINO's CPU plugin saturates uint32 and its int32 Div and ReduceSum are inexact (as if in float32), but its
 # int32 Mul, Add, BitwiseXor/And/Or wrap exactly: the hash runs there as int32 with the same bits,
 # the right shifts made of masks and selects.
 def _i32_constant(s: _Sub, n: Node) -> bool:
