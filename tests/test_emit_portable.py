@@ -70,7 +70,8 @@ def test_opset17_checks_and_agrees_with_the_default(spec, target, emit):
 @pytest.mark.parametrize("options", [{"opset": 17}, {"target_runtime": "openvino"}], ids=["opset17", "openvino"])
 def test_random_draws_are_the_same_bits(options):
     """The hash in int64 (opset 17) or int32 (OpenVINO) draws the uint32 hash's very bits."""
-    src = "fn noise(x: f32[N, 3]) {\n  u = random_uniform([4, 5], 0, 1)\n  z = random_normal([4, 5])\n  return u, z\n}\n"
+    src = ("fn noise(x: f32[N, 3]) {\n  u = random_uniform([4, 5], 0, 1)\n  z = random_normal([4, 5])\n"
+           "  return u, z\n}\n")
     prog = dslc.loads(src)
     new, other = dslc.compile(prog, "noise"), dslc.compile(prog, "noise", **options)
     check(other)

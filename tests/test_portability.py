@@ -27,7 +27,8 @@ EXPECTED_GAPS: dict[str, set[str]] = {}
 def cases(tmp_path_factory):
     folder = tmp_path_factory.mktemp("port")
     graphs = [(SPEC, target, emit) for target, emit in GRAPHS]
-    return [(lab.split("/", 1)[1], paths) for lab, paths in P.save_cases(folder, runtimes=R.RUNTIMES, graph_list=graphs)]
+    saved = P.save_cases(folder, runtimes=R.RUNTIMES, graph_list=graphs)
+    return [(lab.split("/", 1)[1], paths) for lab, paths in saved]
 
 
 @pytest.mark.parametrize("runtime", R.RUNTIMES[1:], ids=lambda rt: rt.name)

@@ -139,8 +139,8 @@ def _bitwise_xor(s: _Sub, n: Node) -> bool:
 
 
 # ------------------------------------------------------------------ the uint32 hash in int32 (OpenVINO)
-# OpenVINO's CPU plugin saturates uint32 and its int32 Div and ReduceSum are inexact (as if in float32), but its
-# int32 Mul, Add, BitwiseXor/And/Or wrap exactly: the hash runs there as int32 with the same bits,
+# OpenVINO's CPU plugin saturates uint32 and its int32 Div and ReduceSum are inexact (as if in float32),
+# but its int32 Mul, Add, BitwiseXor/And/Or wrap exactly: the hash runs there as int32 with the same bits,
 # the right shifts made of masks and selects.
 def _i32_constant(s: _Sub, n: Node) -> bool:
     value = n.attrs["value"]
@@ -319,7 +319,8 @@ def _conv_transpose_as_conv(s: _Sub, n: Node) -> bool:
     r = w.rank - 2
     pads = list(n.attrs.get("pads", [0] * 2 * r))
     kernel = w.shape[2:]
-    if (any(v != 1 for key in ("strides", "dilations") for v in n.attrs.get(key, [1] * r)) or n.attrs.get("group", 1) != 1
+    if (any(v != 1 for key in ("strides", "dilations") for v in n.attrs.get(key, [1] * r))
+            or n.attrs.get("group", 1) != 1
             or any(n.attrs.get("output_padding", [0] * r)) or n.attrs.get("auto_pad", "NOTSET") != "NOTSET"
             or not all(isinstance(k, int) for k in kernel)):
         return False
@@ -341,7 +342,8 @@ def _unroll(s: _Sub, n: Node) -> bool:
     body: Graph = n.attrs["body"]
     if trip is None or trip.const is None or cond is None or cond.const is None or not bool(cond.const):
         return False
-    if len(body.outputs) != len(n.inputs) - 1 or any(isinstance(a, Graph) for m in body.nodes for a in m.attrs.values()):
+    nested = any(isinstance(a, Graph) for m in body.nodes for a in m.attrs.values())
+    if len(body.outputs) != len(n.inputs) - 1 or nested:
         return False  # scan outputs or nested loops: kept as a Loop
     carried = list(n.inputs[2:])
     for i in range(int(trip.const)):
