@@ -7,7 +7,9 @@ onnxruntime.
 
 Graphs: each model and typed fn (its forward graph) and each step four times: `train` (forward +
 backward + optimizer update, the default), `gradients`, `apply` (the update alone) and `forward` (the
-loss alone); batch 2, compiled with the default options (weight seed 0). Feeds: every graph input that
+loss alone); batch 2, compiled with the default options (weight seed 0), and once more per target
+runtime that a column asks for (`target` of its runtime in runtimes.py: tract, onnx2torch), whose
+numbers are compared with the default emission's in onnxruntime. Feeds: every graph input that
 has no initializer, seeded (numpy default_rng(0) per graph): floats uniform in [0, 1), integer labels in
 [0, 10), integer scalars (counts) in [1, 10); inputs with an initializer (weights, optimizer state,
 `step`, `seed`) keep it, so every runtime sees the same values (onnxruntime-web refuses feeds for
@@ -112,11 +114,35 @@ def cell(result) -> tuple[bool, str]:
     return (result <= TOLERANCE), (f"ok {result:.0e}" if result <= TOLERANCE else f"differs {result:.0e}")
 
 
+def target_of(runtime) -> str | None:
+    """The dslc target runtime a runtime's column is compiled for (None: the default emission)."""
+    return getattr(runtime, "target", None)
+
+
+def save_cases(folder: Path, specs=None, runtimes=(), graph_list=None):
+    """Compile every graph once per target runtime needed: [(label, {target: path})]."""
+    targets = [None] + sorted({target_of(rt) for rt in runtimes} - {None})
+    cases = []
+    for k, (path, target, emit) in enumerate(graph_list or graphs(specs)):
+        paths = {}
+        for t in targets:
+            dest = folder / f"g{k}-{t or 'default'}.onnx"
+            try:
+                onnx.save(dslc.compile(path, target, emit=emit, target_runtime=t), str(dest))
+            except Exception as e:  # noqa: BLE001 - a rewrite that fails is this column's cell
+                dest = R.Failure(f"dslc --target-runtime {t}: {R.short(e)}")
+            paths[t] = dest
+        cases.append((label(path, target, emit), paths))
+    return cases
+
+
 def run_suite(cases, runtimes, log=print):
-    """cases: [(label, path)] of saved models. Returns ({label: {runtime: cell}}, notes)."""
-    feeds = {lab: feeds_for(onnx.load(str(p), load_external_data=False)) for lab, p in cases}
+    """cases: [(label, {target runtime: path})] of saved models (key None: the default emission, every
+    runtime's reference). Returns ({label: {runtime: cell}}, notes)."""
+    cases = [(lab, p if isinstance(p, dict) else {None: p}) for lab, p in cases]
+    feeds = {lab: feeds_for(onnx.load(str(p[None]), load_external_data=False)) for lab, p in cases}
     matrix = {lab: {} for lab, _ in cases}
-    ref = R.run_cases(R.OnnxRuntime(), [(p, feeds[lab]) for lab, p in cases])
+    ref = R.run_cases(R.OnnxRuntime(), [(p[None], feeds[lab]) for lab, p in cases])
     notes = []
     for (lab, _), r in zip(cases, ref):
         matrix[lab]["onnxruntime"] = (False, R.short(r)) if isinstance(r, R.Failure) else (True, "ref")
@@ -126,7 +152,11 @@ def run_suite(cases, runtimes, log=print):
             notes.append(f"{rt.name}: skipped, {why}")
             continue
         t0 = time.perf_counter()
-        results = R.run_cases(rt, [(p, feeds[lab]) for lab, p in cases])
+        paths = [p.get(target_of(rt), p[None]) for _, p in cases]
+        runnable = [k for k, p in enumerate(paths) if not isinstance(p, R.Failure)]
+        results = list(paths)
+        for k, res in zip(runnable, R.run_cases(rt, [(paths[k], feeds[cases[k][0]]) for k in runnable])):
+            results[k] = res
         for (lab, _), res, base in zip(cases, results, ref):
             if isinstance(base, R.Failure):
                 matrix[lab][rt.name] = (False, "no reference")
@@ -173,11 +203,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     runtimes = [rt for rt in R.RUNTIMES[1:] if not args.runtime or rt.name in args.runtime]
     with tempfile.TemporaryDirectory(prefix="dslc-port-") as tmp:
-        cases = []
-        for k, (path, target, emit) in enumerate(graphs(args.only)):
-            dest = Path(tmp) / f"g{k}.onnx"
-            onnx.save(dslc.compile(path, target, emit=emit), str(dest))
-            cases.append((label(path, target, emit), dest))
+        cases = save_cases(Path(tmp), args.only, runtimes)
         print(f"{len(cases)} graphs", file=sys.stderr)
         matrix, notes = run_suite(cases, runtimes, log=lambda s: print(s, file=sys.stderr))
     text = markdown(matrix, notes, ["onnxruntime"] + [rt.name for rt in runtimes])

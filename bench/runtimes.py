@@ -7,9 +7,9 @@ convnet's forward graph and train step in each of them.
 Runtimes (each skipped with a note when it is not installed):
   onnxruntime       the reference every other runtime is compared with (CPU execution provider)
   onnx.reference    onnx's pure-Python evaluator
-  openvino          pip install openvino
-  tract             pip install tract
-  onnx2torch        pip install onnx2torch (torch is needed too)
+  openvino          pip install openvino; runs `--target-runtime openvino` graphs
+  tract             pip install tract; runs `--target-runtime tract` graphs
+  onnx2torch        pip install onnx2torch (torch is needed too); runs `--target-runtime onnx2torch` graphs
   ort-node          npm onnxruntime-node, run by node (bench/ort_js_runner.js)
   ort-web           npm onnxruntime-web (WASM, one thread), run by node
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -61,8 +62,6 @@ def short(e: BaseException | str, width: int = 70) -> str:
     # onnxruntime-style "[ONNXRuntimeError] : 1 : FAIL : Load model ... failed:REASON"
     # OpenVINO: "Exception from src/...:\nCheck 'x' failed at ...:\nREASON": the last line says why
     line = lines[-1] if lines and lines[0].startswith("Exception from") else (lines[0] if lines else text)
-    if "No Previous Version of" in line:  # onnx.version_converter
-        return "version_converter: no opset-17 " + line.split("No Previous Version of", 1)[1].split()[0]
     for marker in ("failed:", "Exception:", "error:"):
         if marker in line and len(line.split(marker, 1)[1].strip()) > 10:
             line = line.split(marker, 1)[1].strip()
@@ -116,7 +115,9 @@ class Reference:
 
 
 class OpenVINO:
+    """Its column is compiled with `target_runtime='openvino'` (stride-1 ConvTranspose as Conv)."""
     name = "openvino"
+    target = "openvino"
 
     def missing(self):
         try:
@@ -142,7 +143,10 @@ class OpenVINO:
 
 
 class Tract:
+    """Its column is compiled with `target_runtime='tract'` (loops unrolled, ConstantOfShape of a computed
+    shape as Expand)."""
     name = "tract"
+    target = "tract"
 
     def missing(self):
         try:
@@ -152,6 +156,7 @@ class Tract:
 
     def run(self, path: Path, feeds: dict, reps: int = 0):
         import tract
+        from tract.transform import SetSymbols
         model = tract.onnx().load(str(path))
         order = [model.input_name(i) for i in range(model.input_count())]
         for i, name in enumerate(order):
@@ -159,7 +164,16 @@ class Tract:
                 raise Failure(f"tract wants input {name} fed")
         # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
         outs = _output_names(path)  # in order; tract names outputs after their nodes
-        runnable = model.into_model().into_runnable()
+        typed = model.into_model()
+        # A count input that sizes a shape (`n` of random_normal([n, 100])) names a dim of the graph's
+        # value_info; tract cannot read a dim from a value at run time, so the symbol is bound to it.
+        graph = onnx.load(str(path), load_external_data=False).graph
+        dims = {d.dim_param for vi in [*graph.input, *graph.value_info, *graph.output]
+                for d in vi.type.tensor_type.shape.dim}
+        bound = {n: int(v) for n, v in feeds.items() if np.ndim(v) == 0 and v.dtype.kind in "iu" and n in dims}
+        if bound:
+            typed.transform(SetSymbols(bound))
+        runnable = typed.into_runnable()
         args = [feeds[n] for n in order]
 
         def go():
@@ -167,33 +181,49 @@ class Tract:
         return _timed(go, reps)
 
 
-class Onnx2Torch:
-    """onnx2torch converts opsets up to 16-17 only; opset=17 first down-converts the model with
-    onnx.version_converter (no change to dslc's emission)."""
+def _import_onnx2torch():
+    """onnx2torch imports torchvision for NMS and RoIAlign alone; a torchvision built for another torch
+    (its C ops fail to register) is replaced by a stub, which those two converters would report."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - any failure to load it
+        import types
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
 
-    def __init__(self, opset: int | None = None):
-        self.opset = opset
-        self.name = "onnx2torch" + (f"@{opset}" if opset else "")
+        def unavailable(*_, **__):
+            raise RuntimeError("torchvision does not load with this torch")
+        ops.nms = ops.roi_align = unavailable
+        stub.ops = ops
+        sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+    from onnx2torch import convert
+    return convert
+
+
+class Onnx2Torch:
+    """onnx2torch converts opsets up to ~17: its column is compiled with `target_runtime='onnx2torch'`
+    (opset 17, loops unrolled; dslc/passes/portable.py)."""
+    name = "onnx2torch"
+    target = "onnx2torch"
 
     def missing(self):
         try:
-            import onnx2torch  # noqa: F401
             import torch  # noqa: F401
+            _import_onnx2torch()
         except ImportError:
             return "not installed (pip install onnx2torch)"
 
     def run(self, path: Path, feeds: dict, reps: int = 0):
         import torch
-        from onnx2torch import convert
+        convert = _import_onnx2torch()
         model = onnx.load(str(path))
-        if self.opset:
-            from onnx import version_converter
-            model = version_converter.convert_version(model, self.opset)
         inits = {t.name for t in model.graph.initializer}
         order = [i.name for i in model.graph.input if i.name not in inits]
         names = [o.name for o in model.graph.output]
         module = convert(model)
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order]
+        # (np.ascontiguousarray would turn a 0-d count such as `n` into shape [1])
+        args = [torch.from_numpy(np.array(feeds[n], order="C", copy=True)) for n in order]
 
         def go():
             with torch.no_grad():
@@ -235,7 +265,7 @@ class OrtJs:
             (tmp / "jobs.json").write_text(json.dumps(jobs))
             done = subprocess.run(["node", str(JS_RUNNER), self.kind, str(tmp / "jobs.json")],
                                   capture_output=True, text=True, timeout=timeout,
-                                  env={**__import__("os").environ, "NODE_PATH": str(node_modules)})
+                                  env={**os.environ, "NODE_PATH": str(node_modules)})
             results = []
             for k in range(len(cases)):
                 out = tmp / f"out{k}"
@@ -253,7 +283,7 @@ class OrtJs:
             return results
 
 
-RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), Onnx2Torch(17), OrtJs("node"), OrtJs("web")]
+RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), OrtJs("node"), OrtJs("web")]
 
 
 def run_cases(runtime, cases, reps: int = 0):
@@ -271,7 +301,7 @@ def run_cases(runtime, cases, reps: int = 0):
 
 
 # ------------------------------------------------------------------ timing (python bench/runtimes.py)
-def convnet_cases(batch: int, folder: Path):
+def convnet_cases(batch: int, folder: Path, target_runtime: str | None = None):
     import dslc
     prog = dslc.load(ROOT / "specs" / "convnet.dsl")
     rng = np.random.default_rng(0)
@@ -281,8 +311,8 @@ def convnet_cases(batch: int, folder: Path):
     for target, emit, feeds in (
             ("ConvNet", None, {"image": image}),
             ("train_convnet", None, {"image": image, "label": label})):  # step, seed: defaults
-        path = folder / f"{target}.onnx"
-        onnx.save(dslc.compile(prog, target, emit=emit), str(path))
+        path = folder / f"{target}-{target_runtime or 'default'}.onnx"
+        onnx.save(dslc.compile(prog, target, emit=emit, target_runtime=target_runtime), str(path))
         cases.append((f"{target} ({'forward' if target == 'ConvNet' else 'train step'})", path, feeds))
     return cases
 
@@ -303,8 +333,9 @@ def main(argv=None) -> int:
                 notes.append(f"{rt.name}: skipped, {why}")
                 continue
             reps = max(1, args.reps // 5) if rt.name == "onnx.reference" else args.reps
+            own = convnet_cases(args.batch, Path(tmp), rt.target) if getattr(rt, "target", None) else cases
             t0 = time.perf_counter()
-            results = run_cases(rt, [(p, f) for _, p, f in cases], reps)
+            results = run_cases(rt, [(p, f) for _, p, f in own], reps)
             print(f"{rt.name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             table[rt.name] = results
     lines = [f"| runtime | {' | '.join(c[0] for c in cases)} |", "|---|" + "---|" * len(cases)]
@@ -332,7 +363,8 @@ def _write_readme(text: str, args) -> None:
     old = readme.read_text()
     block = (f"{BEGIN}\nBatch {args.batch}, median of {args.reps} runs after one warm-up (onnx.reference: "
              f"{max(1, args.reps // 5)}), each runtime with its default threads "
-             f"(ort-web: 1, WASM); ratio to onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
+             f"(ort-web: 1, WASM) on a {os.cpu_count()}-core CPU; OpenVINO, tract and onnx2torch run the graphs "
+             f"compiled with their `--target-runtime`; ratio to onnxruntime (CPU EP) in parentheses.\n\n{text}\n{END}")
     if BEGIN in old:
         new = old.split(BEGIN)[0] + block + old.split(END, 1)[1]
     else:

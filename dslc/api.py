@@ -18,11 +18,12 @@ import numpy as np
 import onnx
 
 from .diagnostics import DslError
-from .emit.onnx_emit import check, to_onnx
+from .emit.onnx_emit import check, constants_as_initializers, to_onnx
 from .fileio import prepare_output_dir, save_onnx
 from .lower.lowerer import Options
 from .lower.program import Program, load_program, load_source
 from .lower.targets import Lowered, lower_target
+from .passes.portable import emission, rewrite
 
 
 def load(path: str | Path, import_path=None) -> Program:
@@ -54,13 +55,21 @@ def lower(source: Program | str | Path, target: str, *, emit: str | None = None,
     return lower_target(_program(source), target, options, emit)
 
 
-def compile(source: Program | str | Path, target: str, **options) -> onnx.ModelProto:
+def compile(source: Program | str | Path, target: str, *, opset: int | None = None,
+            target_runtime: str | None = None, **options) -> onnx.ModelProto:
     """One target as an ONNX model. Options: emit (for a step: 'train', the default, the whole training
     step; 'gradients'; 'apply', the update alone; 'forward', the loss alone), conv_lowering
     ('conv' | 'im2col'), seed (weight initialization), random ('op' | 'input'), float64 (widen
     every float32 value: for finite-difference checks), wrt_inputs (with emit='gradients', also
-    the gradients of the step's float inputs)."""
-    return to_onnx(lower(source, target, **options).graph)
+    the gradients of the step's float inputs), opset (21, the default, or 17) and target_runtime
+    ('tract', 'onnx2torch', ...: that runtime's opset and rewrites; see dslc/passes/portable.py)."""
+    opset, rules, hoisted = emission(opset, target_runtime)  # first: a bad option costs no compile time
+    graph = lower(source, target, **options).graph
+    rewrite(graph, rules)
+    model = to_onnx(graph, opset)
+    if hoisted:
+        constants_as_initializers(model, hoisted)
+    return model
 
 
 def check_file(path: str | Path, import_path=None) -> list[str]:

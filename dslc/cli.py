@@ -16,6 +16,7 @@ import numpy as np
 from . import api
 from .diagnostics import DslError
 from .fileio import check_output_file, save_npz
+from .passes.portable import DEFAULT_OPSET, OPSETS, RUNTIMES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--out", default=None, help="output directory (default: beside the file)")
     c.add_argument("--target", action="append", help="compile only this target (repeatable)")
     _compile_options(c)
+    c.add_argument("--opset", type=int, choices=OPSETS, default=None,
+                   help=f"ONNX opset of the files (default {DEFAULT_OPSET}; 17: for converters such as onnx2torch)")
+    c.add_argument("--target-runtime", choices=sorted(RUNTIMES), default=None, metavar="NAME",
+                   help="emit for this runtime's gaps (its opset, unrolled loops, ...): "
+                        + ", ".join(sorted(RUNTIMES)))
     c.add_argument("--verify", action="store_true",
                    help="also run onnx.checker (full) and strict shape inference on each model")
     c.set_defaults(func=_compile)
@@ -152,7 +158,8 @@ def _options(args) -> dict:
 def _compile(args) -> int:
     start = time.perf_counter()
     written = api.compile_file(args.file, args.out, args.target, verify=args.verify,
-                               import_path=args.import_path, **_options(args))
+                               import_path=args.import_path, opset=args.opset,
+                               target_runtime=args.target_runtime, **_options(args))
     for path in written:
         print(f"wrote {path}")
     print(f"compiled {len(written)} target{'s' * (len(written) != 1)} in {time.perf_counter() - start:.3f} s")

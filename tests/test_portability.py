@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,28 +15,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 import portability as P  # noqa: E402
 import runtimes as R  # noqa: E402
 
-import dslc  # noqa: E402
 
 SPEC = ROOT / "specs" / "convnet.dsl"
 GRAPHS = [("ConvNet", None), ("train_convnet", "train"), ("train_convnet", "gradients"), ("train_convnet", "apply")]
-# Known gaps (README's matrix): OpenVINO 2026.4 refuses the backward graphs ("Batch size is zero.")
-# and draws dropout's mask differently (its uint32 hash arithmetic), onnx2torch has no converters for
-# opset 21 ops; down-converted to 17
-# the RNG's BitwiseXor (opset 18) has no opset-17 form.
-EXPECTED_GAPS = {"openvino": {"train_convnet (train)", "train_convnet (gradients)"},
-                 "onnx2torch": {"ConvNet", "train_convnet (train)", "train_convnet (gradients)", "train_convnet (apply)"},
-                 "onnx2torch@17": {"train_convnet (train)", "train_convnet (gradients)"}}
+# Known gaps (README's matrix): none for these graphs. (OpenVINO, tract and onnx2torch run the graphs
+# compiled for them: --target-runtime openvino / tract / onnx2torch.)
+EXPECTED_GAPS: dict[str, set[str]] = {}
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
     folder = tmp_path_factory.mktemp("port")
-    out = []
-    for target, emit in GRAPHS:
-        path = folder / f"{target}-{emit}.onnx"
-        onnx.save(dslc.compile(SPEC, target, emit=emit), str(path))
-        out.append((target + (f" ({emit})" if emit else ""), path))
-    return out
+    graphs = [(SPEC, target, emit) for target, emit in GRAPHS]
+    saved = P.save_cases(folder, runtimes=R.RUNTIMES, graph_list=graphs)
+    return [(lab.split("/", 1)[1], paths) for lab, paths in saved]
 
 
 @pytest.mark.parametrize("runtime", R.RUNTIMES[1:], ids=lambda rt: rt.name)

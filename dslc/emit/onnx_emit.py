@@ -56,8 +56,9 @@ def graph_proto(graph: Graph) -> onnx.GraphProto:
                              doc_string=graph.doc)
 
 
-def to_onnx(graph: Graph) -> onnx.ModelProto:
-    model = helper.make_model(graph_proto(graph), opset_imports=[helper.make_opsetid("", OPSET)],
+def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
+    """`opset` below 21 is for graphs that passes/portable.py rewrote for it."""
+    model = helper.make_model(graph_proto(graph), opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="dslc", ir_version=IR_VERSION)
     for n in model.graph.node:
         assert n.domain in ("", "ai.onnx"), f"non-standard op {n.domain}.{n.op_type}"
@@ -66,6 +67,23 @@ def to_onnx(graph: Graph) -> onnx.ModelProto:
     trainable = [p.value.name for p in graph.params if p.trainable]
     helper.set_model_props(model, {"dslc.trainable": ",".join(trainable)})
     return model
+
+
+def constants_as_initializers(model: onnx.ModelProto, consumers: tuple[str, ...]) -> None:
+    """Turn the Constant nodes that `consumers` ops read into initializers (for converters that build
+    a layer only from an initializer weight)."""
+    wanted = {i for n in model.graph.node if n.op_type in consumers for i in n.input}
+    keep = []
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] in wanted and n.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(n.attribute[0].t)
+            tensor.name = n.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            keep.append(n)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
 
 
 def check(model: onnx.ModelProto) -> None:
