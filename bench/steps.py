@@ -868,6 +868,11 @@ def bench_compile(args, tmp: Path, out: list[str]) -> None:
         start = time.perf_counter()
         dslc.compile(spec, "train_convnet")
         d_ms.append((time.perf_counter() - start) * 1e3)
+    f_ms = []  # the forward graph alone, what torch.onnx.export writes
+    for _ in range(reps):
+        start = time.perf_counter()
+        dslc.compile(spec, "ConvNet")
+        f_ms.append((time.perf_counter() - start) * 1e3)
     cli = []
     for _ in range(max(1, reps // 2)):
         start = time.perf_counter()
@@ -884,6 +889,18 @@ def bench_compile(args, tmp: Path, out: list[str]) -> None:
             torch.onnx.export(m, (x,), str(tmp / "torch_convnet.onnx"), dynamo=False, input_names=["image"],
                               output_names=["logits"], dynamic_axes={"image": {0: "N"}}, opset_version=17)
         t_ms.append((time.perf_counter() - start) * 1e3)
+    dyn_ms, dyn_note = [], ""
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+        for i in range(reps + 1):  # the first call sets the exporter up: left out
+            start = time.perf_counter()
+            with quiet():
+                torch.onnx.export(m, (x,), str(tmp / "torch_dynamo.onnx"), dynamo=True, input_names=["image"],
+                                  output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("N")}})
+            if i:
+                dyn_ms.append((time.perf_counter() - start) * 1e3)
+    except Exception as e:  # noqa: BLE001
+        dyn_note = f"dynamo exporter: {first_line(e)}"
     gen, mm = "n/a (no onnxruntime-training venv)", None
     if os.path.exists(args.ortt_python):
         import onnx
@@ -910,12 +927,19 @@ def bench_compile(args, tmp: Path, out: list[str]) -> None:
     out.append(f"| `dslc.compile(convnet.dsl, 'train_convnet')` (whole step graph: fwd + bwd + Adam) | {dm:.0f} |")
     out.append(f"| `dslc compile specs/convnet.dsl --target train_convnet` (CLI process, imports included) | "
                f"{statistics.median(cli):.0f} |")
-    out.append(f"| `torch.onnx.export` (TorchScript exporter, forward only) | {tm:.0f} |")
+    fm = statistics.median(f_ms)
+    out.append(f"| `dslc.compile(convnet.dsl, 'ConvNet')` (forward graph) | {fm:.1f} |")
+    if dyn_ms:
+        dy = statistics.median(dyn_ms)
+        out.append(f"| `torch.onnx.export` (dynamo exporter, torch's default, forward only) | {dy:.0f} "
+                   f"({dy / fm:.0f}x dslc's forward) |")
+    out.append(f"| `torch.onnx.export` (TorchScript exporter, forward only) | {tm:.0f} ({tm / fm:.1f}x dslc's forward) |")
     out.append(f"| onnxruntime-training `generate_artifacts` on that export (CrossEntropyLoss, AdamW) | {gen} |")
     if mm:
         out.append(f"| torch.onnx.export + generate_artifacts | {tm + float(mm.group(1)):.0f} "
                    f"({(tm + float(mm.group(1))) / dm:.1f}x dslc) |")
-    out.append("\nThe dynamo exporter (torch's default) needs onnxscript, which is not installed: TorchScript only.")
+    if not dyn_ms:
+        out.append(f"\nThe dynamo exporter (torch's default) did not run: {dyn_note or 'onnxscript missing'}.")
     print("\n".join(out[-12:]), flush=True)
 
     # ---- forward inference
@@ -988,16 +1012,16 @@ def deep_dsl(layers: int, kind: str) -> str:
 
 def bench_scaling(args, tmp: Path, out: list[str]) -> None:
     import numpy as np
-    import onnxruntime as ort
 
     import dslc
+    from dslc.runtime.session import make_session
 
     sizes = [25, 50] if args.quick else [25, 50, 100, 200]
     out.append("\n### Scaling: generated deep models (compile time and step time vs depth)\n")
     out.append("Dense: L x (dense 128 + relu) on f32[N, 128], batch 32; conv: L x (conv2d 8 ch 3x3 same + relu) on "
                "f32[N, 8, 8, 8], batch 16; then dense(10), cross-entropy, Adam. Compile = median of 3 "
                "`dslc.compile` calls of the step from .dsl text; step = dslc's step graph in onnxruntime CPU "
-               "(2 threads, default options), median of 3 rounds x 5 steps. x2 = ratio to the previous depth "
+               "(2 threads, dslc's session options: level ALL, denormals as zero), median of 3 rounds x 5 steps. x2 = ratio to the previous depth "
                "(2.0 = linear).\n")
     out.append("| model | layers | graph nodes | compile ms | x2 | step ms | x2 |")
     out.append("|---|---|---|---|---|---|---|")
@@ -1011,10 +1035,9 @@ def bench_scaling(args, tmp: Path, out: list[str]) -> None:
                 start = time.perf_counter()
                 model = dslc.compile(str(path), "train_deep")
                 cms.append((time.perf_counter() - start) * 1e3)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = THREADS
-            so.log_severity_level = 3
-            s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            # dslc's own session settings (denormals as zero among them: through 200 relu convs the
+            # gradients vanish into denormals, ~30% of the step's outputs, which made steps 2-3x slower)
+            s = make_session(model, "cpu", threads=THREADS)
             state = initializers(model)
             rng = np.random.default_rng(0)
             feeds = {"x": rng.random((batch, *shape), dtype=np.float32), "label": rng.integers(0, 10, batch)}

@@ -116,7 +116,7 @@ DERIVATIVES = {
     "Log": lambda b, x, y, a: _op(b, "Reciprocal", x),
     "Sqrt": lambda b, x, y, a: _op(b, "Div", _c(b, 0.5, y), y),
     "Abs": lambda b, x, y, a: _op(b, "Sign", x),
-    "Relu": lambda b, x, y, a: _positive(b, x),
+    "Relu": lambda b, x, y, a: _positive(b, y),  # y > 0 iff x > 0; reading y lets Conv / Gemm fuse the Relu
     "Sigmoid": lambda b, x, y, a: _op(b, "Mul", y, _op(b, "Sub", _c(b, 1, y), y)),
     "Tanh": lambda b, x, y, a: _op(b, "Sub", _c(b, 1, y), _op(b, "Mul", y, y)),
     "Softplus": lambda b, x, y, a: _op(b, "Sigmoid", x),
@@ -261,27 +261,28 @@ def _max_pool(b, node, dys):
 
 def _max_pool_tiles(b, x, y, dy, kernel):
     """Non-overlapping windows. Pooled values are spread back over their windows by `_spread`, and
-    each maximum counts the maxima before it in its window, each one MatMul with a constant 0/1
+    each maximum counts the maxima before it in its window, each by one MatMul with a constant 0/1
     matrix: every op stays 2- to 4-D, where onnxruntime is several times faster than on 6-D
     broadcast tiles (PERF-NOTES). On ties the whole gradient goes to the first maximum in row-major
     window order, as PyTorch and TensorFlow route it: the maximum with none before it."""
     if not isinstance(x.shape[1], int):
         return _max_pool_windows(b, x, y, dy, kernel, kernel, [0, 0, 0, 0], [1, 1])
     at_max = _mask(b, _op(b, "Equal", x, _spread(b, y, x, kernel)), x)  # 0/1 by Cast: Where is slow in onnxruntime
-    earlier = _band_product(b, at_max, _earlier_matrix(kernel, x.shape[3]), y, kernel)
-    first = _mask(b, _op(b, "Greater", at_max, earlier), dy)  # a maximum (1) with no earlier one (0)
+    # at_max minus the number of maxima before it: 1 for the first maximum, <= 0 for any other cell;
+    # Relu makes that 0/1 in one op (no Greater + Cast)
+    first = _op(b, "Relu", _band_product(b, at_max, _first_matrix(kernel, x.shape[3]), y, kernel))
     return _op(b, "Mul", first, _spread(b, dy, x, kernel))
 
 
-def _earlier_matrix(kernel, w: int) -> np.ndarray:
-    """[kh*W, kh*W]: 1 where cell p of a band of kh image rows comes before cell q in the same
-    window (row-major window order); cells past the last window column are in none."""
+def _first_matrix(kernel, w: int) -> np.ndarray:
+    """[kh*W, kh*W]: the identity minus 1 where cell p of a band of kh image rows comes before cell q
+    in the same window (row-major window order); cells past the last window column are in none."""
     kh, kw = kernel
     row, col = np.divmod(np.arange(kh * w), w)
     window = np.where(col < w // kw * kw, col // kw, -1)
     rank = row * kw + col % kw
     same = (window[:, None] == window[None, :]) & (window[:, None] >= 0)
-    return (same & (rank[:, None] < rank[None, :])).astype(np.float64)
+    return np.eye(kh * w) - (same & (rank[:, None] < rank[None, :]))
 
 
 def _band_product(b, v, matrix, pooled, kernel):

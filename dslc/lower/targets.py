@@ -14,6 +14,7 @@ from ..ir.verify import verify
 from ..passes import optimize
 from ..passes.float64_ops import rewrite_float64_ops
 from ..passes.precision import to_float64
+from ..passes.reorder import pool_before_relu
 from ..train.optimizers import apply_updates
 from .lowerer import Lowerer, Options, Scope, add_dims, input_type, unbound_output
 from .program import Program
@@ -142,6 +143,7 @@ def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> N
     wrt = list(trainable)
     if emit == "gradients" and lw.options.wrt_inputs:
         wrt += [v for v in b.graph.inputs if v.type.is_float and not v.name.startswith("random.")]
+    pool_before_relu(b.graph)  # the backward then masks at pooled size
     grads = grad(b, loss, wrt)
     lw.graph.params_are_inputs = True
     if emit == "gradients":
