@@ -336,6 +336,19 @@ def _conv_transpose_as_conv(s: _Sub, n: Node) -> bool:
     return True
 
 
+def _split_as_slices(s: _Sub, n: Node) -> bool:
+    """Split with constant sizes as one Slice per piece (onnx2torch 1.5 wires a Split's outputs to
+    the wrong graph outputs when they feed further nodes)."""
+    sizes = n.inputs[1].producer if len(n.inputs) > 1 and n.inputs[1] is not None else None
+    if sizes is None or sizes.op != "Constant":
+        return False
+    axis, start = n.attrs.get("axis", 0), 0
+    for size, out in zip(np.asarray(sizes.attrs["value"]).tolist(), n.outputs):
+        s.op("Slice", [n.inputs[0], s.i64([start]), s.i64([start + size]), s.i64([axis])], out=out)
+        start += size
+    return True
+
+
 def _unroll(s: _Sub, n: Node) -> bool:
     """A Loop with a constant trip count and a constant-true condition, as that many copies of its body."""
     trip, cond = n.inputs[:2]
@@ -367,7 +380,7 @@ def _unroll(s: _Sub, n: Node) -> bool:
 # inputs must be initializers (onnx2torch builds a torch Conv only from an initializer kernel).
 RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
-    "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll}, "initializers": ("Conv", "ConvTranspose")},
+    "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll, "Split": _split_as_slices}, "initializers": ("Conv", "ConvTranspose")},
     "tract": {"opset": 21, "rules": {"Loop": _unroll, "ConstantOfShape": _constant_of_shape}},
     "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv, "Constant": _i32_constant,
                                         "Cast": _i32_cast, "BitShift": _i32_shift_right}},
