@@ -227,6 +227,8 @@ def _bias_grad(b, node, dy):
 
 
 def _conv(b, node, dys):
+    if _symbolic_spatial(node.inputs[0]):
+        return _conv_symbolic(b, node, dys)
     if node.inputs[0].rank != 4:
         return _conv_nd(b, node, dys)
     (x, w), dy = node.inputs[:2], dys[0]
@@ -239,6 +241,8 @@ def _conv(b, node, dys):
 
 
 def _conv_transpose(b, node, dys):
+    if _symbolic_spatial(node.inputs[0]):
+        return _conv_transpose_symbolic(b, node, dys)
     (x, w), dy = node.inputs[:2], dys[0]
     s, p, d = _window(b, node)
     g = node.attrs.get("group", 1)
@@ -249,6 +253,8 @@ def _conv_transpose(b, node, dys):
 
 
 def _max_pool(b, node, dys):
+    if _symbolic_spatial(node.inputs[0]):
+        return _max_pool_symbolic(b, node, dys)
     if node.inputs[0].rank != 4:
         return _max_pool_nd(b, node, dys)
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
@@ -337,6 +343,8 @@ def _window_counts(n, k, s, d, p0, p1, include_pad) -> np.ndarray:
 
 
 def _average_pool(b, node, dys):
+    if _symbolic_spatial(node.inputs[0]):
+        return _average_pool_symbolic(b, node, dys)
     if node.inputs[0].rank != 4:
         return _average_pool_nd(b, node, dys)
     x, dy = node.inputs[0], dys[0]
@@ -762,6 +770,145 @@ def _scatter(scatter: str, gather: str) -> Rule:
             raise DslError(f"cannot differentiate through {scatter} with reduction {reduction}", b.span)
         return [d_data, None, b.op(gather, [dy, idx], axis)]
     return rule
+
+
+# ------------------------------------------------------------------ symbolic spatial dims
+# Fallbacks for an H, W (L, D) known only at run time; static shapes keep the rules above. Each
+# kernel offset reads a strided Slice of the padded input whose end counts from the axis' end, so
+# its length is the output's at any size; its share goes back through the run-time Slice VJP.
+def _symbolic_spatial(x: Value) -> bool:
+    return any(not isinstance(d, int) for d in x.shape[2:])
+
+
+def _tail_slices(kernel, strides, dilations):
+    """(starts, ends) per kernel offset in row-major window order; `end` is -(reach left after the
+    tap), so the slice has ceil((padded - (k-1)*d) / s) elements: the output's length."""
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [o * d for o, d in zip(offset, dilations)]
+        yield starts, [st - (k - 1) * d or P.INT64_MAX for st, k, d in zip(starts, kernel, dilations)]
+
+
+def _attrs_nd(b: Builder, node: Node, n: int) -> tuple[list, list, list]:
+    _window(b, node)  # (refuses auto_pad and ceil_mode)
+    a = node.attrs
+    return list(a.get("strides", [1] * n)), list(a.get("pads", [0] * 2 * n)), list(a.get("dilations", [1] * n))
+
+
+def _padded(b, x, p, value=None) -> Value:
+    n = x.rank - 2
+    return P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=value)
+
+
+def _unpadded(b, dxp, x, p) -> Value:
+    """Crop the padding off and name the dims as x's (the symbolic expressions may differ in form)."""
+    n = x.rank - 2
+    dx = P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})
+    return dx if dx.shape == x.shape else _op(b, "Reshape", dx, P.shape_of(b, x))
+
+
+def _windows_back(b, parts, xp, kernel, s, d) -> Value:
+    """Sum each offset's share [N, C, *out] back into xp's shape (col2im at run time)."""
+    axes, dxp = list(range(2, xp.rank)), None
+    for part, (starts, _) in zip(parts, _tail_slices(kernel, s, d)):
+        back = slice_grad_at_run_time(b, part, xp, b.ints(starts), axes, s)
+        dxp = back if dxp is None else _op(b, "Add", dxp, back)
+    return dxp
+
+
+def _max_pool_symbolic(b, node, dys):
+    """As `_max_pool_nd`: an offset takes dy where it holds the maximum and no earlier offset did
+    (the first maximum in row-major window order wins ties)."""
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    kernel = list(node.attrs["kernel_shape"])
+    s, p, d = _attrs_nd(b, node, len(kernel))
+    xp = _padded(b, x, p, _c(b, -np.inf, x))
+    axes, parts, seen = list(range(2, x.rank)), [], None
+    for starts, ends in _tail_slices(kernel, s, d):
+        taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
+        first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
+        seen = taken if seen is None else _op(b, "Add", seen, first)
+        parts.append(_op(b, "Mul", first, dy))
+    return [_unpadded(b, _windows_back(b, parts, xp, kernel, s, d), x, p)]
+
+
+def _average_pool_symbolic(b, node, dys):
+    """Each output's dy / (taps counted) to every tap of its window; without count_include_pad the
+    counts near a padded border come from the same window sums over a zero-padded map of ones."""
+    x, dy = node.inputs[0], dys[0]
+    kernel = list(node.attrs["kernel_shape"])
+    s, p, d = _attrs_nd(b, node, len(kernel))
+    axes = list(range(2, x.rank))
+    if node.attrs.get("count_include_pad", 0) or not any(p):
+        share = _op(b, "Mul", dy, _c(b, 1.0 / np.prod(kernel), dy))
+    else:
+        ones = _padded(b, P.full_like(b, P.slice_axes(b, x, [0, 0], [1, 1], [0, 1]), 1.0), p)
+        counts = None
+        for starts, ends in _tail_slices(kernel, s, d):
+            tap = P.slice_axes(b, ones, starts, ends, axes, s)
+            counts = tap if counts is None else _op(b, "Add", counts, tap)
+        share = _op(b, "Div", dy, counts)
+    xp = _padded(b, x, p)  # (read for its shape only)
+    return [_unpadded(b, _windows_back(b, [share] * int(np.prod(kernel)), xp, kernel, s, d), x, p)]
+
+
+def _conv_offsets(b, x, w_shape, s, p, d, g):
+    """x padded, and per kernel offset its taps grouped as [N, g, C/g, L]."""
+    kernel, axes = list(w_shape[2:]), list(range(2, x.rank))
+    xp = _padded(b, x, p)
+    taps = [_op(b, "Reshape", P.slice_axes(b, xp, st, en, axes, s), b.ints([0, g, w_shape[1], -1]))
+            for st, en in _tail_slices(kernel, s, d)]
+    return xp, taps
+
+
+def _windows_weight_grad(b, x, dy, w_shape, s, p, d, g) -> Value:
+    """dW of Conv(x, W) from dy: per kernel offset, dy times that offset's taps of x, summed over
+    the batch and the output positions."""
+    o = w_shape[0]
+    _, taps = _conv_offsets(b, x, w_shape, s, p, d, g)
+    dy_g = _op(b, "Reshape", dy, b.ints([0, g, o // g, -1]))  # [N, g, O/g, L]
+    cols = [_op(b, "Unsqueeze", _op(b, "ReduceSum", _op(b, "MatMul", dy_g, _op(b, "Transpose", t, perm=[0, 1, 3, 2])),
+                                    b.ints([0]), keepdims=0), b.ints([-1])) for t in taps]  # [g, O/g, C/g, 1]
+    dw = cols[0] if len(cols) == 1 else _op(b, "Concat", *cols, axis=-1)
+    return _op(b, "Reshape", dw, b.ints(list(w_shape)))
+
+
+def _windows_input_grad(b, x, w, dy, s, p, d, g) -> Value:
+    """dx of Conv(x, W): each offset's W^T dy, sent back through its window slice."""
+    o, cg, kernel = w.shape[0], w.shape[1], list(w.shape[2:])
+    xp, taps = _conv_offsets(b, x, w.shape, s, p, d, g)
+    dy_g = _op(b, "Reshape", dy, b.ints([0, g, o // g, -1]))
+    w_t = _op(b, "Transpose", _op(b, "Reshape", w, b.ints([g, o // g, cg, -1])), perm=[3, 0, 2, 1])  # [K, g, C/g, O/g]
+    axes, parts = list(range(2, x.rank)), []
+    for i, (starts, ends) in enumerate(_tail_slices(kernel, s, d)):
+        part = _op(b, "MatMul", _op(b, "Gather", w_t, b.ints(i), axis=0), dy_g)  # [N, g, C/g, L]
+        like = P.slice_axes(b, xp, starts, ends, axes, s)
+        parts.append(_op(b, "Reshape", part, P.shape_of(b, like)))
+    return _unpadded(b, _windows_back(b, parts, xp, kernel, s, d), x, p)
+
+
+def _conv_symbolic(b, node, dys):
+    (x, w), dy = node.inputs[:2], dys[0]
+    s, p, d = _attrs_nd(b, node, x.rank - 2)
+    g = node.attrs.get("group", 1)
+    bias = _input(node, 2)
+    db = _op(b, "ReduceSum", dy, b.ints([0, *range(2, x.rank)]), keepdims=0) if bias is not None else None
+    return [_windows_input_grad(b, x, w, dy, s, p, d, g), _windows_weight_grad(b, x, dy, w.shape, s, p, d, g), db]
+
+
+def _conv_transpose_symbolic(b, node, dys):
+    """ConvTranspose(x, W) is the adjoint of Conv(., W): dx = Conv(dy, W) (its length is x's at
+    run time: output_padding < stride), and dW is Conv's weight gradient with x and dy swapped."""
+    (x, w), dy = node.inputs[:2], dys[0]
+    s, p, d = _attrs_nd(b, node, x.rank - 2)
+    if any(op >= st for op, st in zip(node.attrs.get("output_padding", [0] * (x.rank - 2)), s)):
+        raise DslError("cannot differentiate ConvTranspose with output_padding >= stride on symbolic spatial dims",
+                       b.span)
+    g = node.attrs.get("group", 1)
+    dx = _op(b, "Conv", dy, w, strides=s, pads=p, dilations=d, group=g)
+    dx = dx if dx.shape == x.shape else _op(b, "Reshape", dx, P.shape_of(b, x))
+    bias = _input(node, 2)
+    db = _op(b, "ReduceSum", dy, b.ints([0, *range(2, x.rank)]), keepdims=0) if bias is not None else None
+    return [dx, _windows_weight_grad(b, dy, x, w.shape, s, p, d, g), db]
 
 
 # ------------------------------------------------------------------ the table

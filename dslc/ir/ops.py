@@ -281,7 +281,7 @@ _register("MatMul", _matmul)
 def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=False, out_pad=0,
                  what: str = "the window", x: Value | None = None) -> Dim:
     if not isinstance(size, int):
-        raise ShapeIssue("convolution and pooling need static spatial dims")
+        return _symbolic_spatial_out(size, k, s, d, p0 + p1, transpose, out_pad)
     if transpose:
         return s * (size - 1) + out_pad + (k - 1) * d + 1 - p0 - p1
     out = (size + p0 + p1 - (k - 1) * d - 1) // s + 1
@@ -291,6 +291,16 @@ def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=
                          f"{x.type if x else size}{padded}",
                          "use padding=same or a smaller window, or shrink the input less before it")
     return out
+
+
+def _symbolic_spatial_out(size: str, k: int, s: int, d: int, pads: int, transpose: bool, out_pad: int) -> Dim:
+    """A symbolic H or W: ceil((H + pads - (k-1)*d) / s) written exactly as the Slice rule writes
+    the length of the strided window slice that the gradients take (H+2-2 cancels to H, so `same`
+    at stride 1 gives H back); transposed: s*H + the constant the static formula adds."""
+    if transpose:
+        return dim_add(dim_mul(s, size), out_pad + (k - 1) * d + 1 - pads - s)
+    span = dim_add(size, pads - (k - 1) * d)
+    return span if s == 1 else f"ceil(({span})/{s})"
 
 
 def _window(x: Value, attrs, kernel):
