@@ -919,6 +919,10 @@ def _resize(b, node, dys):
     mode, coords = node.attrs.get("mode", "nearest"), node.attrs.get("coordinate_transformation_mode", "half_pixel")
     scales = [float(f) for f in np.asarray(node.inputs[2].const).reshape(-1)]
     h, w = x.shape[2], x.shape[3]
+    if mode == "linear" and x.rank == 4 and not (isinstance(h, int) and isinstance(w, int)):
+        raise DslError(f"cannot differentiate bilinear upsampling on symbolic spatial dims ({x.type}): its "
+                       "gradient multiplies by constant interpolation matrices, sized by H and W", b.span,
+                       "give H and W as numbers, or use upsample2d(x, mode=nearest), whose gradient takes any size")
     if (mode != "linear" or coords != "half_pixel" or x.rank != 4 or scales[:2] != [1.0, 1.0]
             or not isinstance(h, int) or not isinstance(w, int)):
         raise DslError(f"cannot differentiate Resize with mode {mode}, {coords} coordinates, scales {scales} "

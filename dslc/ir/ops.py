@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_mul, dim_sub, dtype_of
+from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_ceil_div, dim_mul, dim_sub, dtype_of
 
 ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 12: "u32", 2: "u8", 9: "bool"}
 DTYPE_CODE = {v: k for k, v in ONNX_DTYPE_CODES.items()}
@@ -300,7 +300,7 @@ def _symbolic_spatial_out(size: str, k: int, s: int, d: int, pads: int, transpos
     if transpose:
         return dim_add(dim_mul(s, size), out_pad + (k - 1) * d + 1 - pads - s)
     span = dim_add(size, pads - (k - 1) * d)
-    return span if s == 1 else f"ceil(({span})/{s})"
+    return dim_ceil_div(span, s)
 
 
 def _window(x: Value, attrs, kernel):
@@ -530,7 +530,7 @@ def _slice_len(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
     span = dim_sub(last, first) if step > 0 else dim_sub(first, last)
     if isinstance(span, int):
         return max(0, -(-span // abs(step)))
-    return span if abs(step) == 1 else f"ceil(({span})/{abs(step)})"
+    return dim_ceil_div(span, abs(step))
 
 
 def _clamp(dim: Dim, bound: Dim, lo: Dim, hi: Dim) -> Dim:

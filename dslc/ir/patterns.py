@@ -102,10 +102,15 @@ def _static_hw(b: Builder, x: Value, what: str) -> tuple[int, int]:
 
 def upsample_nearest(b: Builder, x: Value, sh: int, sw: int) -> Value:
     """[N, C, H, W] -> [N, C, H*sh, W*sw], each pixel repeated (no Resize op)."""
-    h, w = _static_hw(b, x, "upsampling")
+    h, w = x.shape[2], x.shape[3]
     x6 = b.op("Unsqueeze", [x, b.ints([3, 5])])  # [N, C, H, 1, W, 1]
     x6 = b.op("Expand", [x6, b.ints([1, 1, 1, sh, 1, sw])])
-    return b.op("Reshape", [x6, b.ints([0, 0, h * sh, w * sw])])
+    if isinstance(h, int) and isinstance(w, int):
+        return b.op("Reshape", [x6, b.ints([0, 0, h * sh, w * sw])])
+    # symbolic H or W: the target's last two sizes from Shape(x) times the factors (dims H*2, W*2)
+    shape = b.op("Shape", [x])
+    hw = b.op("Mul", [b.op("Slice", [shape, b.ints([2]), b.ints([4])]), b.ints([sh, sw])])
+    return b.op("Reshape", [x6, b.op("Concat", [b.ints([0, 0]), hw], {"axis": 0})])
 
 
 def linear_resize_matrix(n: int, s: int) -> np.ndarray:
@@ -125,8 +130,8 @@ def linear_resize_matrix(n: int, s: int) -> np.ndarray:
 
 def upsample_bilinear(b: Builder, x: Value, sh: int, sw: int) -> Value:
     """[N, C, H, W] -> [N, C, H*sh, W*sw] by ONNX Resize (linear, half_pixel); its gradient rule
-    applies the transposed interpolation matrices (linear_resize_matrix)."""
-    _static_hw(b, x, "upsampling")
+    applies the transposed interpolation matrices (linear_resize_matrix), so it needs static H and W
+    (a symbolic one runs forward; its gradient is refused with a located error)."""
     roi = b.const(np.zeros(0), "f32")
     scales = b.const([1.0, 1.0, float(sh), float(sw)], "f32")
     return b.op("Resize", [x, roi, scales], {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..diagnostics import DslShapeError, source_text
-from ..ir.core import DTYPES, Value
+from ..ir.core import DTYPES, Value, dim_ceil_div
 from ..ir.ops import DTYPE_CODE
 from . import init as I
 from . import random as R
@@ -135,8 +135,7 @@ def _same_at_run_time(ctx: Ctx, x: Value, padding, kernel, strides, dilation=Non
               [f"same_begin({m},{k},{st},{d})", f"same_end({m},{k},{st},{d})"]
               for i, (m, k, st, d) in enumerate(zip(x.shape[2:], kernel, strides, dilation))]
     pads.sym = (0, 0, *[w[0] for w in widths], 0, 0, *[w[1] for w in widths])
-    out.sym = tuple(-(-m // st) if isinstance(m, int) else m if st == 1 else f"ceil(({m})/{st})"
-                    for m, st in zip(x.shape[2:], strides))
+    out.sym = tuple(dim_ceil_div(m, st) for m, st in zip(x.shape[2:], strides))
     padded = b.op("Pad", [x, pads, b.const(np.asarray(fill), x.dtype)])
     return padded, Symbol("valid"), out
 
