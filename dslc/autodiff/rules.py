@@ -227,7 +227,7 @@ def _bias_grad(b, node, dy):
 
 
 def _conv(b, node, dys):
-    if _symbolic_spatial(node.inputs[0]):
+    if P.symbolic_spatial(node.inputs[0]):
         return _conv_symbolic(b, node, dys)
     if node.inputs[0].rank != 4:
         return _conv_nd(b, node, dys)
@@ -241,7 +241,7 @@ def _conv(b, node, dys):
 
 
 def _conv_transpose(b, node, dys):
-    if _symbolic_spatial(node.inputs[0]):
+    if P.symbolic_spatial(node.inputs[0]):
         return _conv_transpose_symbolic(b, node, dys)
     (x, w), dy = node.inputs[:2], dys[0]
     s, p, d = _window(b, node)
@@ -253,7 +253,7 @@ def _conv_transpose(b, node, dys):
 
 
 def _max_pool(b, node, dys):
-    if _symbolic_spatial(node.inputs[0]):
+    if P.symbolic_spatial(node.inputs[0]):
         return _max_pool_symbolic(b, node, dys)
     if node.inputs[0].rank != 4:
         return _max_pool_nd(b, node, dys)
@@ -343,7 +343,7 @@ def _window_counts(n, k, s, d, p0, p1, include_pad) -> np.ndarray:
 
 
 def _average_pool(b, node, dys):
-    if _symbolic_spatial(node.inputs[0]):
+    if P.symbolic_spatial(node.inputs[0]):
         return _average_pool_symbolic(b, node, dys)
     if node.inputs[0].rank != 4:
         return _average_pool_nd(b, node, dys)
@@ -776,18 +776,6 @@ def _scatter(scatter: str, gather: str) -> Rule:
 # Fallbacks for an H, W (L, D) known only at run time; static shapes keep the rules above. Each
 # kernel offset reads a strided Slice of the padded input whose end counts from the axis' end, so
 # its length is the output's at any size; its share goes back through the run-time Slice VJP.
-def _symbolic_spatial(x: Value) -> bool:
-    return any(not isinstance(d, int) for d in x.shape[2:])
-
-
-def _tail_slices(kernel, strides, dilations):
-    """(starts, ends) per kernel offset in row-major window order; `end` is -(reach left after the
-    tap), so the slice has ceil((padded - (k-1)*d) / s) elements: the output's length."""
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        starts = [o * d for o, d in zip(offset, dilations)]
-        yield starts, [st - (k - 1) * d or P.INT64_MAX for st, k, d in zip(starts, kernel, dilations)]
-
-
 def _attrs_nd(b: Builder, node: Node, n: int) -> tuple[list, list, list]:
     _window(b, node)  # (refuses auto_pad and ceil_mode)
     a = node.attrs
@@ -809,7 +797,7 @@ def _unpadded(b, dxp, x, p) -> Value:
 def _windows_back(b, parts, xp, kernel, s, d) -> Value:
     """Sum each offset's share [N, C, *out] back into xp's shape (col2im at run time)."""
     axes, dxp = list(range(2, xp.rank)), None
-    for part, (starts, _) in zip(parts, _tail_slices(kernel, s, d)):
+    for part, (starts, _) in zip(parts, P.tail_window_slices(kernel, s, d)):
         back = slice_grad_at_run_time(b, part, xp, b.ints(starts), axes, s)
         dxp = back if dxp is None else _op(b, "Add", dxp, back)
     return dxp
@@ -823,7 +811,7 @@ def _max_pool_symbolic(b, node, dys):
     s, p, d = _attrs_nd(b, node, len(kernel))
     xp = _padded(b, x, p, _c(b, -np.inf, x))
     axes, parts, seen = list(range(2, x.rank)), [], None
-    for starts, ends in _tail_slices(kernel, s, d):
+    for starts, ends in P.tail_window_slices(kernel, s, d):
         taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
         first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
         seen = taken if seen is None else _op(b, "Add", seen, first)
@@ -837,16 +825,10 @@ def _average_pool_symbolic(b, node, dys):
     x, dy = node.inputs[0], dys[0]
     kernel = list(node.attrs["kernel_shape"])
     s, p, d = _attrs_nd(b, node, len(kernel))
-    axes = list(range(2, x.rank))
     if node.attrs.get("count_include_pad", 0) or not any(p):
         share = _op(b, "Mul", dy, _c(b, 1.0 / np.prod(kernel), dy))
     else:
-        ones = _padded(b, P.full_like(b, P.slice_axes(b, x, [0, 0], [1, 1], [0, 1]), 1.0), p)
-        counts = None
-        for starts, ends in _tail_slices(kernel, s, d):
-            tap = P.slice_axes(b, ones, starts, ends, axes, s)
-            counts = tap if counts is None else _op(b, "Add", counts, tap)
-        share = _op(b, "Div", dy, counts)
+        share = _op(b, "Div", dy, P.window_counts(b, x, kernel, s, p, d))
     xp = _padded(b, x, p)  # (read for its shape only)
     return [_unpadded(b, _windows_back(b, [share] * int(np.prod(kernel)), xp, kernel, s, d), x, p)]
 
@@ -856,7 +838,7 @@ def _conv_offsets(b, x, w_shape, s, p, d, g):
     kernel, axes = list(w_shape[2:]), list(range(2, x.rank))
     xp = _padded(b, x, p)
     taps = [_op(b, "Reshape", P.slice_axes(b, xp, st, en, axes, s), b.ints([0, g, w_shape[1], -1]))
-            for st, en in _tail_slices(kernel, s, d)]
+            for st, en in P.tail_window_slices(kernel, s, d)]
     return xp, taps
 
 
@@ -879,7 +861,7 @@ def _windows_input_grad(b, x, w, dy, s, p, d, g) -> Value:
     dy_g = _op(b, "Reshape", dy, b.ints([0, g, o // g, -1]))
     w_t = _op(b, "Transpose", _op(b, "Reshape", w, b.ints([g, o // g, cg, -1])), perm=[3, 0, 2, 1])  # [K, g, C/g, O/g]
     axes, parts = list(range(2, x.rank)), []
-    for i, (starts, ends) in enumerate(_tail_slices(kernel, s, d)):
+    for i, (starts, ends) in enumerate(P.tail_window_slices(kernel, s, d)):
         part = _op(b, "MatMul", _op(b, "Gather", w_t, b.ints(i), axis=0), dy_g)  # [N, g, C/g, L]
         like = P.slice_axes(b, xp, starts, ends, axes, s)
         parts.append(_op(b, "Reshape", part, P.shape_of(b, like)))

@@ -190,6 +190,8 @@ def im2col_conv(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value
 def conv2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                   group: int = 1) -> Value:
     """ONNX Conv as im2col_slices + MatMul: x [N, C, H, W], w [O, C/g, kh, kw] -> [N, O, Ho, Wo]."""
+    if symbolic_spatial(x):
+        return conv_windows(b, x, w, bias, strides, pads, dilations, group)
     o, cg, kh, kw = w.shape
     ho, wo = _out_hw(x, (kh, kw), strides, pads, dilations)
     cols = im2col_slices(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
@@ -282,6 +284,8 @@ def im2col_nd(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
 def conv_nd_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                    group: int = 1) -> Value:
     """ONNX Conv on [N, C, *spatial] as im2col_nd + MatMul (no Conv op): w [O, C/g, *kernel]."""
+    if symbolic_spatial(x):
+        return conv_windows(b, x, w, bias, strides, pads, dilations, group)
     o, cg, *kernel = w.shape
     n = len(kernel)
     out = [conv_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n]) for i in range(n)]
@@ -296,3 +300,71 @@ def conv_nd_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, 
     if bias is not None:
         y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([o] + [1] * n)])])
     return y
+
+
+# ------------------------------------------------------------------ windows on symbolic spatial dims
+# An H, W (L, D) known only at run time: each kernel offset reads a strided Slice of the padded
+# input whose end counts from the axis' end, so it has the output's length at any size (and the
+# Slice rule names that length as the conv/pool shape rule does).
+def tail_window_slices(kernel, strides, dilations):
+    """(starts, ends) per kernel offset in row-major window order; `end` is minus the reach left
+    after the tap, so the slice holds ceil((padded - (k-1)*d) / s) elements: the output's length."""
+    import itertools
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [o * d for o, d in zip(offset, dilations)]
+        yield starts, [st - (k - 1) * d or INT64_MAX for st, k, d in zip(starts, kernel, dilations)]
+
+
+def symbolic_spatial(x: Value) -> bool:
+    return any(not isinstance(d, int) for d in x.shape[2:])
+
+
+def pad_spatial(b: Builder, x: Value, pads, value: Value | None = None) -> Value:
+    n = x.rank - 2
+    return pad_or_crop(b, x, {2 + i: (pads[i], pads[i + n]) for i in range(n)}, value)
+
+
+def conv_windows(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                 group: int = 1) -> Value:
+    """ONNX Conv on [N, C, *spatial] of any (symbolic) size without a Conv op: per kernel offset,
+    that tap of W times the offset's window slice, summed."""
+    o, cg, *kernel = w.shape
+    axes = list(range(2, x.rank))
+    xp = pad_spatial(b, x, pads)
+    w_taps = b.op("Transpose", [b.op("Reshape", [w, b.ints([group, o // group, cg, -1])])],
+                  {"perm": [3, 0, 1, 2]})  # [K, g, O/g, C/g]
+    y, like = None, None
+    for t, (starts, ends) in enumerate(tail_window_slices(kernel, strides, dilations)):
+        like = slice_axes(b, xp, starts, ends, axes, strides)  # [N, C, *out]
+        tap = b.op("Reshape", [like, b.ints([0, group, cg, -1])])  # [N, g, C/g, L]
+        part = b.op("MatMul", [b.op("Gather", [w_taps, b.ints(t)], {"axis": 0}), tap])  # [N, g, O/g, L]
+        y = part if y is None else b.op("Add", [y, part])
+    y = b.op("Reshape", [y, shape_with(b, like, {1: o})])
+    if bias is not None:
+        y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([o] + [1] * len(kernel))])])
+    return y
+
+
+def average_pool_windows(b: Builder, x: Value, kernel, strides, pads, dilations, include_pad: bool) -> Value:
+    """AveragePool of any (symbolic) size: the window sums of the zero-padded input over the taps
+    counted, found by the same sums over a padded map of ones unless the padding counts."""
+    axes = list(range(2, x.rank))
+    xp = pad_spatial(b, x, pads)
+    total = None
+    for starts, ends in tail_window_slices(kernel, strides, dilations):
+        part = slice_axes(b, xp, starts, ends, axes, strides)
+        total = part if total is None else b.op("Add", [total, part])
+    if include_pad or not any(pads):
+        return b.op("Mul", [total, scalar(b, 1.0 / float(np.prod(kernel)), x.dtype)])
+    return b.op("Div", [total, window_counts(b, x, kernel, strides, pads, dilations)])
+
+
+def window_counts(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
+    """[1, 1, *out]: how many taps of each window fall inside x (not in the padding), at run time."""
+    axes = list(range(2, x.rank))
+    ones = pad_spatial(b, full_like(b, slice_axes(b, x, [0, 0], [1, 1], [0, 1]), 1.0), pads)
+    counts = None
+    for starts, ends in tail_window_slices(kernel, strides, dilations):
+        tap = slice_axes(b, ones, starts, ends, axes, strides)
+        counts = tap if counts is None else b.op("Add", [counts, tap])
+    return counts

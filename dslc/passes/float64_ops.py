@@ -164,6 +164,8 @@ def _average_pool(b, n):
     x = n.inputs[0]
     kernel, k = list(n.attrs["kernel_shape"]), len(n.attrs["kernel_shape"])
     s, p, d = _spatial(n, "strides", [1]), _spatial(n, "pads", [0, 0]), _spatial(n, "dilations", [1])
+    if P.symbolic_spatial(x):
+        return P.average_pool_windows(b, x, kernel, s, p, d, bool(n.attrs.get("count_include_pad", 0)))
     out = n.outputs[0].shape[2:]
     xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + k]) for i in range(k)})
     total = None
