@@ -77,8 +77,11 @@ def dim_ceil_div(a: Dim, s: int) -> Dim:
     if s == 1:
         return a
     terms, const = _terms(a)
-    if a.endswith(f"*{s}") and terms == [(1, a)] and not const:  # one product term, times s last
-        return a[:-len(f"*{s}")]
+    if terms == [(1, a)] and not const:  # one product term: drop a factor s at either end
+        if a.endswith(f"*{s}"):
+            return a[:-len(f"*{s}")]
+        if a.startswith(f"{s}*"):
+            return a[len(f"{s}*"):]
     return f"ceil(({a})/{s})"
 
 
