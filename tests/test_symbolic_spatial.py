@@ -208,3 +208,31 @@ fn c(x: f32[N, 3, H, W]) { return grad(sum(upsample2d(x, 2, mode=bilinear)), x) 
 """
     with pytest.raises(DslError, match="bilinear upsampling on symbolic spatial dims"):
         dslc.compile(dslc.loads(source), "c")
+
+
+ND_SOURCE = """
+model S(x: f32[N, 2, L]) -> y {
+    y = conv1d(x, 3, 3, strides=2, padding=same) |> max_pool1d(3, strides=2, padding=same) |> avg_pool1d(2, padding=same)
+}
+model V(x: f32[N, 2, D, H, W]) -> y {
+    y = conv3d(x, 2, 3, strides=2, padding=same) |> avg_pool3d(2, strides=[1, 2, 2], padding=same) |> max_pool3d(2, padding=same)
+}
+fn s(x: f32[N, 2, L]) { return grad(sum(S(x) * S(x)), x) }
+fn v(x: f32[N, 2, D, H, W]) { return grad(sum(V(x) * V(x)), x) }
+"""
+
+
+@pytest.mark.parametrize("target,decl,shapes", [
+    ("s", "f32[N, 2, L]", [(2, 2, 9), (1, 2, 6)]),
+    ("v", "f32[N, 2, D, H, W]", [(1, 2, 5, 6, 7), (2, 2, 4, 9, 5)])])
+def test_1d_and_3d_layers_agree_with_their_static_compilation(target, decl, shapes):
+    sym = dslc.compile(dslc.loads(ND_SOURCE), target)
+    onnx.checker.check_model(sym, full_check=True)
+    session, ref = ort.InferenceSession(sym.SerializeToString()), reference(sym)
+    for shape in shapes:
+        static = dslc.compile(dslc.loads(ND_SOURCE.replace(decl, "f32[%s]" % ", ".join(map(str, shape)))), target)
+        x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+        got = session.run(None, {"x": x})[0]
+        want = ort.InferenceSession(static.SerializeToString()).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ref.run(None, {"x": x})[0], got, rtol=1e-5, atol=1e-5)

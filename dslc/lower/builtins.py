@@ -614,10 +614,10 @@ def _pool_1d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _ranked_input(ctx, x, 1)
     k = _tuple(ctx, pool, 1, "pool")
     s = _tuple(ctx, strides if strides is not None else pool, 1, "strides")
-    pads = _window_pads(ctx, padding, x, k, s)
     b = ctx.b
     image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]: the 2-D pool and its gradient rule
-    if not (isinstance(padding, Symbol) and padding.name == "same"):
+    if not (isinstance(padding, Symbol) and padding.name == "same"):  # (same: worked out on the image)
+        pads = _window_pads(ctx, padding, x, k, s)
         padding = [0, pads[0], 0, pads[1]]
     y = _pool_op(ctx, op, image, [1, *k], [1, *s], padding, extra)
     return _record(ctx, _layer_name(ctx), b.op("Squeeze", [y, b.ints([2])]))
