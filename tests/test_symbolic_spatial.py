@@ -202,12 +202,23 @@ def test_float64_model_runs_in_onnxruntime():
     np.testing.assert_allclose(got, reference(model).run(None, {"x": x})[0], rtol=1e-9, atol=1e-12)
 
 
-def test_bilinear_upsampling_gradient_needs_static_dims():
+def test_bilinear_model_agrees_with_its_static_compilation():
     source = """
-fn c(x: f32[N, 3, H, W]) { return grad(sum(upsample2d(x, 2, mode=bilinear)), x) }
+model U(x: f32[N, 3, H, W]) -> y { y = upsample2d(x, 2, mode=bilinear) |> conv2d(2, 3, strides=2, padding=same) }
+fn c(x: f32[N, 3, H, W]) { return grad(sum(U(x) * U(x)), x) }
 """
-    with pytest.raises(DslError, match="bilinear upsampling on symbolic spatial dims"):
-        dslc.compile(dslc.loads(source), "c")
+    for float64 in (False, True):
+        sym = dslc.compile(dslc.loads(source), "c", float64=float64)
+        onnx.checker.check_model(sym, full_check=True)
+        session, ref = ort.InferenceSession(sym.SerializeToString()), reference(sym)
+        for shape in [(2, 3, 5, 4), (1, 3, 1, 3)]:
+            static = dslc.compile(dslc.loads(source.replace("f32[N, 3, H, W]", "f32[%d, 3, %d, %d]" % (
+                shape[0], shape[2], shape[3]))), "c", float64=float64)
+            x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float64 if float64 else np.float32)
+            got = session.run(None, {"x": x})[0]
+            want = ort.InferenceSession(static.SerializeToString()).run(None, {"x": x})[0]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(ref.run(None, {"x": x})[0], got, rtol=1e-5, atol=1e-5)
 
 
 ND_SOURCE = """
@@ -236,3 +247,15 @@ def test_1d_and_3d_layers_agree_with_their_static_compilation(target, decl, shap
         want = ort.InferenceSession(static.SerializeToString()).run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(ref.run(None, {"x": x})[0], got, rtol=1e-5, atol=1e-5)
+
+
+def test_bilinear_upsampling_gradient_at_any_size():
+    """Resize (linear, half_pixel) by 2 and 3: finite differences at sizes down to one pixel."""
+    g = Graph("scales")
+    b = Builder(g)
+
+    def fn(b, xs):
+        scales = b.const([1.0, 1.0, 2.0, 3.0], "f32")
+        return [b.op("Resize", [xs[0], b.const(np.zeros(0), "f32"), scales],
+                     {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})]
+    fd_at_sizes(fn, [("N", 2, "H", "W")], [{"N": 2, "H": 4, "W": 5}, {"N": 1, "H": 1, "W": 2}, {"N": 1, "H": 3, "W": 1}])

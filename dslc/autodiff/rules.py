@@ -893,6 +893,35 @@ def _conv_transpose_symbolic(b, node, dys):
     return [dx, _windows_weight_grad(b, dy, x, w.shape, s, p, d, g), db]
 
 
+def _bilinear_grad_symbolic(b, x, dy, factors):
+    """A_h^T dy A_w for any H, W: the W axis, then (transposed) the H axis."""
+    size = _op(b, "Shape", x)
+    along_w = _bilinear_grad_last_axis(b, dy, P.slice_axes(b, size, [3], [4], [0]), factors[1])  # [N, C, H*sh, W]
+    along_h = _bilinear_grad_last_axis(b, _op(b, "Transpose", along_w, perm=[0, 1, 3, 2]),
+                                       P.slice_axes(b, size, [2], [3], [0]), factors[0])  # [N, C, W, H]
+    return _op(b, "Reshape", _op(b, "Transpose", along_h, perm=[0, 1, 3, 2]), size)
+
+
+def _bilinear_grad_last_axis(b, dy, n, s):
+    """dy [..., n*s] -> [..., n] (n a run-time [1] i64): per output block of s, its three taps'
+    shares (one MatMul), shifted into the padded xe, whose two edge cells fold back onto x's ends."""
+    r = dy.rank
+    head = P.slice_axes(b, _op(b, "Shape", dy), [0], [r - 1], [0])
+    blocks = _op(b, "Reshape", dy, _op(b, "Concat", head, n, b.ints([s]), axis=0))  # [..., n, s]
+    taps = _op(b, "MatMul", blocks, _c(b, P.bilinear_taps(s), dy))  # [..., n, 3]
+    dxe = None
+    for j in range(3):
+        part = _op(b, "Squeeze", P.slice_axes(b, taps, [j], [j + 1], [r]), b.ints([r]))
+        part = P.pad_or_crop(b, part, {r - 1: (j, 2 - j)})
+        dxe = part if dxe is None else _op(b, "Add", dxe, part)
+    rest = _op(b, "Sub", n, b.ints([1]))
+    first = _op(b, "Pad", P.slice_axes(b, dxe, [0], [1], [r - 1]), _op(b, "Concat", b.ints([0] * (2 * r - 1)), rest, axis=0))
+    last = _op(b, "Pad", P.slice_axes(b, dxe, [-1], [P.INT64_MAX], [r - 1]),
+               _op(b, "Concat", b.ints([0] * (r - 1)), rest, b.ints([0] * r), axis=0))
+    inner = P.slice_axes(b, dxe, [1], [-1], [r - 1])
+    return _op(b, "Add", _op(b, "Add", inner, first), last)
+
+
 # ------------------------------------------------------------------ the table
 def _resize(b, node, dys):
     """Linear Resize (half_pixel) by integer scales on [N, C, H, W] is y = A_h x A_w^T with
@@ -901,10 +930,9 @@ def _resize(b, node, dys):
     mode, coords = node.attrs.get("mode", "nearest"), node.attrs.get("coordinate_transformation_mode", "half_pixel")
     scales = [float(f) for f in np.asarray(node.inputs[2].const).reshape(-1)]
     h, w = x.shape[2], x.shape[3]
-    if mode == "linear" and x.rank == 4 and not (isinstance(h, int) and isinstance(w, int)):
-        raise DslError(f"cannot differentiate bilinear upsampling on symbolic spatial dims ({x.type}): its "
-                       "gradient multiplies by constant interpolation matrices, sized by H and W", b.span,
-                       "give H and W as numbers, or use upsample2d(x, mode=nearest), whose gradient takes any size")
+    if (mode == "linear" and coords == "half_pixel" and x.rank == 4 and scales[:2] == [1.0, 1.0]
+            and P.symbolic_spatial(x)):
+        return [_bilinear_grad_symbolic(b, x, dy, [int(f) for f in scales[2:]])]
     if (mode != "linear" or coords != "half_pixel" or x.rank != 4 or scales[:2] != [1.0, 1.0]
             or not isinstance(h, int) or not isinstance(w, int)):
         raise DslError(f"cannot differentiate Resize with mode {mode}, {coords} coordinates, scales {scales} "

@@ -368,3 +368,35 @@ def window_counts(b: Builder, x: Value, kernel, strides, pads, dilations) -> Val
         tap = slice_axes(b, ones, starts, ends, axes, strides)
         counts = tap if counts is None else b.op("Add", [counts, tap])
     return counts
+
+
+def bilinear_taps(s: int) -> np.ndarray:
+    """[s, 3]: upsampling by s (linear, half_pixel), output q*s + r reads the edge-padded input xe
+    (xe[j+1] = x[j]; xe[0] = x[0] and xe[n+1] = x[n-1] give half_pixel's clamping) at q, q+1, q+2
+    with these weights."""
+    k = np.zeros((s, 3))
+    for r in range(s):
+        t = (r + 0.5) / s - 0.5
+        k[r] = [-t, 1 + t, 0] if t < 0 else [0, 1 - t, t]
+    return k
+
+
+def upsample_bilinear_windows(b: Builder, x: Value, sh: int, sw: int) -> Value:
+    """Resize (linear, half_pixel) by sh, sw on [N, C, H, W] of any size without a Resize op: per
+    axis, three shifted slices of the edge-padded input times bilinear_taps (one MatMul)."""
+    size = b.op("Shape", [x])
+    y = _bilinear_last_axis(b, x, slice_axes(b, size, [3], [4], [0]), sw)  # [N, C, H, W*sw]
+    y = _bilinear_last_axis(b, b.op("Transpose", [y], {"perm": [0, 1, 3, 2]}), slice_axes(b, size, [2], [3], [0]), sh)
+    return b.op("Transpose", [y], {"perm": [0, 1, 3, 2]})
+
+
+def _bilinear_last_axis(b: Builder, x: Value, n: Value, s: int) -> Value:
+    r = x.rank
+    pads = [0] * (2 * r)
+    pads[r - 1] = pads[2 * r - 1] = 1
+    xe = b.op("Pad", [x, b.ints(pads)], {"mode": "edge"})
+    taps = [b.op("Unsqueeze", [slice_axes(b, xe, [j], [j - 2 or INT64_MAX], [r - 1]), b.ints([r])]) for j in range(3)]
+    windows = b.op("Concat", taps, {"axis": r})  # [..., n, 3]
+    blocks = b.op("MatMul", [windows, b.const(bilinear_taps(s).T, x.dtype)])  # [..., n, s]
+    head = slice_axes(b, b.op("Shape", [x]), [0], [r - 1], [0])
+    return b.op("Reshape", [blocks, b.op("Concat", [head, b.op("Mul", [n, b.ints([s])])], {"axis": 0})])
