@@ -782,11 +782,6 @@ def _attrs_nd(b: Builder, node: Node, n: int) -> tuple[list, list, list]:
     return list(a.get("strides", [1] * n)), list(a.get("pads", [0] * 2 * n)), list(a.get("dilations", [1] * n))
 
 
-def _padded(b, x, p, value=None) -> Value:
-    n = x.rank - 2
-    return P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=value)
-
-
 def _unpadded(b, dxp, x, p) -> Value:
     """Crop the padding off and name the dims as x's (the symbolic expressions may differ in form)."""
     n = x.rank - 2
@@ -809,7 +804,7 @@ def _max_pool_symbolic(b, node, dys):
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel = list(node.attrs["kernel_shape"])
     s, p, d = _attrs_nd(b, node, len(kernel))
-    xp = _padded(b, x, p, _c(b, -np.inf, x))
+    xp = P.pad_spatial(b, x, p, _c(b, -np.inf, x))
     axes, parts, seen = list(range(2, x.rank)), [], None
     for starts, ends in P.tail_window_slices(kernel, s, d):
         taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
@@ -829,14 +824,14 @@ def _average_pool_symbolic(b, node, dys):
         share = _op(b, "Mul", dy, _c(b, 1.0 / np.prod(kernel), dy))
     else:
         share = _op(b, "Div", dy, P.window_counts(b, x, kernel, s, p, d))
-    xp = _padded(b, x, p)  # (read for its shape only)
+    xp = P.pad_spatial(b, x, p)  # (read for its shape only)
     return [_unpadded(b, _windows_back(b, [share] * int(np.prod(kernel)), xp, kernel, s, d), x, p)]
 
 
 def _conv_offsets(b, x, w_shape, s, p, d, g):
     """x padded, and per kernel offset its taps grouped as [N, g, C/g, L]."""
     kernel, axes = list(w_shape[2:]), list(range(2, x.rank))
-    xp = _padded(b, x, p)
+    xp = P.pad_spatial(b, x, p)
     taps = [_op(b, "Reshape", P.slice_axes(b, xp, st, en, axes, s), b.ints([0, g, w_shape[1], -1]))
             for st, en in P.tail_window_slices(kernel, s, d)]
     return xp, taps

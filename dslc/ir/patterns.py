@@ -2,8 +2,8 @@
 
 Shape vectors, zero fills and pad/crop helpers, nearest upsampling, and 2-D convolution written
 without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels.
-Spatial code takes NCHW values with static H and W (the op table requires them anyway); the
-batch dim may be symbolic, so reshape targets copy it with 0 or from Shape.
+Spatial code takes NCHW values with static H and W; the batch dim may be symbolic, so reshape
+targets copy it with 0 or from Shape. The last section works at any H and W (window slices).
 """
 from __future__ import annotations
 
