@@ -793,7 +793,10 @@ def _windows_back(b, parts, xp, kernel, s, d) -> Value:
     """Sum each offset's share [N, C, *out] back into xp's shape (col2im at run time)."""
     axes, dxp = list(range(2, xp.rank)), None
     for part, (starts, _) in zip(parts, P.tail_window_slices(kernel, s, d)):
-        back = slice_grad_at_run_time(b, part, xp, b.ints(starts), axes, s)
+        if all(st == 1 for st in s):  # the taps before and the reach after: constant pads
+            back = P.pad_or_crop(b, part, {a: (st, (k - 1) * di - st) for a, st, k, di in zip(axes, starts, kernel, d)})
+        else:
+            back = slice_grad_at_run_time(b, part, xp, b.ints(starts), axes, s)
         dxp = back if dxp is None else _op(b, "Add", dxp, back)
     return dxp
 
@@ -863,13 +866,30 @@ def _windows_input_grad(b, x, w, dy, s, p, d, g) -> Value:
     return _unpadded(b, _windows_back(b, parts, xp, kernel, s, d), x, p)
 
 
+def _transposed_input_grad(b, x, w, dy, s, p, d, g) -> Value:
+    """dx of a 2-D Conv as ConvTranspose(dy, W), as the static rule. At stride 1 it has x's size;
+    else output_padding (how far x reaches past the last window) is known only at run time: keep
+    the end padding and the most output_padding (stride - 1), then cut at x's size."""
+    if all(st == 1 for st in s):
+        dx = _op(b, "ConvTranspose", dy, w, strides=s, pads=p, dilations=d, group=g)
+    else:
+        n = x.rank - 2
+        full = _op(b, "ConvTranspose", dy, w, strides=s, pads=p[:n] + [0] * n, dilations=d, group=g,
+                   output_padding=[st - 1 for st in s])
+        dx = _op(b, "Slice", full, b.ints([0] * n), P.slice_axes(b, _op(b, "Shape", x), [2], [x.rank], [0]),
+                 b.ints(list(range(2, x.rank))))
+    return dx if dx.shape == x.shape else _op(b, "Reshape", dx, P.shape_of(b, x))
+
+
 def _conv_symbolic(b, node, dys):
     (x, w), dy = node.inputs[:2], dys[0]
     s, p, d = _attrs_nd(b, node, x.rank - 2)
     g = node.attrs.get("group", 1)
     bias = _input(node, 2)
     db = _op(b, "ReduceSum", dy, b.ints([0, *range(2, x.rank)]), keepdims=0) if bias is not None else None
-    return [_windows_input_grad(b, x, w, dy, s, p, d, g), _windows_weight_grad(b, x, dy, w.shape, s, p, d, g), db]
+    # conv3d keeps to window slices: no ConvTranspose, as its static rule (_conv_nd)
+    input_grad = _transposed_input_grad if x.rank == 4 else _windows_input_grad
+    return [input_grad(b, x, w, dy, s, p, d, g), _windows_weight_grad(b, x, dy, w.shape, s, p, d, g), db]
 
 
 def _conv_transpose_symbolic(b, node, dys):
