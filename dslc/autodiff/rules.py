@@ -807,6 +807,8 @@ def _max_pool_symbolic(b, node, dys):
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel = list(node.attrs["kernel_shape"])
     s, p, d = _attrs_nd(b, node, len(kernel))
+    if kernel == s and not any(p) and d == [1] * len(kernel):
+        return [_max_pool_tiles_symbolic(b, x, y, dy, kernel)]
     xp = P.pad_spatial(b, x, p, _c(b, -np.inf, x))
     axes, parts, seen = list(range(2, x.rank)), [], None
     for starts, ends in P.tail_window_slices(kernel, s, d):
@@ -815,6 +817,29 @@ def _max_pool_symbolic(b, node, dys):
         seen = taken if seen is None else _op(b, "Add", seen, first)
         parts.append(_op(b, "Mul", first, dy))
     return [_unpadded(b, _windows_back(b, parts, xp, kernel, s, d), x, p)]
+
+
+def _max_pool_tiles_symbolic(b, x, y, dy, kernel):
+    """Non-overlapping windows at any size, as `_max_pool_nd_tiles`: the covered part of x as
+    [N, C, *out, K] (shapes from Shape(y)), the first maximum of each window by one MatMul with a
+    constant 0/1 matrix, and dy back the same way; the rows/columns past the last window get zeros."""
+    n, taps = len(kernel), int(np.prod(kernel))
+    out = P.slice_axes(b, _op(b, "Shape", y), [2], [2 + n], [0])  # [n] i64
+    covered = _op(b, "Slice", x, b.ints([0] * n), _op(b, "Mul", out, b.ints(kernel)), b.ints(list(range(2, 2 + n))))
+    split = [b.ints([0, 0])] + [v for i in range(n) for v in (P.slice_axes(b, out, [i], [i + 1], [0]), b.ints([kernel[i]]))]
+    perm = [0, 1] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)]
+    windows = _op(b, "Transpose", _op(b, "Reshape", covered, _op(b, "Concat", *split, axis=0)), perm=perm)
+    windows = _op(b, "Reshape", windows, _op(b, "Concat", b.ints([0, 0]), out, b.ints([taps]), axis=0))
+    at_max = _mask(b, _op(b, "Equal", windows, _op(b, "Unsqueeze", y, b.ints([-1]))), x)
+    before = np.triu(np.ones((taps, taps)), 1)  # [p, q] = 1: tap p comes before tap q
+    first = _mask(b, _op(b, "Greater", at_max, _op(b, "MatMul", at_max, _c(b, before, x))), dy)
+    g = _op(b, "Mul", first, _op(b, "Unsqueeze", dy, b.ints([-1])))
+    g = _op(b, "Reshape", g, _op(b, "Concat", b.ints([0, 0]), out, b.ints(kernel), axis=0))
+    g = _op(b, "Transpose", g, perm=[int(i) for i in np.argsort(perm)])
+    g = _op(b, "Reshape", g, _op(b, "Concat", b.ints([0, 0]), _op(b, "Mul", out, b.ints(kernel)), axis=0))
+    missing = _op(b, "Sub", P.slice_axes(b, _op(b, "Shape", x), [2], [2 + n], [0]), _op(b, "Mul", out, b.ints(kernel)))
+    g = _op(b, "Pad", g, _op(b, "Concat", b.ints([0] * (n + 2)), b.ints([0, 0]), missing, axis=0))
+    return _op(b, "Reshape", g, P.shape_of(b, x))
 
 
 def _average_pool_symbolic(b, node, dys):
