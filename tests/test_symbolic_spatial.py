@@ -28,12 +28,12 @@ def _size(dim, symbols: dict) -> int:
     return dim if isinstance(dim, int) else eval(dim, {"ceil": math.ceil}, dict(symbols))
 
 
-def fd_at_sizes(fn, declared: list[tuple], sizes: list[dict], kinds=None, eps=1e-6):
+def fd_at_sizes(fn, declared: list[tuple], sizes: list[dict], kinds=None, eps=1e-6, order=1):
     """One graph of fn and its VJP (float64, symbolic dims as declared), checked at each binding of
     the symbols by the dot-product test: <c, (f(x + eps t) - f(x - eps t)) / 2 eps> == <vjp(c), t>."""
     kinds = kinds or ["normal"] * len(declared)
     first = [tuple(_size(d, sizes[0]) for d in decl) for decl in declared]
-    graph, n_args, n_out = build(fn, [Spec(s, k, declared=d) for s, k, d in zip(first, kinds, declared)])
+    graph, n_args, n_out = build(fn, [Spec(s, k, declared=d) for s, k, d in zip(first, kinds, declared)], order)
     model = to_onnx(graph)
     check(model)
     run = reference(model)
@@ -41,7 +41,7 @@ def fd_at_sizes(fn, declared: list[tuple], sizes: list[dict], kinds=None, eps=1e
         rng = np.random.default_rng(len(symbols) + sum(symbols.values()))
         feeds = {v.name: sample(rng, tuple(_size(d, symbols) for d in decl), kind)
                  for v, decl, kind in zip(graph.inputs, declared, kinds)}
-        for v in graph.inputs[n_args:]:
+        for v in graph.inputs[len(declared):]:  # the first-order cotangents (order 2), then the cotangents
             feeds[v.name] = rng.standard_normal([_size(d, symbols) for d in v.shape])
         args = [v.name for v in graph.inputs[:n_args]]
         t = {n: rng.standard_normal(feeds[n].shape) for n in args}
@@ -96,6 +96,13 @@ CASES = {
 def test_gradient_at_two_sizes(name):
     fn, declared, kinds = CASES[name]
     fd_at_sizes(fn, declared, SIZES, kinds)
+
+
+@pytest.mark.parametrize("name", ["conv-same-stride1", "conv-strided-dilated-grouped", "conv-transpose",
+                                  "avgpool-padded-uncounted"])
+def test_second_derivatives_at_two_sizes(name):
+    fn, declared, kinds = CASES[name]
+    fd_at_sizes(fn, declared, SIZES, kinds, order=2)
 
 
 def test_shape_rules_name_the_output_sizes():
