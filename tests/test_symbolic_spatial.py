@@ -16,7 +16,6 @@ import pytest
 
 import dslc
 from dslc.autodiff import vjp
-from dslc.diagnostics import DslError
 from dslc.emit.onnx_emit import check, to_onnx
 from dslc.ir.builder import Builder
 from dslc.ir.core import Graph, TensorType, dim_ceil_div
@@ -230,10 +229,12 @@ fn c(x: f32[N, 3, H, W]) { return grad(sum(U(x) * U(x)), x) }
 
 ND_SOURCE = """
 model S(x: f32[N, 2, L]) -> y {
-    y = conv1d(x, 3, 3, strides=2, padding=same) |> max_pool1d(3, strides=2, padding=same) |> avg_pool1d(2, padding=same)
+    y = conv1d(x, 3, 3, strides=2, padding=same) |> max_pool1d(3, strides=2, padding=same)
+        |> avg_pool1d(2, padding=same)
 }
 model V(x: f32[N, 2, D, H, W]) -> y {
-    y = conv3d(x, 2, 3, strides=2, padding=same) |> avg_pool3d(2, strides=[1, 2, 2], padding=same) |> max_pool3d(2, padding=same)
+    y = conv3d(x, 2, 3, strides=2, padding=same) |> avg_pool3d(2, strides=[1, 2, 2], padding=same)
+        |> max_pool3d(2, padding=same)
 }
 fn s(x: f32[N, 2, L]) { return grad(sum(S(x) * S(x)), x) }
 fn v(x: f32[N, 2, D, H, W]) { return grad(sum(V(x) * V(x)), x) }
@@ -258,11 +259,9 @@ def test_1d_and_3d_layers_agree_with_their_static_compilation(target, decl, shap
 
 def test_bilinear_upsampling_gradient_at_any_size():
     """Resize (linear, half_pixel) by 2 and 3: finite differences at sizes down to one pixel."""
-    g = Graph("scales")
-    b = Builder(g)
-
     def fn(b, xs):
         scales = b.const([1.0, 1.0, 2.0, 3.0], "f32")
         return [b.op("Resize", [xs[0], b.const(np.zeros(0), "f32"), scales],
                      {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})]
-    fd_at_sizes(fn, [("N", 2, "H", "W")], [{"N": 2, "H": 4, "W": 5}, {"N": 1, "H": 1, "W": 2}, {"N": 1, "H": 3, "W": 1}])
+    fd_at_sizes(fn, [("N", 2, "H", "W")],
+                [{"N": 2, "H": 4, "W": 5}, {"N": 1, "H": 1, "W": 2}, {"N": 1, "H": 3, "W": 1}])

@@ -826,7 +826,8 @@ def _max_pool_tiles_symbolic(b, x, y, dy, kernel):
     n, taps = len(kernel), int(np.prod(kernel))
     out = P.slice_axes(b, _op(b, "Shape", y), [2], [2 + n], [0])  # [n] i64
     covered = _op(b, "Slice", x, b.ints([0] * n), _op(b, "Mul", out, b.ints(kernel)), b.ints(list(range(2, 2 + n))))
-    split = [b.ints([0, 0])] + [v for i in range(n) for v in (P.slice_axes(b, out, [i], [i + 1], [0]), b.ints([kernel[i]]))]
+    split = [b.ints([0, 0])] + [v for i in range(n)
+                                for v in (P.slice_axes(b, out, [i], [i + 1], [0]), b.ints([kernel[i]]))]
     perm = [0, 1] + [2 + 2 * i for i in range(n)] + [3 + 2 * i for i in range(n)]
     windows = _op(b, "Transpose", _op(b, "Reshape", covered, _op(b, "Concat", *split, axis=0)), perm=perm)
     windows = _op(b, "Reshape", windows, _op(b, "Concat", b.ints([0, 0]), out, b.ints([taps]), axis=0))
@@ -955,7 +956,8 @@ def _bilinear_grad_last_axis(b, dy, n, s):
         part = P.pad_or_crop(b, part, {r - 1: (j, 2 - j)})
         dxe = part if dxe is None else _op(b, "Add", dxe, part)
     rest = _op(b, "Sub", n, b.ints([1]))
-    first = _op(b, "Pad", P.slice_axes(b, dxe, [0], [1], [r - 1]), _op(b, "Concat", b.ints([0] * (2 * r - 1)), rest, axis=0))
+    first = _op(b, "Pad", P.slice_axes(b, dxe, [0], [1], [r - 1]),
+                _op(b, "Concat", b.ints([0] * (2 * r - 1)), rest, axis=0))
     last = _op(b, "Pad", P.slice_axes(b, dxe, [-1], [P.INT64_MAX], [r - 1]),
                _op(b, "Concat", b.ints([0] * (r - 1)), rest, b.ints([0] * r), axis=0))
     inner = P.slice_axes(b, dxe, [1], [-1], [r - 1])
