@@ -70,6 +70,21 @@ def dim_sub(a: Dim, b: Dim) -> Dim:
     return a - b if isinstance(a, int) and isinstance(b, int) else _combine(a, b, -1)
 
 
+def dim_ceil_div(a: Dim, s: int) -> Dim:
+    """ceil(a / s); a multiple of s divides exactly: ceil(H*2 / 2) is H."""
+    if isinstance(a, int):
+        return -(-a // s)
+    if s == 1:
+        return a
+    terms, const = _terms(a)
+    if terms == [(1, a)] and not const:  # one product term: drop a factor s at either end
+        if a.endswith(f"*{s}"):
+            return a[:-len(f"*{s}")]
+        if a.startswith(f"{s}*"):
+            return a[len(f"{s}*"):]
+    return f"ceil(({a})/{s})"
+
+
 def _combine(a: Dim, b: Dim, sign: int) -> Dim:
     terms_a, const_a = _terms(a)
     terms_b, const_b = _terms(b)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_mul, dim_sub, dtype_of
+from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_ceil_div, dim_mul, dim_sub, dtype_of
 
 ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 12: "u32", 2: "u8", 9: "bool"}
 DTYPE_CODE = {v: k for k, v in ONNX_DTYPE_CODES.items()}
@@ -281,7 +281,7 @@ _register("MatMul", _matmul)
 def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=False, out_pad=0,
                  what: str = "the window", x: Value | None = None) -> Dim:
     if not isinstance(size, int):
-        raise ShapeIssue("convolution and pooling need static spatial dims")
+        return _symbolic_spatial_out(size, k, s, d, p0 + p1, transpose, out_pad)
     if transpose:
         return s * (size - 1) + out_pad + (k - 1) * d + 1 - p0 - p1
     out = (size + p0 + p1 - (k - 1) * d - 1) // s + 1
@@ -291,6 +291,16 @@ def _spatial_out(size: Dim, k: int, s: int, d: int, p0: int, p1: int, transpose=
                          f"{x.type if x else size}{padded}",
                          "use padding=same or a smaller window, or shrink the input less before it")
     return out
+
+
+def _symbolic_spatial_out(size: str, k: int, s: int, d: int, pads: int, transpose: bool, out_pad: int) -> Dim:
+    """A symbolic H or W: ceil((H + pads - (k-1)*d) / s) written exactly as the Slice rule writes
+    the length of the strided window slice that the gradients take (H+2-2 cancels to H, so `same`
+    at stride 1 gives H back); transposed: s*H + the constant the static formula adds."""
+    if transpose:
+        return dim_add(dim_mul(s, size), out_pad + (k - 1) * d + 1 - pads - s)
+    span = dim_add(size, pads - (k - 1) * d)
+    return dim_ceil_div(span, s)
 
 
 def _window(x: Value, attrs, kernel):
@@ -520,7 +530,7 @@ def _slice_len(dim: Dim, start: Dim, end: Dim, step: int) -> Dim:
     span = dim_sub(last, first) if step > 0 else dim_sub(first, last)
     if isinstance(span, int):
         return max(0, -(-span // abs(step)))
-    return span if abs(step) == 1 else f"ceil(({span})/{abs(step)})"
+    return dim_ceil_div(span, abs(step))
 
 
 def _clamp(dim: Dim, bound: Dim, lo: Dim, hi: Dim) -> Dim:

@@ -2,8 +2,8 @@
 
 Shape vectors, zero fills and pad/crop helpers, nearest upsampling, and 2-D convolution written
 without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels.
-Spatial code takes NCHW values with static H and W (the op table requires them anyway); the
-batch dim may be symbolic, so reshape targets copy it with 0 or from Shape.
+Spatial code takes NCHW values with static H and W; the batch dim may be symbolic, so reshape
+targets copy it with 0 or from Shape. The last section works at any H and W (window slices).
 """
 from __future__ import annotations
 
@@ -102,10 +102,15 @@ def _static_hw(b: Builder, x: Value, what: str) -> tuple[int, int]:
 
 def upsample_nearest(b: Builder, x: Value, sh: int, sw: int) -> Value:
     """[N, C, H, W] -> [N, C, H*sh, W*sw], each pixel repeated (no Resize op)."""
-    h, w = _static_hw(b, x, "upsampling")
+    h, w = x.shape[2], x.shape[3]
     x6 = b.op("Unsqueeze", [x, b.ints([3, 5])])  # [N, C, H, 1, W, 1]
     x6 = b.op("Expand", [x6, b.ints([1, 1, 1, sh, 1, sw])])
-    return b.op("Reshape", [x6, b.ints([0, 0, h * sh, w * sw])])
+    if isinstance(h, int) and isinstance(w, int):
+        return b.op("Reshape", [x6, b.ints([0, 0, h * sh, w * sw])])
+    # symbolic H or W: the target's last two sizes from Shape(x) times the factors (dims H*2, W*2)
+    shape = b.op("Shape", [x])
+    hw = b.op("Mul", [b.op("Slice", [shape, b.ints([2]), b.ints([4])]), b.ints([sh, sw])])
+    return b.op("Reshape", [x6, b.op("Concat", [b.ints([0, 0]), hw], {"axis": 0})])
 
 
 def linear_resize_matrix(n: int, s: int) -> np.ndarray:
@@ -125,8 +130,8 @@ def linear_resize_matrix(n: int, s: int) -> np.ndarray:
 
 def upsample_bilinear(b: Builder, x: Value, sh: int, sw: int) -> Value:
     """[N, C, H, W] -> [N, C, H*sh, W*sw] by ONNX Resize (linear, half_pixel); its gradient rule
-    applies the transposed interpolation matrices (linear_resize_matrix)."""
-    _static_hw(b, x, "upsampling")
+    applies the transposed interpolation matrices (linear_resize_matrix), so it needs static H and W
+    (a symbolic one runs forward; its gradient is refused with a located error)."""
     roi = b.const(np.zeros(0), "f32")
     scales = b.const([1.0, 1.0, float(sh), float(sw)], "f32")
     return b.op("Resize", [x, roi, scales], {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})
@@ -185,6 +190,8 @@ def im2col_conv(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value
 def conv2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                   group: int = 1) -> Value:
     """ONNX Conv as im2col_slices + MatMul: x [N, C, H, W], w [O, C/g, kh, kw] -> [N, O, Ho, Wo]."""
+    if symbolic_spatial(x):
+        return conv_windows(b, x, w, bias, strides, pads, dilations, group)
     o, cg, kh, kw = w.shape
     ho, wo = _out_hw(x, (kh, kw), strides, pads, dilations)
     cols = im2col_slices(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
@@ -277,6 +284,8 @@ def im2col_nd(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
 def conv_nd_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                    group: int = 1) -> Value:
     """ONNX Conv on [N, C, *spatial] as im2col_nd + MatMul (no Conv op): w [O, C/g, *kernel]."""
+    if symbolic_spatial(x):
+        return conv_windows(b, x, w, bias, strides, pads, dilations, group)
     o, cg, *kernel = w.shape
     n = len(kernel)
     out = [conv_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n]) for i in range(n)]
@@ -291,3 +300,103 @@ def conv_nd_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, 
     if bias is not None:
         y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([o] + [1] * n)])])
     return y
+
+
+# ------------------------------------------------------------------ windows on symbolic spatial dims
+# An H, W (L, D) known only at run time: each kernel offset reads a strided Slice of the padded
+# input whose end counts from the axis' end, so it has the output's length at any size (and the
+# Slice rule names that length as the conv/pool shape rule does).
+def tail_window_slices(kernel, strides, dilations):
+    """(starts, ends) per kernel offset in row-major window order; `end` is minus the reach left
+    after the tap, so the slice holds ceil((padded - (k-1)*d) / s) elements: the output's length."""
+    import itertools
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [o * d for o, d in zip(offset, dilations)]
+        yield starts, [st - (k - 1) * d or INT64_MAX for st, k, d in zip(starts, kernel, dilations)]
+
+
+def symbolic_spatial(x: Value) -> bool:
+    return any(not isinstance(d, int) for d in x.shape[2:])
+
+
+def pad_spatial(b: Builder, x: Value, pads, value: Value | None = None) -> Value:
+    n = x.rank - 2
+    return pad_or_crop(b, x, {2 + i: (pads[i], pads[i + n]) for i in range(n)}, value)
+
+
+def conv_windows(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                 group: int = 1) -> Value:
+    """ONNX Conv on [N, C, *spatial] of any (symbolic) size without a Conv op: per kernel offset,
+    that tap of W times the offset's window slice, summed."""
+    o, cg, *kernel = w.shape
+    axes = list(range(2, x.rank))
+    xp = pad_spatial(b, x, pads)
+    w_taps = b.op("Transpose", [b.op("Reshape", [w, b.ints([group, o // group, cg, -1])])],
+                  {"perm": [3, 0, 1, 2]})  # [K, g, O/g, C/g]
+    y, like = None, None
+    for t, (starts, ends) in enumerate(tail_window_slices(kernel, strides, dilations)):
+        like = slice_axes(b, xp, starts, ends, axes, strides)  # [N, C, *out]
+        tap = b.op("Reshape", [like, b.ints([0, group, cg, -1])])  # [N, g, C/g, L]
+        part = b.op("MatMul", [b.op("Gather", [w_taps, b.ints(t)], {"axis": 0}), tap])  # [N, g, O/g, L]
+        y = part if y is None else b.op("Add", [y, part])
+    y = b.op("Reshape", [y, shape_with(b, like, {1: o})])
+    if bias is not None:
+        y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([o] + [1] * len(kernel))])])
+    return y
+
+
+def average_pool_windows(b: Builder, x: Value, kernel, strides, pads, dilations, include_pad: bool) -> Value:
+    """AveragePool of any (symbolic) size: the window sums of the zero-padded input over the taps
+    counted, found by the same sums over a padded map of ones unless the padding counts."""
+    axes = list(range(2, x.rank))
+    xp = pad_spatial(b, x, pads)
+    total = None
+    for starts, ends in tail_window_slices(kernel, strides, dilations):
+        part = slice_axes(b, xp, starts, ends, axes, strides)
+        total = part if total is None else b.op("Add", [total, part])
+    if include_pad or not any(pads):
+        return b.op("Mul", [total, scalar(b, 1.0 / float(np.prod(kernel)), x.dtype)])
+    return b.op("Div", [total, window_counts(b, x, kernel, strides, pads, dilations)])
+
+
+def window_counts(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
+    """[1, 1, *out]: how many taps of each window fall inside x (not in the padding), at run time."""
+    axes = list(range(2, x.rank))
+    ones = pad_spatial(b, full_like(b, slice_axes(b, x, [0, 0], [1, 1], [0, 1]), 1.0), pads)
+    counts = None
+    for starts, ends in tail_window_slices(kernel, strides, dilations):
+        tap = slice_axes(b, ones, starts, ends, axes, strides)
+        counts = tap if counts is None else b.op("Add", [counts, tap])
+    return counts
+
+
+def bilinear_taps(s: int) -> np.ndarray:
+    """[s, 3]: upsampling by s (linear, half_pixel), output q*s + r reads the edge-padded input xe
+    (xe[j+1] = x[j]; xe[0] = x[0] and xe[n+1] = x[n-1] give half_pixel's clamping) at q, q+1, q+2
+    with these weights."""
+    k = np.zeros((s, 3))
+    for r in range(s):
+        t = (r + 0.5) / s - 0.5
+        k[r] = [-t, 1 + t, 0] if t < 0 else [0, 1 - t, t]
+    return k
+
+
+def upsample_bilinear_windows(b: Builder, x: Value, sh: int, sw: int) -> Value:
+    """Resize (linear, half_pixel) by sh, sw on [N, C, H, W] of any size without a Resize op: per
+    axis, three shifted slices of the edge-padded input times bilinear_taps (one MatMul)."""
+    size = b.op("Shape", [x])
+    y = _bilinear_last_axis(b, x, slice_axes(b, size, [3], [4], [0]), sw)  # [N, C, H, W*sw]
+    y = _bilinear_last_axis(b, b.op("Transpose", [y], {"perm": [0, 1, 3, 2]}), slice_axes(b, size, [2], [3], [0]), sh)
+    return b.op("Transpose", [y], {"perm": [0, 1, 3, 2]})
+
+
+def _bilinear_last_axis(b: Builder, x: Value, n: Value, s: int) -> Value:
+    r = x.rank
+    pads = [0] * (2 * r)
+    pads[r - 1] = pads[2 * r - 1] = 1
+    xe = b.op("Pad", [x, b.ints(pads)], {"mode": "edge"})
+    taps = [b.op("Unsqueeze", [slice_axes(b, xe, [j], [j - 2 or INT64_MAX], [r - 1]), b.ints([r])]) for j in range(3)]
+    windows = b.op("Concat", taps, {"axis": r})  # [..., n, 3]
+    blocks = b.op("MatMul", [windows, b.const(bilinear_taps(s).T, x.dtype)])  # [..., n, s]
+    head = slice_axes(b, b.op("Shape", [x]), [0], [r - 1], [0])
+    return b.op("Reshape", [blocks, b.op("Concat", [head, b.op("Mul", [n, b.ints([s])])], {"axis": 0})])

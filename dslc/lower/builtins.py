@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..diagnostics import DslShapeError, source_text
-from ..ir.core import Value
+from ..ir.core import DTYPES, Value, dim_ceil_div
 from ..ir.ops import DTYPE_CODE
 from . import init as I
 from . import random as R
@@ -103,12 +103,55 @@ def _same_pads(ctx: Ctx, x: Value, kernel: list, strides: list, dilation: list) 
             total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
         elif s == 1:
             total = (k - 1) * d
-        else:
+        else:  # the callers pad first (_same_at_run_time); internal misuse would land here
             raise ctx.error(f"padding=same at stride {s} needs static spatial dims, got {x.type}", "padding",
                             "give the spatial dims as numbers, or pad explicitly (padding=INT or a list)")
         begin.append(total // 2)
         end.append(total - total // 2)
     return begin + end
+
+
+def _same_at_run_time(ctx: Ctx, x: Value, padding, kernel, strides, dilation=None, fill: float = 0.0):
+    """padding=same at stride > 1 on a symbolic dim: the pads depend on the size mod the stride, so
+    x is padded by widths computed from Shape(x) (the formula of _same_pads) and the op runs with
+    padding=valid. Returns (x, padding, out): `out` the output's spatial sizes ceil(n / stride) as an
+    i64 vector computed from Shape(x), for _named_spatial, or None where nothing changed. The pad
+    widths and `out` carry their symbolic contents (`sym`, as Shape's output does): a width as an
+    opaque symbol, `out` as ceil((H)/s), so the result's dims read as Keras' `same` sizes."""
+    if not (isinstance(padding, Symbol) and padding.name == "same") or all(
+            isinstance(n, int) or st == 1 for n, st in zip(x.shape[2:], strides)):
+        return x, padding, None
+    b, n = ctx.b, len(kernel)
+    dilation = dilation or [1] * n
+    size = b.op("Slice", [b.op("Shape", [x]), b.ints([2]), b.ints([2 + n])])
+    stride = b.ints(list(strides))
+    out = b.op("Div", [b.op("Add", [size, b.ints([st - 1 for st in strides])]), stride])  # ceil(n / s)
+    reach = b.ints([(k - 1) * d + 1 for k, d in zip(kernel, dilation)])
+    total = b.op("Max", [b.op("Sub", [b.op("Add", [b.op("Mul", [b.op("Sub", [out, b.ints([1] * n)]), stride]), reach]),
+                                      size]), b.ints([0] * n)])
+    begin = b.op("Div", [total, b.ints([2] * n)])
+    pads = b.op("Concat", [b.ints([0, 0]), begin, b.ints([0, 0]), b.op("Sub", [total, begin])], {"axis": 0})
+    widths = [_same_pads(ctx, _spatial_like(x, i), [k], [st], [d]) if isinstance(m, int) or st == 1 else
+              [f"same_begin({m},{k},{st},{d})", f"same_end({m},{k},{st},{d})"]
+              for i, (m, k, st, d) in enumerate(zip(x.shape[2:], kernel, strides, dilation))]
+    pads.sym = (0, 0, *[w[0] for w in widths], 0, 0, *[w[1] for w in widths])
+    out.sym = tuple(dim_ceil_div(m, st) for m, st in zip(x.shape[2:], strides))
+    padded = b.op("Pad", [x, pads, b.const(np.asarray(fill), x.dtype)])
+    return padded, Symbol("valid"), out
+
+
+def _spatial_like(x: Value, axis: int) -> Value:
+    """A stand-in [N, C, n] with x's size on one spatial axis (for _same_pads; never emitted)."""
+    return Value("spatial", type(x.type)(x.dtype, (*x.shape[:2], x.shape[2 + axis])))
+
+
+def _named_spatial(ctx: Ctx, y: Value, out: Value | None) -> Value:
+    """y with its spatial dims read from `out` (same sizes at run time, dims named ceil(n / stride))."""
+    if out is None:
+        return y
+    b = ctx.b
+    head = b.op("Slice", [b.op("Shape", [y]), b.ints([0]), b.ints([2])])
+    return b.op("Reshape", [y, b.op("Concat", [head, out], {"axis": 0})])
 
 
 def _pads(ctx: Ctx, padding, x: Value, kernel, strides, dilation) -> list[int]:
@@ -181,6 +224,7 @@ def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     if not isinstance(cin, int) or cin % groups or filters % groups:
         raise ctx.error(f"conv2d with groups={groups} needs channels divisible by it, got {x.type} "
                         f"and {filters} filters", "groups", cls=DslShapeError)
+    x, padding, same_dims = _same_at_run_time(ctx, x, padding, k, s, d)
     pads = _pads(ctx, padding, x, k, s, d)
     path = _weighted(ctx)
     fan_in, fan_out = cin // groups * k[0] * k[1], filters * k[0] * k[1]
@@ -193,6 +237,7 @@ def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
         y = patterns.conv2d_im2col(ctx.b, x, w, bias, s, pads, d, groups)
     else:
         y = ctx.b.op("Conv", [x, w] + ([bias] if bias is not None else []), {"kernel_shape": k, **attrs})
+    y = _named_spatial(ctx, y, same_dims)
     n = int(np.prod(w.shape)) + (filters if use_bias else 0)
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
@@ -230,8 +275,8 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
     if isinstance(padding, Symbol) and padding.name == "same":
         # Keras: output = input * stride; pad what the full transposed conv adds beyond that.
         begin, end = [], []
-        for i, n in enumerate(x.shape[2:]):
-            total = (n - 1) * s[i] + (k[i] - 1) * d[i] + 1 - n * s[i]
+        for i in range(2):
+            total = (k[i] - 1) * d[i] + 1 - s[i]  # (n - 1) * s + (k - 1) * d + 1 - n * s: n cancels
             if total < 0:
                 out_pad[i], total = -total, 0
             begin.append(total // 2)
@@ -242,8 +287,7 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
         if any(p < 0 for p in pads):
             raise ctx.error(f"conv2d_transpose padding {padding} is negative", "padding")
         for i, n in enumerate(x.shape[2:]):
-            size = (n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2]
-            if isinstance(n, int) and size < 1:
+            if isinstance(n, int) and (n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2] < 1:
                 raise ctx.error(f"conv2d_transpose padding {padding} crops all of the {(n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i]} "
                                 f"output {('rows', 'columns')[i]} of {x.type}", "padding", "use a smaller padding",
                                 DslShapeError)
@@ -429,6 +473,7 @@ def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "co
     b = ctx.b
     image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]
     k, s, d = [1, kernel], [1, strides], [1, dilation]
+    image, padding, same_dims = _same_at_run_time(ctx, image, padding, k, s, d)
     pads = _pads(ctx, padding, image, k, s, d)
     pads[0] = pads[2] = 0  # nothing above or below the one row
     path = _weighted(ctx)
@@ -443,7 +488,7 @@ def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "co
     else:
         attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
         y = b.op("Conv", [image, w4] + ([bias] if bias is not None else []), attrs)
-    y = b.op("Squeeze", [y, b.ints([2])])
+    y = b.op("Squeeze", [_named_spatial(ctx, y, same_dims), b.ints([2])])
     n = int(np.prod(w.shape)) + (filters if use_bias else 0)
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
@@ -459,6 +504,7 @@ def conv3d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     if not isinstance(cin, int) or cin % groups or filters % groups:
         raise ctx.error(f"conv3d with groups={groups} needs channels divisible by it, got {x.type} "
                         f"and {filters} filters", "groups", cls=DslShapeError)
+    x, padding, same_dims = _same_at_run_time(ctx, x, padding, k, s, d)
     pads = _window_pads(ctx, padding, x, k, s, d, pool=False)
     path = _weighted(ctx)
     taps = k[0] * k[1] * k[2]
@@ -472,6 +518,7 @@ def conv3d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     else:
         attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
         y = ctx.b.op("Conv", [x, w] + ([bias] if bias is not None else []), attrs)
+    y = _named_spatial(ctx, y, same_dims)
     n = int(np.prod(w.shape)) + (filters if use_bias else 0)
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
@@ -481,9 +528,23 @@ def _pool(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     k = _pair(ctx, pool, "pool")
     s = _pair(ctx, strides if strides is not None else pool, "strides")
-    pads = _window_pads(ctx, padding, x, k, s)
-    y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
-    return _record(ctx, _layer_name(ctx), y)
+    return _record(ctx, _layer_name(ctx), _pool_op(ctx, op, x, k, s, padding, extra))
+
+
+def _pool_op(ctx: Ctx, op: str, x: Value, k, s, padding, extra=None) -> Value:
+    """MaxPool / AveragePool on [N, C, *spatial]; `same` at stride > 1 on a symbolic dim pads at run
+    time (-inf for the maximum; the average divides by the same pool of a zero-padded map of ones, so
+    the padding is not counted)."""
+    padded, padding, same_dims = _same_at_run_time(ctx, x, padding, k, s, fill=-np.inf if op == "MaxPool" else 0.0)
+    pads = _window_pads(ctx, padding, padded, k, s)
+    attrs = {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})}
+    y = ctx.b.op(op, [padded], attrs)
+    if same_dims is not None and op == "AveragePool":
+        b = ctx.b
+        ones = b.op("ConstantOfShape", [b.op("Shape", [x])], {"value": np.ones(1, DTYPES[x.dtype])})
+        mask, _, _ = _same_at_run_time(ctx, ones, Symbol("same"), k, s)
+        y = b.op("Div", [y, b.op(op, [mask], attrs)])
+    return _named_spatial(ctx, y, same_dims)
 
 
 def max_pool2d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):
@@ -553,11 +614,12 @@ def _pool_1d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _ranked_input(ctx, x, 1)
     k = _tuple(ctx, pool, 1, "pool")
     s = _tuple(ctx, strides if strides is not None else pool, 1, "strides")
-    pads = _window_pads(ctx, padding, x, k, s)
     b = ctx.b
     image = b.op("Unsqueeze", [x, b.ints([2])])  # [N, C, 1, L]: the 2-D pool and its gradient rule
-    y = b.op(op, [image], {"kernel_shape": [1, *k], "strides": [1, *s], "pads": [0, pads[0], 0, pads[1]],
-                           **(extra or {})})
+    if not (isinstance(padding, Symbol) and padding.name == "same"):  # (same: worked out on the image)
+        pads = _window_pads(ctx, padding, x, k, s)
+        padding = [0, pads[0], 0, pads[1]]
+    y = _pool_op(ctx, op, image, [1, *k], [1, *s], padding, extra)
     return _record(ctx, _layer_name(ctx), b.op("Squeeze", [y, b.ints([2])]))
 
 
@@ -565,9 +627,7 @@ def _pool_3d(ctx: Ctx, op: str, x, pool, strides, padding, extra=None) -> Value:
     x = _ranked_input(ctx, x, 3)
     k = _tuple(ctx, pool, 3, "pool")
     s = _tuple(ctx, strides if strides is not None else pool, 3, "strides")
-    pads = _window_pads(ctx, padding, x, k, s)
-    y = ctx.b.op(op, [x], {"kernel_shape": k, "strides": s, "pads": pads, **(extra or {})})
-    return _record(ctx, _layer_name(ctx), y)
+    return _record(ctx, _layer_name(ctx), _pool_op(ctx, op, x, k, s, padding, extra))
 
 
 def max_pool1d(ctx: Ctx, x: "T", pool: "ints" = 2, strides: "ints" = None, padding=Symbol("valid")):

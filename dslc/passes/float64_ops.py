@@ -164,6 +164,8 @@ def _average_pool(b, n):
     x = n.inputs[0]
     kernel, k = list(n.attrs["kernel_shape"]), len(n.attrs["kernel_shape"])
     s, p, d = _spatial(n, "strides", [1]), _spatial(n, "pads", [0, 0]), _spatial(n, "dilations", [1])
+    if P.symbolic_spatial(x):
+        return P.average_pool_windows(b, x, kernel, s, p, d, bool(n.attrs.get("count_include_pad", 0)))
     out = n.outputs[0].shape[2:]
     xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + k]) for i in range(k)})
     total = None
@@ -189,6 +191,8 @@ def _resize(b, n):
     """Linear half_pixel Resize by integer scales (upsample2d bilinear): A_h x A_w^T."""
     x = n.inputs[0]
     scales = [int(f) for f in np.asarray(n.inputs[2].const).reshape(-1)]
+    if P.symbolic_spatial(x):
+        return P.upsample_bilinear_windows(b, x, scales[2], scales[3])
     rows = _op(b, "MatMul", x, _c(b, P.linear_resize_matrix(x.shape[3], scales[3]).T))
     return _op(b, "MatMul", _c(b, P.linear_resize_matrix(x.shape[2], scales[2])), rows)
 
@@ -196,8 +200,7 @@ def _resize(b, n):
 def _resizable(n: Node) -> bool:
     scales = n.inputs[2].const if len(n.inputs) > 2 and n.inputs[2] is not None else None
     return (n.attrs.get("mode") == "linear" and n.attrs.get("coordinate_transformation_mode") == "half_pixel"
-            and n.inputs[0].rank == 4 and scales is not None and all(float(f).is_integer() for f in scales)
-            and all(isinstance(d, int) for d in n.inputs[0].shape[2:]))
+            and n.inputs[0].rank == 4 and scales is not None and all(float(f).is_integer() for f in scales))
 
 
 def _one_hot(b, n):
