@@ -130,7 +130,14 @@ LAYERS = [
     Case("batch_norm-inference", "batch_norm(x)", IMG, bn_t(False), ("gamma", "beta")),
     Case("layer_norm", "layer_norm(x)", (3, 4, 6),
          lambda x, w: F.layer_norm(x, (6,), w["gamma"], w["beta"], eps=1e-3), ("gamma", "beta")),
+    Case("group_norm", "group_norm(x, 2)", IMG,
+         lambda x, w: F.group_norm(x, 2, w["gamma"], w["beta"], eps=1e-3), ("gamma", "beta")),
     Case("embedding", "embedding(x, 10, 4)", (3, 5), lambda x, w: F.embedding(x, w["weight"]), ("weight",),
+         integer_input=True),
+    Case("embedding-padding_idx", "embedding(x, 10, 4, padding_idx=0)", (3, 5),
+         # (torch keeps the padding row at zero by never updating it; _randomize fills it, and dslc's
+         # lookups of that row give zeros whatever it holds: the mask makes torch's lookups match)
+         lambda x, w: F.embedding(x, w["weight"], padding_idx=0) * (x != 0).unsqueeze(-1), ("weight",),
          integer_input=True),
     Case("dropout-0", "dropout(x, 0.0)", (3, 6), lambda x, w: F.dropout(x, 0.0, training=True), training=True),
     Case("upsample2d", "upsample2d(x, 2)", IMG, lambda x, w: F.interpolate(x, scale_factor=2, mode="nearest")),
