@@ -61,7 +61,7 @@ def _backward(b: Builder, node: Node, dys: list, live: set) -> tuple[list, list]
     """A node's differentiable inputs and their gradients. A Loop's include the outer values its
     body reads, and its rule builds only the gradients that lead somewhere (those of live values)."""
     if node.op == "Loop":
-        return list(node.inputs) + captured(node.attrs["body"]), loop_vjp(b, node, dys, live)
+        return list(node.inputs) + captured(node.attrs["body"]), loop_vjp(b, node, dys, live, vjp)
     return node.inputs, VJP[node.op](b, node, dys)
 
 

@@ -33,8 +33,9 @@ def captured(graph: Graph) -> list[Value]:
     return list(seen)
 
 
-def loop_vjp(b: Builder, node: Node, dys: list, live: set) -> list[Value | None]:
-    """Gradients for node.inputs followed by captured(body): None where none is wanted."""
+def loop_vjp(b: Builder, node: Node, dys: list, live: set, vjp) -> list[Value | None]:
+    """Gradients for node.inputs followed by captured(body): None where none is wanted. `vjp` is the
+    driver's reverse walk, passed in (it calls this rule) to pull gradients back through the body."""
     trip, inits, body = node.inputs[0], node.inputs[2:], node.attrs["body"]
     _check_repeat(b, node)
     k = len(inits)
@@ -57,7 +58,6 @@ def loop_vjp(b: Builder, node: Node, dys: list, live: set) -> list[Value | None]
     ends = [mapping.get(v, v) for v in body.outputs[1:]]
     outs = [ends[j] for j in floats] + [ends[k + s] for s, _ in scans]
     cots = d_carried + [bb.op("Gather", [dy, r], {"axis": 0}) for _, dy in scans]
-    from .driver import vjp  # (the driver calls this rule: import at use)
     grads = vjp(bb, outs, cots, [starts[j] for j in floats] + wanted)
     bb.span = node.span
     bwd.outputs = [bb.op("Identity", [cond])] + [bb.op("Identity", [g]) for g in grads[:len(floats)]]
