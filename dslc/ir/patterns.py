@@ -220,6 +220,60 @@ def conv_transpose2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, 
     return conv2d_im2col(b, z, wt, bias, (1, 1), (0, 0, 0, 0), dilations, group)
 
 
+def col2im_matrix(h: int, w: int, kernel, strides, pads, dilations, out_hw) -> np.ndarray:
+    """[Ho*Wo, H*W*kh*kw] 0/1: which output pixel each (input pixel, kernel offset) product of a
+    transposed convolution lands on (columns ordered h, w, kh, kw); products cropped by the pads
+    land nowhere."""
+    kh, kw = kernel
+    ho, wo = out_hw
+    m = np.zeros((ho * wo, h * w * kh * kw))
+    col = 0
+    for i in range(h):
+        for j in range(w):
+            for a in range(kh):
+                for c in range(kw):
+                    r, q = i * strides[0] + a * dilations[0] - pads[0], j * strides[1] + c * dilations[1] - pads[1]
+                    if 0 <= r < ho and 0 <= q < wo:
+                        m[r * wo + q, col] = 1
+                    col += 1
+    return m
+
+
+def conv_transpose_as_matmuls(x: Value, w_shape, out_hw, group: int = 1) -> bool:
+    """Whether conv_transpose2d_matmuls beats onnxruntime's ConvTranspose (which runs a GEMM per
+    image with only H*W columns, then a single-threaded col2im): measured for few input pixels
+    and many input channels, e.g. the ACGAN generator's 3x3 -> 7x7 layer, 384 -> 192 channels
+    (bench/README.md). Rule: the 0/1 col2im product costs Ho*Wo multiply-adds per product where
+    the GEMM costs Cin, so take it while Ho*Wo <= Cin / 4, and while that matrix stays small."""
+    cin, _, kh, kw = w_shape
+    h, wd = x.shape[2], x.shape[3]
+    if group != 1 or not all(isinstance(d, int) for d in (cin, h, wd)):
+        return False
+    pixels = out_hw[0] * out_hw[1]
+    return 4 * pixels <= cin and pixels * h * wd * kh * kw <= 1 << 20
+
+
+def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                             out_hw) -> Value:
+    """ONNX ConvTranspose (group 1) as two MatMuls: every input pixel times the kernel in one GEMM
+    over the whole batch ([N*H*W, Cin] x [Cin, kh*kw*Cout]), then the overlapping products summed
+    into the output pixels by a constant 0/1 matrix (col2im_matrix). Its autodiff keeps the batch
+    folded: the weight gradient is one GEMM contracting over N*H*W."""
+    cin, cout, kh, kw = w.shape
+    h, wd = x.shape[2], x.shape[3]
+    ho, wo = out_hw
+    rows = b.op("Reshape", [b.op("Transpose", [x], {"perm": [0, 2, 3, 1]}), b.ints([-1, cin])])  # [N*H*W, Cin]
+    w2 = b.op("Reshape", [b.op("Transpose", [w], {"perm": [0, 2, 3, 1]}), b.ints([cin, kh * kw * cout])])
+    products = b.op("MatMul", [rows, w2])  # [N*H*W, kh*kw*Cout]
+    products = b.op("Reshape", [products, _batch_shape(b, x, [h * wd * kh * kw, cout])])  # [N, H*W*kh*kw, Cout]
+    scatter = b.const(col2im_matrix(h, wd, (kh, kw), strides, pads, dilations, out_hw), x.dtype)
+    y = b.op("MatMul", [scatter, products])  # [N, Ho*Wo, Cout]
+    y = b.op("Reshape", [b.op("Transpose", [y], {"perm": [0, 2, 1]}), b.ints([0, cout, ho, wo])])
+    if bias is not None:
+        y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([cout, 1, 1])])])
+    return y
+
+
 def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,
                      group: int = 1) -> Value:
     """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch."""
