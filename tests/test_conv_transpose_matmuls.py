@@ -18,8 +18,9 @@ from gradcheck import Spec, dot_check, reference
 # (x shape, w shape [Cin, Cout, kh, kw], strides, pads [top, left, bottom, right], dilations, output_padding)
 CASES = [
     ((2, 8, 3, 3), (8, 4, 5, 5), [1, 1], [0, 0, 0, 0], [1, 1], [0, 0]),  # the ACGAN generator's up1, small
-    ((2, 3, 4, 3), (3, 2, 3, 2), [2, 3], [1, 0, 0, 1], [1, 1], [1, 2]),
-    ((1, 4, 2, 3), (4, 3, 2, 3), [1, 2], [0, 1, 1, 0], [2, 1], [0, 1]),
+    ((2, 6, 3, 3), (6, 4, 5, 5), [2, 2], [1, 1, 2, 2], [1, 1], [0, 0]),  # its up2 (padding=same), small
+    ((2, 3, 4, 3), (3, 2, 4, 3), [2, 3], [1, 0, 1, 0], [1, 1], [0, 0]),
+    ((1, 4, 2, 3), (4, 3, 2, 3), [1, 2], [0, 1, 1, 1], [2, 1], [0, 1]),
     ((3, 2, 5, 4), (2, 1, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1], [1, 1]),
 ]
 IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}" for c in CASES]
@@ -78,10 +79,10 @@ def test_rule_picks_few_pixels_many_channels():
     g = Graph("rule")
     b = Builder(g)
     grid = b.input("x", TensorType("f32", ("N", 384, 3, 3)))
-    assert P.conv_transpose_as_matmuls(grid, (384, 192, 5, 5), (7, 7))  # ACGAN up1: 49 pixels, 384 channels
+    assert P.conv_transpose_as_matmuls(grid, (384, 192, 5, 5), [1, 1], [0] * 4, [1, 1], (7, 7))  # ACGAN up1: 49 pixels, 384 channels
     bn1 = b.input("y", TensorType("f32", ("N", 192, 7, 7)))
-    assert not P.conv_transpose_as_matmuls(bn1, (192, 96, 5, 5), (14, 14))  # up2: 196 pixels, 192 channels
-    assert not P.conv_transpose_as_matmuls(grid, (384, 192, 5, 5), (7, 7), group=2)
+    assert not P.conv_transpose_as_matmuls(bn1, (192, 96, 5, 5), [1, 1], [0] * 4, [1, 1], (11, 11))  # up2: 196 pixels, 192 channels
+    assert not P.conv_transpose_as_matmuls(grid, (384, 192, 5, 5), [1, 1], [0] * 4, [1, 1], (7, 7), group=2)
 
 
 SOURCE = """

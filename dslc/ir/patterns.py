@@ -220,55 +220,89 @@ def conv_transpose2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, 
     return conv2d_im2col(b, z, wt, bias, (1, 1), (0, 0, 0, 0), dilations, group)
 
 
-def col2im_matrix(h: int, w: int, kernel, strides, pads, dilations, out_hw) -> np.ndarray:
-    """[Ho*Wo, H*W*kh*kw] 0/1: which output pixel each (input pixel, kernel offset) product of a
-    transposed convolution lands on (columns ordered h, w, kh, kw); products cropped by the pads
-    land nowhere."""
-    kh, kw = kernel
-    ho, wo = out_hw
-    m = np.zeros((ho * wo, h * w * kh * kw))
-    col = 0
+def transposed_conv_phases(kernel, strides, pads, dilations, out_hw) -> list[list[tuple[int, int]]] | None:
+    """The kernel taps (a, c) grouped by the output phase (row % sh, column % sw) they land on in a
+    transposed convolution (phases in row-major order); None when the phases do not tile the
+    output evenly or some phase gets no tap."""
+    if out_hw[0] % strides[0] or out_hw[1] % strides[1]:
+        return None
+    groups = [[] for _ in range(strides[0] * strides[1])]
+    for a in range(kernel[0]):
+        for c in range(kernel[1]):
+            rh, rw = (a * dilations[0] - pads[0]) % strides[0], (c * dilations[1] - pads[1]) % strides[1]
+            groups[rh * strides[1] + rw].append((a, c))
+    return groups if all(groups) else None
+
+
+def col2im_matrix(h: int, w: int, taps, phase, strides, pads, dilations, out_hw) -> np.ndarray:
+    """[pixels of the phase, H*W*len(taps)] 0/1: which output pixel of `phase` (every stride-th row
+    and column from (rh, rw)) each (input pixel, tap) product of a transposed convolution lands on
+    (columns ordered h, w, tap); products cropped by the pads land nowhere."""
+    ho, wo = out_hw[0] // strides[0], out_hw[1] // strides[1]
+    m = np.zeros((ho * wo, h * w * len(taps)))
     for i in range(h):
         for j in range(w):
-            for a in range(kh):
-                for c in range(kw):
-                    r, q = i * strides[0] + a * dilations[0] - pads[0], j * strides[1] + c * dilations[1] - pads[1]
-                    if 0 <= r < ho and 0 <= q < wo:
-                        m[r * wo + q, col] = 1
-                    col += 1
+            for t, (a, c) in enumerate(taps):
+                r = i * strides[0] + a * dilations[0] - pads[0]
+                q = j * strides[1] + c * dilations[1] - pads[1]
+                if 0 <= r < out_hw[0] and 0 <= q < out_hw[1]:
+                    m[(r // strides[0]) * wo + q // strides[1], (i * w + j) * len(taps) + t] = 1
     return m
 
 
-def conv_transpose_as_matmuls(x: Value, w_shape, out_hw, group: int = 1) -> bool:
+def conv_transpose_as_matmuls(x: Value, w_shape, strides, pads, dilations, out_hw, group: int = 1) -> bool:
     """Whether conv_transpose2d_matmuls beats onnxruntime's ConvTranspose (which runs a GEMM per
-    image with only H*W columns, then a single-threaded col2im): measured for few input pixels
-    and many input channels, e.g. the ACGAN generator's 3x3 -> 7x7 layer, 384 -> 192 channels
-    (bench/README.md). Rule: the 0/1 col2im product costs Ho*Wo multiply-adds per product where
-    the GEMM costs Cin, so take it while Ho*Wo <= Cin / 4, and while that matrix stays small."""
+    image with only H*W columns, then a single-threaded col2im). Measured on the ACGAN generator
+    (bench/README.md): faster for few output pixels per phase against many input channels. Rule:
+    the 0/1 col2im product costs (output pixels per phase) multiply-adds per product where the
+    GEMM costs Cin; take it while that is at most Cin / 4 and the 0/1 matrices stay small."""
     cin, _, kh, kw = w_shape
     h, wd = x.shape[2], x.shape[3]
     if group != 1 or not all(isinstance(d, int) for d in (cin, h, wd)):
         return False
-    pixels = out_hw[0] * out_hw[1]
+    phases = transposed_conv_phases((kh, kw), strides, pads, dilations, out_hw)
+    if phases is None:
+        return False
+    pixels = out_hw[0] * out_hw[1] // len(phases)
     return 4 * pixels <= cin and pixels * h * wd * kh * kw <= 1 << 20
 
 
 def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                              out_hw) -> Value:
-    """ONNX ConvTranspose (group 1) as two MatMuls: every input pixel times the kernel in one GEMM
-    over the whole batch ([N*H*W, Cin] x [Cin, kh*kw*Cout]), then the overlapping products summed
-    into the output pixels by a constant 0/1 matrix (col2im_matrix). Its autodiff keeps the batch
-    folded: the weight gradient is one GEMM contracting over N*H*W."""
+    """ONNX ConvTranspose (group 1) as MatMuls: every input pixel times every kernel tap in one GEMM
+    over the whole batch ([N*H*W, Cin] x [Cin, taps*Cout], taps ordered by the output phase they
+    land on), then per phase the overlapping products summed into its output pixels by a constant
+    0/1 matrix (col2im_matrix), and the phases interleaved by one Transpose. Its autodiff keeps the
+    batch folded: the weight gradient is one GEMM contracting over N*H*W."""
     cin, cout, kh, kw = w.shape
     h, wd = x.shape[2], x.shape[3]
-    ho, wo = out_hw
+    sh, sw = strides
+    phases = transposed_conv_phases((kh, kw), strides, pads, dilations, out_hw)
+    order = [a * kw + c for taps in phases for a, c in taps]
     rows = b.op("Reshape", [b.op("Transpose", [x], {"perm": [0, 2, 3, 1]}), b.ints([-1, cin])])  # [N*H*W, Cin]
-    w2 = b.op("Reshape", [b.op("Transpose", [w], {"perm": [0, 2, 3, 1]}), b.ints([cin, kh * kw * cout])])
-    products = b.op("MatMul", [rows, w2])  # [N*H*W, kh*kw*Cout]
-    products = b.op("Reshape", [products, _batch_shape(b, x, [h * wd * kh * kw, cout])])  # [N, H*W*kh*kw, Cout]
-    scatter = b.const(col2im_matrix(h, wd, (kh, kw), strides, pads, dilations, out_hw), x.dtype)
-    y = b.op("MatMul", [scatter, products])  # [N, Ho*Wo, Cout]
-    y = b.op("Reshape", [b.op("Transpose", [y], {"perm": [0, 2, 1]}), b.ints([0, cout, ho, wo])])
+    w3 = b.op("Reshape", [b.op("Transpose", [w], {"perm": [0, 2, 3, 1]}), b.ints([cin, kh * kw, cout])])
+    if order != list(range(kh * kw)):
+        w3 = b.op("Gather", [w3, b.ints(order)], {"axis": 1})
+    products = b.op("MatMul", [rows, b.op("Reshape", [w3, b.ints([cin, kh * kw * cout])])])
+    products = b.op("Reshape", [products, _batch_shape(b, x, [h * wd, kh * kw * cout])])  # [N, H*W, taps*Cout]
+    if len(phases) > 1:
+        parts = b.op("Split", [products, b.ints([len(t) * cout for t in phases])], {"axis": 2},
+                     n_out=len(phases))
+    else:
+        parts = [products]
+    ys = []
+    for phase, (taps, part) in enumerate(zip(phases, parts)):
+        part = b.op("Reshape", [part, _batch_shape(b, x, [h * wd * len(taps), cout])])
+        scatter = b.const(col2im_matrix(h, wd, taps, phase, strides, pads, dilations, out_hw), x.dtype)
+        ys.append(b.op("MatMul", [scatter, part]))  # [N, pixels of the phase, Cout]
+    ho, wo = out_hw[0] // sh, out_hw[1] // sw
+    if len(ys) == 1:
+        y = b.op("Reshape", [b.op("Transpose", [ys[0]], {"perm": [0, 2, 1]}), b.ints([0, cout, ho, wo])])
+    else:
+        y = b.op("Concat", [b.op("Unsqueeze", [v, b.ints([1])]) for v in ys], {"axis": 1})  # [N, phases, pixels, Cout]
+        y = b.op("Reshape", [y, _batch_shape(b, x, [sh, sw, ho, wo, cout])])
+        y = b.op("Transpose", [y], {"perm": [0, 5, 3, 1, 4, 2]})  # [N, Cout, ho, sh, wo, sw]
+        y = b.op("Reshape", [y, b.ints([0, cout, out_hw[0], out_hw[1]])])
     if bias is not None:
         y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([cout, 1, 1])])])
     return y
