@@ -81,7 +81,10 @@ def test_rule_picks_few_pixels_many_channels():
     grid = b.input("x", TensorType("f32", ("N", 384, 3, 3)))
     assert P.conv_transpose_as_matmuls(grid, (384, 192, 5, 5), [1, 1], [0] * 4, [1, 1], (7, 7))  # ACGAN up1: 49 pixels, 384 channels
     bn1 = b.input("y", TensorType("f32", ("N", 192, 7, 7)))
-    assert not P.conv_transpose_as_matmuls(bn1, (192, 96, 5, 5), [1, 1], [0] * 4, [1, 1], (11, 11))  # up2: 196 pixels, 192 channels
+    assert P.conv_transpose_as_matmuls(bn1, (192, 96, 5, 5), [2, 2], [1, 1, 2, 2], [1, 1], (14, 14))  # up2: 4 x 49 pixels
+    bn2 = b.input("z", TensorType("f32", ("N", 96, 14, 14)))
+    assert not P.conv_transpose_as_matmuls(bn2, (96, 1, 5, 5), [2, 2], [1, 1, 2, 2], [1, 1], (28, 28))  # 4 x 196 pixels
+    assert not P.conv_transpose_as_matmuls(bn1, (192, 96, 5, 5), [2, 2], [1, 1, 2, 2], [1, 1], (13, 13))  # phases uneven
     assert not P.conv_transpose_as_matmuls(grid, (384, 192, 5, 5), [1, 1], [0] * 4, [1, 1], (7, 7), group=2)
 
 
