@@ -271,28 +271,20 @@ def conv_transpose_as_matmuls(x: Value, w_shape, strides, pads, dilations, out_h
 def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                              out_hw) -> Value:
     """ONNX ConvTranspose (group 1) as MatMuls: every input pixel times every kernel tap in one GEMM
-    over the whole batch ([N*H*W, Cin] x [Cin, taps*Cout], taps ordered by the output phase they
-    land on), then per phase the overlapping products summed into its output pixels by a constant
-    0/1 matrix (col2im_matrix), and the phases interleaved by one Transpose. Its autodiff keeps the
+    over the whole batch ([N*H*W, Cin] x [Cin, taps*Cout], one GEMM per output phase with the taps
+    that land on it), then per phase the overlapping products summed into its output pixels by a
+    constant 0/1 matrix (col2im_matrix), and the phases interleaved by one Transpose. Its autodiff keeps the
     batch folded: the weight gradient is one GEMM contracting over N*H*W."""
     cin, cout, kh, kw = w.shape
     h, wd = x.shape[2], x.shape[3]
     sh, sw = strides
     phases = transposed_conv_phases((kh, kw), strides, pads, dilations, out_hw)
-    order = [a * kw + c for taps in phases for a, c in taps]
     rows = b.op("Reshape", [b.op("Transpose", [x], {"perm": [0, 2, 3, 1]}), b.ints([-1, cin])])  # [N*H*W, Cin]
     w3 = b.op("Reshape", [b.op("Transpose", [w], {"perm": [0, 2, 3, 1]}), b.ints([cin, kh * kw, cout])])
-    if order != list(range(kh * kw)):
-        w3 = b.op("Gather", [w3, b.ints(order)], {"axis": 1})
-    products = b.op("MatMul", [rows, b.op("Reshape", [w3, b.ints([cin, kh * kw * cout])])])
-    products = b.op("Reshape", [products, _batch_shape(b, x, [h * wd, kh * kw * cout])])  # [N, H*W, taps*Cout]
-    if len(phases) > 1:
-        parts = b.op("Split", [products, b.ints([len(t) * cout for t in phases])], {"axis": 2},
-                     n_out=len(phases))
-    else:
-        parts = [products]
     ys = []
-    for phase, (taps, part) in enumerate(zip(phases, parts)):
+    for phase, taps in enumerate(phases):  # one GEMM per phase: no Split / Concat copies of the products
+        wp = w3 if len(taps) == kh * kw else b.op("Gather", [w3, b.ints([a * kw + c for a, c in taps])], {"axis": 1})
+        part = b.op("MatMul", [rows, b.op("Reshape", [wp, b.ints([cin, len(taps) * cout])])])  # [N*H*W, taps*Cout]
         part = b.op("Reshape", [part, _batch_shape(b, x, [h * wd * len(taps), cout])])
         scatter = b.const(col2im_matrix(h, wd, taps, phase, strides, pads, dilations, out_hw), x.dtype)
         ys.append(b.op("MatMul", [scatter, part]))  # [N, pixels of the phase, Cout]
