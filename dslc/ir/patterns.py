@@ -1,7 +1,8 @@
 """Builder-level patterns shared by the lowering and autodiff.
 
 Shape vectors, zero fills and pad/crop helpers, nearest upsampling, and 2-D convolution written
-without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels.
+without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels, and
+ConvTranspose as GEMM + 0/1 col2im MatMuls where that is faster in onnxruntime.
 Spatial code takes NCHW values with static H and W (the op table requires them anyway); the
 batch dim may be symbolic, so reshape targets copy it with 0 or from Shape.
 """
