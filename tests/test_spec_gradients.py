@@ -65,9 +65,10 @@ def test_gradient_graphs_agree_between_runtimes(spec, step):
     model = dslc.compile(SPECS / spec, step, emit="gradients", random="input")
     check(model)
     assert all(n.domain == "" for n in model.graph.node)
-    # (seed 3: at other points a float32 rounding difference flips one pre-activation across a
-    # LeakyReLU kink in the discriminator, and that element's gradient legitimately differs)
-    feeds = random_feeds(model, np.random.default_rng(3))
+    # (seed 4: at other points a float32 rounding difference flips one pre-activation across a
+    # LeakyReLU kink in the discriminator, and that element's gradient legitimately differs; at
+    # seed 3 train_generator's discriminator conv3 has one at -5e-9 vs +1e-8)
+    feeds = random_feeds(model, np.random.default_rng(4))
     ort = run_model(model, feeds, device="cpu")
     ref = _ref(model, feeds)
     for k, v in ort.items():

@@ -1,7 +1,8 @@
 """Builder-level patterns shared by the lowering and autodiff.
 
 Shape vectors, zero fills and pad/crop helpers, nearest upsampling, and 2-D convolution written
-without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels.
+without Conv/ConvTranspose (strided Slices + MatMul) for runtimes that lack those kernels, and
+ConvTranspose as GEMM + 0/1 col2im MatMuls where that is faster in onnxruntime.
 Spatial code takes NCHW values with static H and W; the batch dim may be symbolic, so reshape
 targets copy it with 0 or from Shape. The last section works at any H and W (window slices).
 """
@@ -225,6 +226,87 @@ def conv_transpose2d_im2col(b: Builder, x: Value, w: Value, bias: Value | None, 
     wt = b.op("Reshape", [wt, b.ints([group * cog, cin // group, kh, kw])])
     wt = slice_axes(b, wt, [-1, -1], [INT64_MIN, INT64_MIN], [2, 3], [-1, -1])
     return conv2d_im2col(b, z, wt, bias, (1, 1), (0, 0, 0, 0), dilations, group)
+
+
+def transposed_conv_phases(kernel, strides, pads, dilations, out_hw) -> list[list[tuple[int, int]]] | None:
+    """The kernel taps (a, c) grouped by the output phase (row % sh, column % sw) they land on in a
+    transposed convolution (phases in row-major order); None when the phases do not tile the
+    output evenly or some phase gets no tap."""
+    if out_hw[0] % strides[0] or out_hw[1] % strides[1]:
+        return None
+    groups = [[] for _ in range(strides[0] * strides[1])]
+    for a in range(kernel[0]):
+        for c in range(kernel[1]):
+            rh, rw = (a * dilations[0] - pads[0]) % strides[0], (c * dilations[1] - pads[1]) % strides[1]
+            groups[rh * strides[1] + rw].append((a, c))
+    return groups if all(groups) else None
+
+
+def col2im_matrix(h: int, w: int, taps, phase, strides, pads, dilations, out_hw) -> np.ndarray:
+    """[pixels of the phase, H*W*len(taps)] 0/1: which output pixel of `phase` (every stride-th row
+    and column from (rh, rw)) each (input pixel, tap) product of a transposed convolution lands on
+    (columns ordered h, w, tap); products cropped by the pads land nowhere."""
+    ho, wo = out_hw[0] // strides[0], out_hw[1] // strides[1]
+    m = np.zeros((ho * wo, h * w * len(taps)))
+    for i in range(h):
+        for j in range(w):
+            for t, (a, c) in enumerate(taps):
+                r = i * strides[0] + a * dilations[0] - pads[0]
+                q = j * strides[1] + c * dilations[1] - pads[1]
+                if 0 <= r < out_hw[0] and 0 <= q < out_hw[1]:
+                    m[(r // strides[0]) * wo + q // strides[1], (i * w + j) * len(taps) + t] = 1
+    return m
+
+
+def conv_transpose_as_matmuls(x: Value, w_shape, strides, pads, dilations, out_hw, group: int = 1) -> bool:
+    """Whether conv_transpose2d_matmuls beats onnxruntime's ConvTranspose (which runs a GEMM per
+    image with only H*W columns, then a single-threaded col2im). Measured on the ACGAN generator
+    (bench/README.md): faster for few output pixels per phase against many input channels (49
+    against 384 and 192 channels; the 28x28 output layer, 196 against 96, stays a ConvTranspose).
+    Rule: the 0/1 col2im product costs (output pixels per phase) multiply-adds per product where
+    the GEMM costs Cin; take it while that is at most Cin / 2 and the 0/1 matrices stay small."""
+    cin, _, kh, kw = w_shape
+    h, wd = x.shape[2], x.shape[3]
+    if group != 1 or not all(isinstance(d, int) for d in (cin, h, wd)):
+        return False
+    phases = transposed_conv_phases((kh, kw), strides, pads, dilations, out_hw)
+    if phases is None:
+        return False
+    pixels = out_hw[0] * out_hw[1] // len(phases)
+    return 2 * pixels <= cin and pixels * h * wd * kh * kw <= 1 << 20
+
+
+def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
+                             out_hw) -> Value:
+    """ONNX ConvTranspose (group 1) as MatMuls: every input pixel times every kernel tap in one GEMM
+    over the whole batch ([N*H*W, Cin] x [Cin, taps*Cout], one GEMM per output phase with the taps
+    that land on it), then per phase the overlapping products summed into its output pixels by a
+    constant 0/1 matrix (col2im_matrix), and the phases interleaved by one Transpose. Its autodiff keeps the
+    batch folded: the weight gradient is one GEMM contracting over N*H*W."""
+    cin, cout, kh, kw = w.shape
+    h, wd = x.shape[2], x.shape[3]
+    sh, sw = strides
+    phases = transposed_conv_phases((kh, kw), strides, pads, dilations, out_hw)
+    rows = b.op("Reshape", [b.op("Transpose", [x], {"perm": [0, 2, 3, 1]}), b.ints([-1, cin])])  # [N*H*W, Cin]
+    w3 = b.op("Reshape", [b.op("Transpose", [w], {"perm": [0, 2, 3, 1]}), b.ints([cin, kh * kw, cout])])
+    ys = []
+    for phase, taps in enumerate(phases):  # one GEMM per phase: no Split / Concat copies of the products
+        wp = w3 if len(taps) == kh * kw else b.op("Gather", [w3, b.ints([a * kw + c for a, c in taps])], {"axis": 1})
+        part = b.op("MatMul", [rows, b.op("Reshape", [wp, b.ints([cin, len(taps) * cout])])])  # [N*H*W, taps*Cout]
+        part = b.op("Reshape", [part, _batch_shape(b, x, [h * wd * len(taps), cout])])
+        scatter = b.const(col2im_matrix(h, wd, taps, phase, strides, pads, dilations, out_hw), x.dtype)
+        ys.append(b.op("MatMul", [scatter, part]))  # [N, pixels of the phase, Cout]
+    ho, wo = out_hw[0] // sh, out_hw[1] // sw
+    if len(ys) == 1:
+        y = b.op("Reshape", [b.op("Transpose", [ys[0]], {"perm": [0, 2, 1]}), b.ints([0, cout, ho, wo])])
+    else:
+        y = b.op("Concat", [b.op("Unsqueeze", [v, b.ints([1])]) for v in ys], {"axis": 1})  # [N, phases, pixels, Cout]
+        y = b.op("Reshape", [y, _batch_shape(b, x, [sh, sw, ho, wo, cout])])
+        y = b.op("Transpose", [y], {"perm": [0, 5, 3, 1, 4, 2]})  # [N, Cout, ho, sh, wo, sw]
+        y = b.op("Reshape", [y, b.ints([0, cout, out_hw[0], out_hw[1]])])
+    if bias is not None:
+        y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([cout, 1, 1])])])
+    return y
 
 
 def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,

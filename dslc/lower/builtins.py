@@ -308,8 +308,14 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
         from ..ir import patterns
         y = patterns.conv_transpose2d_im2col(b, x, w, inner_bias, s, pads, d, 1, out_pad)
     else:
-        attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}
-        y = b.op("ConvTranspose", [x, w] + ([inner_bias] if inner_bias is not None else []), attrs)
+        from ..ir import patterns
+        out_hw = [(n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2]
+                  for i, n in enumerate(x.shape[2:])] if all(isinstance(n, int) for n in x.shape[2:]) else None
+        if out_hw and patterns.conv_transpose_as_matmuls(x, w.shape, s, pads, d, out_hw):
+            y = patterns.conv_transpose2d_matmuls(b, x, w, inner_bias, s, pads, d, out_hw)
+        else:
+            attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}
+            y = b.op("ConvTranspose", [x, w] + ([inner_bias] if inner_bias is not None else []), attrs)
     if any(beyond):
         from ..ir import patterns
         y = patterns.pad_or_crop(b, y, {2: (0, beyond[0]), 3: (0, beyond[1])})
