@@ -12,9 +12,9 @@ where `mix` is MurmurHash3's 32-bit finalizer (a bijection with full avalanche),
 element's row-major index, `site` numbers the random ops of the graph in source order, `seed` and
 `step` are i64 graph inputs (taken mod 2^32) and, inside a `repeat`, the loop iteration is mixed
 into the key as well. Uniforms take the top 24 bits (`bits >> 8) * 2^-24` in [0, 1); normals come
-from two uniform streams by Box-Muller; dropout's `uniform >= rate`
-is compared on the integer bits instead (keep_mask: the same mask, fewer ops). Everything is uint32 Mul/Add/BitwiseXor/BitShift, which
-onnxruntime, onnx.reference and other runtimes compute identically.
+from two uniform streams by Box-Muller; dropout's `uniform >= rate` is compared on the integer
+bits instead (keep_mask: the same mask, fewer ops). Everything is uint32 Mul/Add/BitwiseXor/BitShift,
+which onnxruntime, onnx.reference and other runtimes compute identically.
 """
 from __future__ import annotations
 
