@@ -666,11 +666,11 @@ def dropout(ctx: Ctx, x: "T", rate: "float"):
         raise ctx.error(f"dropout rate must be in [0, 1), got {rate}", "rate")
     if not ctx.sc.training or rate == 0:
         return _record(ctx, _layer_name(ctx), x)
-    b = ctx.b
-    u = _random(ctx, "uniform", x)
-    keep = b.op("Cast", [b.op("GreaterOrEqual", [u, b.const(rate, x.dtype)])], {"to": DTYPE_CODE[x.dtype]})
-    y = b.op("Mul", [x, b.op("Mul", [keep, b.const(1.0 / (1.0 - rate), x.dtype)])])
-    return _record(ctx, _layer_name(ctx), y)
+    keep = _keep_mask(ctx, x, rate)
+    b = ctx.b  # (the key moved the builder's span)
+    # (Cast + Mul: onnxruntime's Where with scalar branches measured slower, bench/README.md)
+    scaled = b.op("Mul", [b.op("Cast", [keep], {"to": DTYPE_CODE[x.dtype]}), b.const(1.0 / (1.0 - rate), x.dtype)])
+    return _record(ctx, _layer_name(ctx), b.op("Mul", [x, scaled]))
 
 
 def flatten(ctx: Ctx, x: "T"):
@@ -850,6 +850,15 @@ def _random(ctx: Ctx, kind: str, like_or_shape) -> Value:
     keys = [lw.random_key(ctx.sc) for _ in range(2 if kind == "normal" else 1)]
     b = ctx.b  # (random_key moved the builder's span)
     return R.normal(b, like, keys, dtype) if kind == "normal" else R.uniform(b, like, keys, dtype)
+
+
+def _keep_mask(ctx: Ctx, x: Value, rate: float) -> Value:
+    """uniform(like x) >= rate (dropout's kept elements), the same mask _random's draw would give."""
+    lw = ctx.lw
+    if lw.options.random == "input":
+        return ctx.b.op("GreaterOrEqual", [_random(ctx, "uniform", x), ctx.b.const(rate, x.dtype)])
+    key = lw.random_key(ctx.sc)
+    return R.keep_mask(ctx.b, x, [key], rate, x.dtype)
 
 
 def _shape_or_like(ctx: Ctx, shape, like) -> Value | list:

@@ -12,8 +12,9 @@ where `mix` is MurmurHash3's 32-bit finalizer (a bijection with full avalanche),
 element's row-major index, `site` numbers the random ops of the graph in source order, `seed` and
 `step` are i64 graph inputs (taken mod 2^32) and, inside a `repeat`, the loop iteration is mixed
 into the key as well. Uniforms take the top 24 bits (`bits >> 8) * 2^-24` in [0, 1); normals come
-from two uniform streams by Box-Muller. Everything is uint32 Mul/Add/BitwiseXor/BitShift, which
-onnxruntime, onnx.reference and other runtimes compute identically.
+from two uniform streams by Box-Muller; dropout's `uniform >= rate` is compared on the integer
+bits instead (keep_mask: the same mask, fewer ops). Everything is uint32 Mul/Add/BitwiseXor/BitShift,
+which onnxruntime, onnx.reference and other runtimes compute identically.
 """
 from __future__ import annotations
 
@@ -74,6 +75,33 @@ def _unit(b: Builder, bits: Value, dtype: str, half: bool = False) -> Value:
 
 def uniform(b: Builder, like: Value, keys: list[Value], dtype: str) -> Value:
     return _unit(b, _bits(b, like, keys[0]), dtype)
+
+
+def at_least_threshold(rate: float, dtype: str) -> int | None:
+    """The integer T with  uniform >= rate  <=>  (bits >> 8) >= T, or None where there is none.
+
+    In f32 and f64, uniform() is exactly top * 2^-24 with top = bits >> 8 < 2^24: the Cast is exact
+    (top has at most 24 significant bits) and so is the scaling by a power of two. The graph compares
+    it with r, the rate rounded to `dtype` (the constant's own rounding). So uniform >= r <=>
+    top >= r * 2^24 <=> top >= ceil(r * 2^24) = T, top being an integer; r * 2^24 is exact in Python's
+    float64 (r is an f32 or f64, scaled by a power of two), so T is exact; 0 <= T <= 2^24. In f16 the
+    Cast of top rounds, so there is no such T."""
+    if dtype not in ("f32", "f64"):
+        return None
+    r = float(np.asarray(rate, dtype=np.float32 if dtype == "f32" else np.float64))
+    return int(np.ceil(r * 2.0 ** 24))
+
+
+def keep_mask(b: Builder, like: Value, keys: list[Value], rate: float, dtype: str) -> Value:
+    """uniform(like) >= rate as a bool tensor, bit for bit; in f32/f64 compared on the integer bits
+    (at_least_threshold), which skips the uniform's Cast and Mul. (The comparison stays on the top
+    24 bits, below 2^31, so that the int32 form of the hash in portable.py compares the same.)"""
+    threshold = at_least_threshold(rate, dtype)
+    bits = _bits(b, like, keys[0])
+    if threshold is None:
+        return b.op("GreaterOrEqual", [_unit(b, bits, dtype), b.const(rate, dtype)])
+    top = b.op("BitShift", [bits, _u32(b, 8)], {"direction": "RIGHT"})
+    return b.op("GreaterOrEqual", [top, _u32(b, threshold)])
 
 
 def normal(b: Builder, like: Value, keys: list[Value], dtype: str) -> Value:
