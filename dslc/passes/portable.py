@@ -65,12 +65,18 @@ def _wrap(s: _Sub, x: Value, out: Value) -> Value:
     return s.op("Mod", [x, s.i64(U32)], out=out)
 
 
-def _u32_constant(s: _Sub, n: Node) -> bool:
-    value = n.attrs["value"]
-    if value.dtype != np.uint32:
-        return False
-    s.op("Constant", [], {"value": value.astype(np.int64)}, out=n.outputs[0])
-    return True
+def _u32_constant_as(dtype: str) -> Rule:
+    """uint32 constants as `dtype` (i64: the same value; i32: the same bits). The rule also tells
+    rewrite() what the graph's other uint32 values become."""
+    def rule(s: _Sub, n: Node) -> bool:
+        value = n.attrs["value"]
+        if value.dtype != np.uint32:
+            return False
+        wide = value.astype(np.int64) if dtype == "i64" else value.view(np.int32)
+        s.op("Constant", [], {"value": wide}, out=n.outputs[0])
+        return True
+    rule.u32_as = dtype
+    return rule
 
 
 def _u32_cast(s: _Sub, n: Node) -> bool:
@@ -142,14 +148,6 @@ def _bitwise_xor(s: _Sub, n: Node) -> bool:
 # OpenVINO's CPU plugin saturates uint32 and its int32 Div and ReduceSum are inexact (as if in float32),
 # but its int32 Mul, Add, BitwiseXor/And/Or wrap exactly: the hash runs there as int32 with the same bits,
 # the right shifts made of masks and selects.
-def _i32_constant(s: _Sub, n: Node) -> bool:
-    value = n.attrs["value"]
-    if value.dtype != np.uint32:
-        return False
-    s.op("Constant", [], {"value": value.view(np.int32)}, out=n.outputs[0])
-    return True
-
-
 def _i32_cast(s: _Sub, n: Node) -> bool:
     if not _was_u32(n):
         return False
@@ -282,7 +280,7 @@ def _numel(dims) -> Dim:
 
 
 OPSET17: dict[str, Rule] = {
-    "Constant": _u32_constant,
+    "Constant": _u32_constant_as("i64"),
     "Cast": _u32_cast,
     "Add": _u32_add,
     "Mul": _u32_mul,
@@ -382,7 +380,7 @@ RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
     "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll, "Split": _split_as_slices}, "initializers": ("Conv", "ConvTranspose")},
     "tract": {"opset": 21, "rules": {"Loop": _unroll, "ConstantOfShape": _constant_of_shape}},
-    "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv, "Constant": _i32_constant,
+    "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv, "Constant": _u32_constant_as("i32"),
                                         "Cast": _i32_cast, "BitShift": _i32_shift_right}},
 }
 
@@ -418,8 +416,9 @@ def rewrite(graph: Graph, rules: dict[str, Rule], names: itertools.count | None 
         else:
             nodes.append(n)
     graph.nodes = nodes
-    if rules.get("Constant") in (_u32_constant, _i32_constant):
-        _retype_u32(graph, "i64" if rules["Constant"] is _u32_constant else "i32")
+    u32_as = getattr(rules.get("Constant"), "u32_as", None)
+    if u32_as:
+        _retype_u32(graph, u32_as)
     return changed
 
 
