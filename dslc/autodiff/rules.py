@@ -367,11 +367,7 @@ def _average_pool(b, node, dys):
 # Both rules visit the window one kernel offset at a time: a strided Slice of the padded input per
 # offset, its share sent back by the Slice VJP. No Conv/ConvTranspose, so float64 runs everywhere.
 def _window_nd(b: Builder, node: Node) -> tuple[list, list, list, list]:
-    n = node.inputs[0].rank - 2
-    _window(b, node)  # (refuses auto_pad and ceil_mode)
-    a = node.attrs
-    return (list(a["kernel_shape"]), list(a.get("strides", [1] * n)), list(a.get("pads", [0] * 2 * n)),
-            list(a.get("dilations", [1] * n)))
+    return (list(node.attrs["kernel_shape"]), *_attrs_nd(b, node, node.inputs[0].rank - 2))
 
 
 def _offset_slices(kernel, strides, dilations, out):
@@ -391,14 +387,27 @@ def _max_pool_nd(b, node, dys):
         return [_max_pool_nd_tiles(b, x, y, dy, kernel)]
     axes = list(range(2, 2 + n))
     xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=_c(b, -np.inf, x))
+    parts = _first_max_shares(b, xp, y, dy, _offset_slices(kernel, s, d, y.shape[2:]), axes, s)
+    dxp = _scatter_windows(b, parts, xp, kernel, s, d)
+    return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
+
+
+def _first_max_shares(b, xp, y, dy, windows, axes, strides) -> list[Value]:
+    """Per kernel offset (row-major window order), dy where that offset holds its window's maximum
+    and no earlier offset did: the first maximum wins ties, as in PyTorch and TensorFlow."""
     parts, seen = [], None
-    for starts, ends in _offset_slices(kernel, s, d, y.shape[2:]):
-        taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
+    for starts, ends in windows:
+        taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, strides), y), dy)
         first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
         seen = taken if seen is None else _op(b, "Add", seen, first)
         parts.append(_op(b, "Mul", first, dy))
-    dxp = _scatter_windows(b, parts, xp, kernel, s, d)
-    return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
+    return parts
+
+
+def _first_of_taps(b, at_max, taps: int) -> Value:
+    """0/1 at_max [..., K] -> 1 at each window's first maximum: at_max minus the maxima before it
+    (one MatMul by I - [p before q]) is 1 there and <= 0 elsewhere, and Relu makes that 0/1."""
+    return _op(b, "Relu", _op(b, "MatMul", at_max, _c(b, np.eye(taps) - np.triu(np.ones((taps, taps)), 1), at_max)))
 
 
 def _scatter_windows(b, parts, xp, kernel, s, d):
@@ -476,8 +485,7 @@ def _max_pool_nd_tiles(b, x, y, dy, kernel):
     windows = _op(b, "Reshape", _op(b, "Transpose", _op(b, "Reshape", covered, b.ints(split)), perm=perm),
                   b.ints([0, 0, *out, taps]))
     at_max = _mask(b, _op(b, "Equal", windows, _op(b, "Unsqueeze", y, b.ints([-1]))), x)
-    before = np.triu(np.ones((taps, taps)), 1)  # [p, q] = 1: tap p comes before tap q
-    first = _mask(b, _op(b, "Greater", at_max, _op(b, "MatMul", at_max, _c(b, before, x))), dy)
+    first = _first_of_taps(b, at_max, taps)
     g = _op(b, "Mul", first, _op(b, "Unsqueeze", dy, b.ints([-1])))
     g = _op(b, "Transpose", _op(b, "Reshape", g, b.ints([0, 0, *out, *kernel])),
             perm=[int(i) for i in np.argsort(perm)])
@@ -830,12 +838,7 @@ def _max_pool_symbolic(b, node, dys):
     if kernel == s and not any(p) and d == [1] * len(kernel):
         return [_max_pool_tiles_symbolic(b, x, y, dy, kernel)]
     xp = P.pad_spatial(b, x, p, _c(b, -np.inf, x))
-    axes, parts, seen = list(range(2, x.rank)), [], None
-    for starts, ends in P.tail_window_slices(kernel, s, d):
-        taken = _mask(b, _op(b, "Equal", P.slice_axes(b, xp, starts, ends, axes, s), y), dy)
-        first = taken if seen is None else _op(b, "Mul", taken, _op(b, "Sub", _c(b, 1, dy), seen))
-        seen = taken if seen is None else _op(b, "Add", seen, first)
-        parts.append(_op(b, "Mul", first, dy))
+    parts = _first_max_shares(b, xp, y, dy, P.tail_window_slices(kernel, s, d), list(range(2, x.rank)), s)
     return [_unpadded(b, _windows_back(b, parts, xp, kernel, s, d), x, p)]
 
 
@@ -852,8 +855,7 @@ def _max_pool_tiles_symbolic(b, x, y, dy, kernel):
     windows = _op(b, "Transpose", _op(b, "Reshape", covered, _op(b, "Concat", *split, axis=0)), perm=perm)
     windows = _op(b, "Reshape", windows, _op(b, "Concat", b.ints([0, 0]), out, b.ints([taps]), axis=0))
     at_max = _mask(b, _op(b, "Equal", windows, _op(b, "Unsqueeze", y, b.ints([-1]))), x)
-    before = np.triu(np.ones((taps, taps)), 1)  # [p, q] = 1: tap p comes before tap q
-    first = _mask(b, _op(b, "Greater", at_max, _op(b, "MatMul", at_max, _c(b, before, x))), dy)
+    first = _first_of_taps(b, at_max, taps)
     g = _op(b, "Mul", first, _op(b, "Unsqueeze", dy, b.ints([-1])))
     g = _op(b, "Reshape", g, _op(b, "Concat", b.ints([0, 0]), out, b.ints(kernel), axis=0))
     g = _op(b, "Transpose", g, perm=[int(i) for i in np.argsort(perm)])
