@@ -370,13 +370,6 @@ def _window_nd(b: Builder, node: Node) -> tuple[list, list, list, list]:
     return (list(node.attrs["kernel_shape"]), *_attrs_nd(b, node, node.inputs[0].rank - 2))
 
 
-def _offset_slices(kernel, strides, dilations, out):
-    """(starts, ends) of the strided Slice that each kernel offset reads, in row-major window order."""
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        starts = [o * d for o, d in zip(offset, dilations)]
-        yield starts, [st + s * (n - 1) + 1 for st, s, n in zip(starts, strides, out)]
-
-
 def _max_pool_nd(b, node, dys):
     """An offset takes dy where it holds its window's maximum and no earlier offset did: the first
     maximum in row-major window order wins ties, as in PyTorch and TensorFlow (and the 2-D rule)."""
@@ -387,7 +380,7 @@ def _max_pool_nd(b, node, dys):
         return [_max_pool_nd_tiles(b, x, y, dy, kernel)]
     axes = list(range(2, 2 + n))
     xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=_c(b, -np.inf, x))
-    parts = _first_max_shares(b, xp, y, dy, _offset_slices(kernel, s, d, y.shape[2:]), axes, s)
+    parts = _first_max_shares(b, xp, y, dy, P.offset_slices(kernel, s, d, y.shape[2:]), axes, s)
     dxp = _scatter_windows(b, parts, xp, kernel, s, d)
     return [P.pad_or_crop(b, dxp, {2 + i: (-p[i], -p[i + n]) for i in range(n)})]
 
@@ -415,7 +408,7 @@ def _scatter_windows(b, parts, xp, kernel, s, d):
     n, out = len(kernel), list(parts[0].shape[2:])
     if d != [1] * n:  # one Slice VJP per offset
         dxp = None
-        for part, (starts, ends) in zip(parts, _offset_slices(kernel, s, d, out)):
+        for part, (starts, ends) in zip(parts, P.offset_slices(kernel, s, d, out)):
             back = slice_grad(b, part, xp, starts, ends, list(range(2, 2 + n)), s)
             dxp = back if dxp is None else _op(b, "Add", dxp, back)
         return dxp

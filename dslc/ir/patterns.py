@@ -8,6 +8,8 @@ targets copy it with 0 or from Shape. The last section works at any H and W (win
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ..diagnostics import DslShapeError
@@ -131,8 +133,8 @@ def linear_resize_matrix(n: int, s: int) -> np.ndarray:
 
 def upsample_bilinear(b: Builder, x: Value, sh: int, sw: int) -> Value:
     """[N, C, H, W] -> [N, C, H*sh, W*sw] by ONNX Resize (linear, half_pixel); its gradient rule
-    applies the transposed interpolation matrices (linear_resize_matrix), so it needs static H and W
-    (a symbolic one runs forward; its gradient is refused with a located error)."""
+    applies the transposed interpolation matrices (linear_resize_matrix), or, for a symbolic H or W,
+    three taps per output block."""
     roi = b.const(np.zeros(0), "f32")
     scales = b.const([1.0, 1.0, float(sh), float(sw)], "f32")
     return b.op("Resize", [x, roi, scales], {"mode": "linear", "coordinate_transformation_mode": "half_pixel"})
@@ -337,17 +339,20 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
 
 
 # ------------------------------------------------------------------ convolution over any number of spatial axes
+def offset_slices(kernel, strides, dilations, out):
+    """(starts, ends) of the strided Slice that each kernel offset reads, in row-major window order,
+    for `out` (static) output positions per axis."""
+    for offset in itertools.product(*[range(k) for k in kernel]):
+        starts = [o * d for o, d in zip(offset, dilations)]
+        yield starts, [st + s * (n - 1) + 1 for st, s, n in zip(starts, strides, out)]
+
+
 def window_slices(b: Builder, xp: Value, kernel, strides, dilations, out) -> list[Value]:
     """One strided Slice of the padded xp [N, C, *spatial] per kernel offset, in row-major window
     order, each [N, C, *out]: the taps of every output position."""
-    import itertools
     axes = list(range(2, 2 + len(kernel)))
-    parts = []
-    for offset in itertools.product(*[range(k) for k in kernel]):
-        starts = [o * d for o, d in zip(offset, dilations)]
-        ends = [st + s * (n - 1) + 1 for st, s, n in zip(starts, strides, out)]
-        parts.append(slice_axes(b, xp, starts, ends, axes, strides))
-    return parts
+    return [slice_axes(b, xp, starts, ends, axes, strides)
+            for starts, ends in offset_slices(kernel, strides, dilations, out)]
 
 
 def im2col_nd(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
@@ -391,7 +396,6 @@ def conv_nd_im2col(b: Builder, x: Value, w: Value, bias: Value | None, strides, 
 def tail_window_slices(kernel, strides, dilations):
     """(starts, ends) per kernel offset in row-major window order; `end` is minus the reach left
     after the tap, so the slice holds ceil((padded - (k-1)*d) / s) elements: the output's length."""
-    import itertools
     for offset in itertools.product(*[range(k) for k in kernel]):
         starts = [o * d for o, d in zip(offset, dilations)]
         yield starts, [st - (k - 1) * d or INT64_MAX for st, k, d in zip(starts, kernel, dilations)]
@@ -430,12 +434,7 @@ def conv_windows(b: Builder, x: Value, w: Value, bias: Value | None, strides, pa
 def average_pool_windows(b: Builder, x: Value, kernel, strides, pads, dilations, include_pad: bool) -> Value:
     """AveragePool of any (symbolic) size: the window sums of the zero-padded input over the taps
     counted, found by the same sums over a padded map of ones unless the padding counts."""
-    axes = list(range(2, x.rank))
-    xp = pad_spatial(b, x, pads)
-    total = None
-    for starts, ends in tail_window_slices(kernel, strides, dilations):
-        part = slice_axes(b, xp, starts, ends, axes, strides)
-        total = part if total is None else b.op("Add", [total, part])
+    total = _window_sums(b, pad_spatial(b, x, pads), kernel, strides, dilations)
     if include_pad or not any(pads):
         return b.op("Mul", [total, scalar(b, 1.0 / float(np.prod(kernel)), x.dtype)])
     return b.op("Div", [total, window_counts(b, x, kernel, strides, pads, dilations)])
@@ -443,13 +442,17 @@ def average_pool_windows(b: Builder, x: Value, kernel, strides, pads, dilations,
 
 def window_counts(b: Builder, x: Value, kernel, strides, pads, dilations) -> Value:
     """[1, 1, *out]: how many taps of each window fall inside x (not in the padding), at run time."""
-    axes = list(range(2, x.rank))
     ones = pad_spatial(b, full_like(b, slice_axes(b, x, [0, 0], [1, 1], [0, 1]), 1.0), pads)
-    counts = None
+    return _window_sums(b, ones, kernel, strides, dilations)
+
+
+def _window_sums(b: Builder, xp: Value, kernel, strides, dilations) -> Value:
+    """The sum over each window's taps of the padded xp, at any size."""
+    axes, total = list(range(2, xp.rank)), None
     for starts, ends in tail_window_slices(kernel, strides, dilations):
-        tap = slice_axes(b, ones, starts, ends, axes, strides)
-        counts = tap if counts is None else b.op("Add", [counts, tap])
-    return counts
+        part = slice_axes(b, xp, starts, ends, axes, strides)
+        total = part if total is None else b.op("Add", [total, part])
+    return total
 
 
 def bilinear_taps(s: int) -> np.ndarray:
