@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..diagnostics import DslShapeError, source_text
+from ..ir import patterns
 from ..ir.core import DTYPES, Value, dim_ceil_div
 from ..ir.ops import DTYPE_CODE
 from . import init as I
@@ -233,7 +234,6 @@ def conv2d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
     bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
     attrs = {"strides": s, "pads": pads, "dilations": d, "group": groups}
     if ctx.lw.options.conv_lowering == "im2col":
-        from ..ir import patterns
         y = patterns.conv2d_im2col(ctx.b, x, w, bias, s, pads, d, groups)
     else:
         y = ctx.b.op("Conv", [x, w] + ([bias] if bias is not None else []), {"kernel_shape": k, **attrs})
@@ -305,10 +305,8 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
     b = ctx.b
     inner_bias = bias if not any(beyond) else None  # else added after the zero rows, as torch's reach them
     if ctx.lw.options.conv_lowering == "im2col":
-        from ..ir import patterns
         y = patterns.conv_transpose2d_im2col(b, x, w, inner_bias, s, pads, d, 1, out_pad)
     else:
-        from ..ir import patterns
         out_hw = [(n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2]
                   for i, n in enumerate(x.shape[2:])] if all(isinstance(n, int) for n in x.shape[2:]) else None
         if out_hw and patterns.conv_transpose_as_matmuls(x, w.shape, s, pads, d, out_hw):
@@ -317,7 +315,6 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
             attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}
             y = b.op("ConvTranspose", [x, w] + ([inner_bias] if inner_bias is not None else []), attrs)
     if any(beyond):
-        from ..ir import patterns
         y = patterns.pad_or_crop(b, y, {2: (0, beyond[0]), 3: (0, beyond[1])})
         if bias is not None:
             y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([-1, 1, 1])])])
@@ -454,7 +451,6 @@ def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
     if all(isinstance(d, int) for d in x.shape[1:]):
         back = b.ints([0] + list(x.shape[1:]))
     else:
-        from ..ir import patterns
         back = patterns.shape_of(b, x)
     normed = b.op("Reshape", [normed, back])
     along = b.ints([c] + [1] * (x.rank - 2))  # gamma, beta per channel
@@ -489,7 +485,6 @@ def conv1d(ctx: Ctx, x: "T", filters: "count", kernel: "count" = 3, strides: "co
     bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
     w4 = b.op("Unsqueeze", [w, b.ints([2])])
     if ctx.lw.options.conv_lowering == "im2col":
-        from ..ir import patterns
         y = patterns.conv2d_im2col(b, image, w4, bias, s, pads, d, groups)
     else:
         attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
@@ -519,7 +514,6 @@ def conv3d(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, strides: "int
                       span=ctx.span, dtype=x.dtype)
     bias = ctx.lw.weight(f"{path}.bias", (filters,), I.zeros, span=ctx.span, dtype=x.dtype) if use_bias else None
     if ctx.lw.options.conv_lowering == "im2col":
-        from ..ir import patterns
         y = patterns.conv_nd_im2col(ctx.b, x, w, bias, s, pads, d, groups)
     else:
         attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "group": groups}
@@ -701,7 +695,6 @@ def upsample2d(ctx: Ctx, x: "T", size: "ints" = 2, mode: "word" = Symbol("neares
     interpolate(mode="bilinear", align_corners=False) (ONNX Resize, half_pixel coordinates)."""
     x = _spatial_input(ctx, _float_tensor(ctx, x, "x"))
     sh, sw = _pair(ctx, size, "size")
-    from ..ir import patterns
     if mode.name not in ("nearest", "bilinear"):
         raise ctx.error(f"unknown upsampling mode `{mode.name}`", "mode", "use nearest or bilinear")
     up = patterns.upsample_nearest if mode.name == "nearest" else patterns.upsample_bilinear
