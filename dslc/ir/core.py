@@ -102,6 +102,22 @@ def _combine(a: Dim, b: Dim, sign: int) -> Dim:
     return text + (f"{const:+d}" if const else "")
 
 
+def dim_factors(d: Dim) -> list:
+    """A dim as the factors of its product: "n*49" -> ["n", 49]; a sum stays one factor."""
+    if isinstance(d, int):
+        return [d]
+    pieces, depth, start = [], 0, 0
+    for i, ch in enumerate(d):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch in "+-":
+            return [d]
+        if depth == 0 and ch == "*":
+            pieces.append(d[start:i])
+            start = i + 1
+    pieces.append(d[start:])
+    return [int(p) if p.isdigit() else p for p in pieces]
+
+
 def _terms(d: Dim) -> tuple[list[tuple[int, str]], int]:
     """A dim as signed atoms and a constant, split at the + and - outside parentheses:
     "N-k+2" -> ([(1, "N"), (-1, "k")], 2)."""

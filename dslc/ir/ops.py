@@ -11,7 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from .core import Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_ceil_div, dim_mul, dim_sub, dtype_of
+from .core import (Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_ceil_div, dim_factors, dim_mul,
+                   dim_sub, dtype_of)
 
 ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 12: "u32", 2: "u8", 9: "bool"}
 DTYPE_CODE = {v: k for k, v in ONNX_DTYPE_CODES.items()}
@@ -413,27 +414,11 @@ def _reshape(inputs, attrs):
     return [TensorType(x.dtype, tuple(out))]
 
 
-def _factors(d: Dim) -> list:
-    """A dim as the factors of its product: "n*49" -> ["n", 49]; a sum stays one factor."""
-    if isinstance(d, int):
-        return [d]
-    pieces, depth, start = [], 0, 0
-    for i, ch in enumerate(d):
-        depth += (ch == "(") - (ch == ")")
-        if depth == 0 and ch in "+-":
-            return [d]
-        if depth == 0 and ch == "*":
-            pieces.append(d[start:i])
-            start = i + 1
-    pieces.append(d[start:])
-    return [int(p) if p.isdigit() else p for p in pieces]
-
-
 def _div_dims(total: tuple, known: list, target) -> Dim:
     """Symbolic total / known, cancelling common factors (the usual case: [N, 64, 7, 7] -> [N, -1];
     also [N*49, 192] -> [-1, 7, 7, 192])."""
-    rest = [f for d in total for f in _factors(d)]
-    known = [f for d in known for f in _factors(d)]
+    rest = [f for d in total for f in dim_factors(d)]
+    known = [f for d in known for f in dim_factors(d)]
     for d in [d for d in known if not isinstance(d, int)]:
         if d not in rest:
             return f"?{id(known) % 997}"  # a symbol the input lacks: the size is unknown until run time
