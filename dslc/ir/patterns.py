@@ -313,19 +313,22 @@ def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None,
 
 def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,
                      group: int = 1) -> Value:
-    """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch."""
+    """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch and positions.
+
+    Two formulations, chosen by the number of output positions L (bench/README.md, "weight
+    gradients"): with many (L > 64) a per-sample MatMul of dy [O, L] and x's patches [L, k] is
+    efficient, then a ReduceSum over the batch; with few, those per-sample products are thin and the
+    sum would hold N x [O, k] (1.5 GB for the ACGAN generator's first layer at batch 200), so the
+    patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions."""
     o, cg, kh, kw = w_shape
-    cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
     length = dy.shape[2] * dy.shape[3]
+    if group == 1 and isinstance(length, int) and length <= 64:
+        cols = patches_channels_last(b, x, cg, (kh, kw), strides, pads, dilations)  # [N*L, kh*kw*C]
+        dy_t = b.op("Reshape", [b.op("Transpose", [dy], {"perm": [1, 0, 2, 3]}), b.ints([o, -1])])  # [O, N*L]
+        dw = b.op("Reshape", [b.op("MatMul", [dy_t, cols]), b.ints([o, kh, kw, cg])])
+        return b.op("Transpose", [dw], {"perm": [0, 3, 1, 2]})
+    cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
     k = cg * kh * kw
-    if group == 1 and isinstance(length, int) and o * k > length * (o + k):
-        # Few output positions, a big kernel (a transposed conv's 3x3 input): one MatMul contracting
-        # over batch and positions together. The per-sample products below would be N x [O, k],
-        # summed afterwards: 1.5 GB for the ACGAN generator's first layer at batch 200.
-        dy_t = b.op("Reshape", [b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, o, length])])],
-                                     {"perm": [1, 0, 2]}), b.ints([o, -1])])  # [O, N*L]
-        cols_t = b.op("Reshape", [b.op("Transpose", [cols], {"perm": [0, 2, 1]}), b.ints([-1, k])])  # [N*L, k]
-        return b.op("Reshape", [b.op("MatMul", [dy_t, cols_t]), b.ints(list(w_shape))])
     if group == 1:
         dy_g = b.op("Reshape", [dy, b.ints([0, o, length])])
         cols_t = b.op("Transpose", [cols], {"perm": [0, 2, 1]})
@@ -336,6 +339,19 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     per_sample = b.op("MatMul", [dy_g, cols_t])  # [N, (g,) O/g, k]
     dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
     return b.op("Reshape", [dw, b.ints(list(w_shape))])
+
+
+def patches_channels_last(b: Builder, x: Value, channels: int, kernel, strides, pads, dilations) -> Value:
+    """Patches of x [N, C, H, W] (C = channels) as [N*Ho*Wo, kh*kw*C], features ordered (kh, kw, c): x goes
+    channels-last once (the small tensor), then one strided Slice per kernel offset, concatenated
+    on the channel axis, is already the row-major patch matrix (no transpose of the big one)."""
+    _static_hw(b, x, "conv2d")
+    ho, wo = _out_hw(x, kernel, strides, pads, dilations)
+    xt = pad_or_crop(b, b.op("Transpose", [x], {"perm": [0, 2, 3, 1]}), {1: (pads[0], pads[2]), 2: (pads[1], pads[3])})
+    taps = [slice_axes(b, xt, starts, ends, [1, 2], strides)
+            for starts, ends in offset_slices(kernel, strides, dilations, (ho, wo))]  # each [N, Ho, Wo, C]
+    cols = taps[0] if len(taps) == 1 else b.op("Concat", taps, {"axis": 3})
+    return b.op("Reshape", [cols, b.ints([-1, len(taps) * channels])])
 
 
 # ------------------------------------------------------------------ convolution over any number of spatial axes

@@ -23,6 +23,7 @@ import numpy as np
 from ..ir.core import Value
 from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
+from ..ir.patterns import shape_of
 
 GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters over the whole range
 GOLDEN2 = 0x85EBCA77
@@ -58,11 +59,29 @@ def site_key(b: Builder, seed: Value, step: Value | None, site: int, iteration: 
 
 def _bits(b: Builder, like: Value, key: Value) -> Value:
     """One uint32 hash per element of `like` (its values are not read, only its shape)."""
-    n = b.op("Size", [like])
-    pos = b.op("Range", [b.const(np.int64(0), "i64"), n, b.const(np.int64(1), "i64")])
-    pos = b.op("Reshape", [_as_u32(b, pos), b.op("Shape", [like])])
-    h = _mix(b, b.op("Add", [b.op("Mul", [pos, _u32(b, GOLDEN)]), key]))
-    return _mix(b, b.op("BitwiseXor", [h, key]))
+    return _mix(b, b.op("BitwiseXor", [_mix(b, _counters(b, like, key)), key]))
+
+
+def _counters(b: Builder, like: Value, key: Value) -> Value:
+    """position * GOLDEN + key (mod 2^32) for every element of `like`, position its row-major index.
+
+    Where the dims after the first are static, position = row * inner + column, so the sum splits
+    into a per-row part (row * inner * GOLDEN + key, one value per row) and a constant per-column part
+    (column * GOLDEN), added by broadcasting: the same values mod 2^32 with one pass over the big
+    tensor instead of four (Range, Cast, Mul, Add; 2-3 ms each for a 2.5M-element dropout mask)."""
+    inner_dims = like.shape[1:]
+    if like.rank < 2 or not all(isinstance(d, int) for d in inner_dims):
+        n = b.op("Size", [like])
+        pos = b.op("Range", [b.const(np.int64(0), "i64"), n, b.const(np.int64(1), "i64")])
+        pos = b.op("Reshape", [_as_u32(b, pos), b.op("Shape", [like])])
+        return b.op("Add", [b.op("Mul", [pos, _u32(b, GOLDEN)]), key])
+    inner = int(np.prod(inner_dims))
+    n_rows = b.op("Gather", [shape_of(b, like), b.const(np.int64(0), "i64")], {"axis": 0})
+    rows = b.op("Range", [b.const(np.int64(0), "i64"), n_rows, b.const(np.int64(1), "i64")])
+    rows = b.op("Add", [b.op("Mul", [_as_u32(b, rows), _u32(b, inner * GOLDEN)]), key])
+    rows = b.op("Reshape", [rows, b.ints([-1] + [1] * len(inner_dims))])
+    columns = (np.arange(inner, dtype=np.uint64) * GOLDEN % 2 ** 32).astype(np.uint32).reshape(inner_dims)
+    return b.op("Add", [rows, b.const(columns, "u32")])
 
 
 def _unit(b: Builder, bits: Value, dtype: str, half: bool = False) -> Value:
