@@ -283,7 +283,7 @@ def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None,
     """ONNX ConvTranspose (group 1) as MatMuls: every input pixel times every kernel tap in one GEMM
     over the whole batch ([N*H*W, Cin] x [Cin, taps*Cout], one GEMM per output phase with the taps
     that land on it), then per phase the overlapping products summed into its output pixels by a
-    constant 0/1 matrix (col2im_matrix), and the phases interleaved by one Transpose. Its autodiff keeps the
+    constant 0/1 matrix (col2im_matrix), and the phases interleaved by two Transposes. Its autodiff keeps the
     batch folded: the weight gradient is one GEMM contracting over N*H*W."""
     cin, cout, kh, kw = w.shape
     h, wd = x.shape[2], x.shape[3]
@@ -304,8 +304,11 @@ def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None,
     else:
         y = b.op("Concat", [b.op("Unsqueeze", [v, b.ints([1])]) for v in ys], {"axis": 1})  # [N, phases, pixels, Cout]
         y = b.op("Reshape", [y, _batch_shape(b, x, [sh, sw, ho, wo, cout])])
-        y = b.op("Transpose", [y], {"perm": [0, 5, 3, 1, 4, 2]})  # [N, Cout, ho, sh, wo, sw]
-        y = b.op("Reshape", [y, b.ints([0, cout, out_hw[0], out_hw[1]])])
+        # Interleave the phases with Cout kept innermost (rows of Cout floats move; 4.3 vs 20 ms for
+        # one 6-D Transpose straight to [N, Cout, ...] on the ACGAN's up2), then one batched 2-D Transpose.
+        y = b.op("Transpose", [y], {"perm": [0, 3, 1, 4, 2, 5]})  # [N, ho, sh, wo, sw, Cout]
+        y = b.op("Reshape", [y, _batch_shape(b, x, [out_hw[0] * out_hw[1], cout])])
+        y = b.op("Reshape", [b.op("Transpose", [y], {"perm": [0, 2, 1]}), b.ints([0, cout, out_hw[0], out_hw[1]])])
     if bias is not None:
         y = b.op("Add", [y, b.op("Reshape", [bias, b.ints([cout, 1, 1])])])
     return y
