@@ -115,3 +115,16 @@ def test_spec_takes_the_matmuls_and_agrees(monkeypatch):
     for a, b, c in zip(want, got, ref, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(c, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2]])
+def test_conv_input_gradient_takes_the_matmuls(strides):
+    """A convolution with many output channels over few pixels: its input gradient (a ConvTranspose
+    of dy) is built as MatMuls by the same rule; float64 finite differences in onnx.reference."""
+    def fn(b, args):
+        x, w = args
+        return [b.op("Conv", [x, w], {"kernel_shape": [3, 3], "strides": strides, "pads": [1, 1, 1, 1]})]
+    result = dot_check(fn, [Spec((2, 3, 4, 4), declared=("N", 3, 4, 4)), Spec((56, 3, 3, 3))])
+    assert result.close(), (result.fd, result.analytic)
+    ops = {n.op for n in result.graph.nodes}
+    assert "ConvTranspose" not in ops and "MatMul" in ops
