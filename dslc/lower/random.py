@@ -6,15 +6,21 @@ Here each random tensor is a hash of counters instead (a counter-based generator
 JAX's threefry are):
 
     key  = mix(mix(seed * GOLDEN + site + C) ^ mix(step * GOLDEN2 + C))   per random op ("site")
-    bits = mix(mix(position * GOLDEN + key) ^ key)                     per element (uint32)
+    row  = mix(mix(r * GOLDEN + key) ^ key)                            per index r on the first axis
+    col  = mix(c * GOLDEN2 + C)                                        per position c within a row
+    bits = mix(row ^ col)                                              per element (uint32)
 
-where `mix` is MurmurHash3's 32-bit finalizer (a bijection with full avalanche), `position` is the
-element's row-major index, `site` numbers the random ops of the graph in source order, `seed` and
-`step` are i64 graph inputs (taken mod 2^32) and, inside a `repeat`, the loop iteration is mixed
-into the key as well. Uniforms take the top 24 bits (`bits >> 8) * 2^-24` in [0, 1); normals come
-from two uniform streams by Box-Muller; dropout's `uniform >= rate` is compared on the integer
-bits instead (keep_mask: the same mask, fewer ops). Everything is uint32 Mul/Add/BitwiseXor/BitShift,
-which onnxruntime, onnx.reference and other runtimes compute identically.
+where `mix` is MurmurHash3's 32-bit finalizer (a bijection with full avalanche), `c` is the
+row-major position within the dims after the first, `site` numbers the random ops of the graph in
+source order, `seed` and `step` are i64 graph inputs (taken mod 2^32) and, inside a `repeat`, the
+loop iteration is mixed into the key as well. Rows get the full two-round hash of (key, r); the
+column hashes do not depend on the key (a constant where the shape is static), so an element costs
+one XOR and one `mix` of the big tensor: half the passes of hashing every position twice, which
+had been a fifth of the ACGAN discriminator step (bench/README.md). Uniforms take the top 24 bits
+(`bits >> 8) * 2^-24` in [0, 1); normals come from two uniform streams by Box-Muller; dropout's
+`uniform >= rate` is compared on the integer bits instead (keep_mask: the same mask, fewer ops).
+Everything is uint32 Mul/Add/BitwiseXor/BitShift, which onnxruntime, onnx.reference and other
+runtimes compute identically.
 """
 from __future__ import annotations
 
@@ -58,30 +64,35 @@ def site_key(b: Builder, seed: Value, step: Value | None, site: int, iteration: 
 
 
 def _bits(b: Builder, like: Value, key: Value) -> Value:
-    """One uint32 hash per element of `like` (its values are not read, only its shape)."""
-    return _mix(b, b.op("BitwiseXor", [_mix(b, _counters(b, like, key)), key]))
-
-
-def _counters(b: Builder, like: Value, key: Value) -> Value:
-    """position * GOLDEN + key (mod 2^32) for every element of `like`, position its row-major index.
-
-    Where the dims after the first are static, position = row * inner + column, so the sum splits
-    into a per-row part (row * inner * GOLDEN + key, one value per row) and a constant per-column part
-    (column * GOLDEN), added by broadcasting: the same values mod 2^32 with one pass over the big
-    tensor instead of four (Range, Cast, Mul, Add; 2-3 ms each for a 2.5M-element dropout mask)."""
-    inner_dims = like.shape[1:]
-    if like.rank < 2 or not all(isinstance(d, int) for d in inner_dims):
-        n = b.op("Size", [like])
-        pos = b.op("Range", [b.const(np.int64(0), "i64"), n, b.const(np.int64(1), "i64")])
-        pos = b.op("Reshape", [_as_u32(b, pos), b.op("Shape", [like])])
-        return b.op("Add", [b.op("Mul", [pos, _u32(b, GOLDEN)]), key])
-    inner = int(np.prod(inner_dims))
-    n_rows = b.op("Gather", [shape_of(b, like), b.const(np.int64(0), "i64")], {"axis": 0})
+    """One uint32 hash per element of `like` (its values are not read, only its shape):
+    mix(row_hash ^ column_hash), broadcast from one hash per row and one per column."""
+    if like.rank == 0:
+        return b.op("Reshape", [_bits(b, b.op("Reshape", [like, b.ints([1])]), key), b.ints([])])
+    shape = shape_of(b, like)
+    n_rows = b.op("Gather", [shape, b.const(np.int64(0), "i64")], {"axis": 0})
     rows = b.op("Range", [b.const(np.int64(0), "i64"), n_rows, b.const(np.int64(1), "i64")])
-    rows = b.op("Add", [b.op("Mul", [_as_u32(b, rows), _u32(b, inner * GOLDEN)]), key])
-    rows = b.op("Reshape", [rows, b.ints([-1] + [1] * len(inner_dims))])
-    columns = (np.arange(inner, dtype=np.uint64) * GOLDEN % 2 ** 32).astype(np.uint32).reshape(inner_dims)
-    return b.op("Add", [rows, b.const(columns, "u32")])
+    rows = b.op("Add", [b.op("Mul", [_as_u32(b, rows), _u32(b, GOLDEN)]), key])
+    rows = _mix(b, b.op("BitwiseXor", [_mix(b, rows), key]))
+    rows = b.op("Reshape", [rows, b.ints([-1] + [1] * (like.rank - 1))])
+    inner_dims = like.shape[1:]
+    if all(isinstance(d, int) for d in inner_dims):
+        columns = b.const(column_hashes(np.arange(int(np.prod(inner_dims)))).reshape(inner_dims), "u32")
+    else:
+        inner_shape = b.op("Slice", [shape, b.ints([1]), b.ints([like.rank])])
+        inner = b.op("ReduceProd", [inner_shape], {"keepdims": 0})
+        columns = b.op("Range", [b.const(np.int64(0), "i64"), inner, b.const(np.int64(1), "i64")])
+        columns = _mix(b, b.op("Add", [b.op("Mul", [_as_u32(b, columns), _u32(b, GOLDEN2)]), _u32(b, OFFSET)]))
+        columns = b.op("Reshape", [columns, inner_shape])
+    return _mix(b, b.op("BitwiseXor", [rows, columns]))
+
+
+def column_hashes(columns: np.ndarray) -> np.ndarray:
+    """mix(column * GOLDEN2 + OFFSET) in numpy: the per-column hashes, a constant where the dims
+    after the first are static (the same values as the graph computes otherwise)."""
+    h = (columns.astype(np.uint64) * GOLDEN2 + OFFSET) % 2 ** 32
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        h = (h ^ (h >> shift)) * mult % 2 ** 32
+    return (h ^ (h >> 16)).astype(np.uint32)
 
 
 def _unit(b: Builder, bits: Value, dtype: str, half: bool = False) -> Value:
