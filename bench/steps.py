@@ -362,6 +362,7 @@ class DslcWorker(Worker):
         so.log_severity_level = 3
         if s["daz"]:
             so.add_session_config_entry("session.set_denormal_as_zero", "1")
+        so.enable_mem_pattern = False  # as dslc's own sessions (dslc/runtime/session.py): the peak-memory choice
         providers = ["CUDAExecutionProvider"] if s["device"] == "cuda" else ["CPUExecutionProvider"]
         self.sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers,
                                          disabled_optimizers=["NchwcTransformer"] if s["no_nchwc"] else [])

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import functools
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,23 @@ from .lower.lowerer import Options
 from .lower.program import Program, load_program, load_source
 from .lower.targets import Lowered, lower_target
 from .passes.portable import emission, rewrite
+
+
+def _gc_paused(fn):
+    """Run fn with Python's cyclic garbage collector off. Compiling builds a graph of many small
+    objects that point at each other (values and their producers); the collector's passes over
+    them grew with the graph and took about 30% of compile time at 100-200 layers, making it
+    grow faster than linearly (bench/README.md, scaling). What is garbage is collected afterwards."""
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+    return paused
 
 
 def load(path: str | Path, import_path=None) -> Program:
@@ -41,6 +60,7 @@ def _program(source: Program | str | Path) -> Program:
     return source if isinstance(source, Program) else load(source)
 
 
+@_gc_paused
 def lower(source: Program | str | Path, target: str, *, emit: str | None = None, conv_lowering: str = "conv",
           seed: int = 0, random: str = "op", float64: bool = False, wrt_inputs: bool = False,
           weights: bool = True) -> Lowered:
@@ -55,6 +75,7 @@ def lower(source: Program | str | Path, target: str, *, emit: str | None = None,
     return lower_target(_program(source), target, options, emit)
 
 
+@_gc_paused
 def compile(source: Program | str | Path, target: str, *, opset: int | None = None,
             target_runtime: str | None = None, **options) -> onnx.ModelProto:
     """One target as an ONNX model. Options: emit (for a step: 'train', the default, the whole training
