@@ -320,8 +320,8 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
                      group: int = 1) -> Value:
     """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch and positions.
 
-    Two formulations, chosen by the number of output positions L (bench/README.md, "weight
-    gradients"): with many (L > 64) a per-sample MatMul of dy [O, L] and x's patches [L, k] is
+    Two formulations, chosen by the number of output positions L (`bench/formulations.py` times
+    them per layer): with many (L > 64) a per-sample MatMul of dy [O, L] and x's patches [L, k] is
     efficient, then a ReduceSum over the batch; with few, those per-sample products are thin and the
     sum would hold N x [O, k] (1.5 GB for the ACGAN generator's first layer at batch 200), so the
     patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions."""

@@ -40,9 +40,12 @@ def _u32(b: Builder, x: int) -> Value:
     return b.const(np.uint32(x & 0xFFFFFFFF), "u32")
 
 
+FMIX32 = ((16, 0x85EBCA6B), (13, 0xC2B2AE35))  # MurmurHash3's finalizer: (shift, multiply) rounds, then h ^= h >> 16
+
+
 def _mix(b: Builder, h: Value) -> Value:
     """MurmurHash3 fmix32: h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16."""
-    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+    for shift, mult in FMIX32:
         h = b.op("BitwiseXor", [h, b.op("BitShift", [h, _u32(b, shift)], {"direction": "RIGHT"})])
         h = b.op("Mul", [h, _u32(b, mult)])
     return b.op("BitwiseXor", [h, b.op("BitShift", [h, _u32(b, 16)], {"direction": "RIGHT"})])
@@ -76,7 +79,7 @@ def _bits(b: Builder, like: Value, key: Value) -> Value:
     rows = b.op("Reshape", [rows, b.ints([-1] + [1] * (like.rank - 1))])
     inner_dims = like.shape[1:]
     if all(isinstance(d, int) for d in inner_dims):
-        columns = b.const(column_hashes(np.arange(int(np.prod(inner_dims)))).reshape(inner_dims), "u32")
+        columns = b.const(_column_hashes(np.arange(int(np.prod(inner_dims)))).reshape(inner_dims), "u32")
     else:
         inner_shape = b.op("Slice", [shape, b.ints([1]), b.ints([like.rank])])
         inner = b.op("ReduceProd", [inner_shape], {"keepdims": 0})
@@ -86,11 +89,11 @@ def _bits(b: Builder, like: Value, key: Value) -> Value:
     return _mix(b, b.op("BitwiseXor", [rows, columns]))
 
 
-def column_hashes(columns: np.ndarray) -> np.ndarray:
+def _column_hashes(columns: np.ndarray) -> np.ndarray:
     """mix(column * GOLDEN2 + OFFSET) in numpy: the per-column hashes, a constant where the dims
     after the first are static (the same values as the graph computes otherwise)."""
-    h = (columns.astype(np.uint64) * GOLDEN2 + OFFSET) % 2 ** 32
-    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+    h = (columns.astype(np.uint64) * GOLDEN2 + OFFSET) % 2 ** 32  # (uint64 wraps mod 2^64: still exact mod 2^32)
+    for shift, mult in FMIX32:
         h = (h ^ (h >> shift)) * mult % 2 ** 32
     return (h ^ (h >> 16)).astype(np.uint32)
 
