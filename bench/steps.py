@@ -952,18 +952,23 @@ def bench_compile(args, tmp: Path, out: list[str]) -> None:
         torch.onnx.export(m, (x,), str(tmp / "torch_convnet.onnx"), dynamo=False, input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": {0: "N"}}, opset_version=17)
 
-    def sess(model_bytes, no_nchwc=False):
+    def sess(model_bytes, no_nchwc=False, optimized_to=None):
         so = ort.SessionOptions()
         so.intra_op_num_threads = THREADS
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if optimized_to:
+            so.optimized_model_filepath = str(optimized_to)
         return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=["NchwcTransformer"] if no_nchwc else [])
     torch_bytes = (tmp / "torch_convnet.onnx").read_bytes()
-    contenders = {"dslc ConvNet forward, default options": sess(fwd.SerializeToString()),
+    contenders = {"dslc ConvNet forward, default options": sess(fwd.SerializeToString(), optimized_to=tmp / "opt_dslc.onnx"),
                   "dslc ConvNet forward, -NchwcTransformer": sess(fwd.SerializeToString(), True),
-                  "torch.onnx.export ConvNet, default options": sess(torch_bytes),
+                  "torch.onnx.export ConvNet, default options": sess(torch_bytes, optimized_to=tmp / "opt_torch.onnx"),
                   "torch.onnx.export ConvNet, -NchwcTransformer": sess(torch_bytes, True)}
+    import onnx
+    # what onnxruntime runs after its own rewrites, for both graphs: equal op lists mean any gap is noise
+    optimized = [[n.op_type for n in onnx.load(str(tmp / f)).graph.node] for f in ("opt_dslc.onnx", "opt_torch.onnx")]
     img = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
     outs = {k: s.run(None, {"image": img})[0] for k, s in contenders.items()}
     diff = float(np.abs(outs[list(outs)[0]] - outs[list(outs)[2]]).max())
@@ -985,11 +990,13 @@ def bench_compile(args, tmp: Path, out: list[str]) -> None:
     base = keys[2]
     out.append("\n### Forward inference: ConvNet, batch 64, onnxruntime CPU 2 threads\n")
     out.append(f"Same weights in both graphs (max |logit diff| {diff:.1e}); {rounds} interleaved rounds x {calls} "
-               "calls, in one process; the ratio is to the torch.onnx.export graph with default options.\n")
+               "calls, in one process; the ratio is to the torch.onnx.export graph with default options. After "
+               "onnxruntime's rewrites (default options) the two graphs run "
+               + ("the same ops: " + ", ".join(optimized[0]) if optimized[0] == optimized[1] else
+                  f"different ops: dslc {', '.join(optimized[0])}; torch {', '.join(optimized[1])}") + ".\n")
     out.append("| graph | median ms | vs torch.onnx.export graph | nodes |")
     out.append("|---|---|---|---|")
     nodes = {keys[0]: len(fwd.graph.node), keys[1]: len(fwd.graph.node)}
-    import onnx
     tn = len(onnx.load_from_string(torch_bytes).graph.node)
     for k in keys:
         ratio = statistics.median(a / b for a, b in zip(per_round[k], per_round[base]))
@@ -1018,33 +1025,35 @@ def bench_scaling(args, tmp: Path, out: list[str]) -> None:
     from dslc.runtime.session import make_session
 
     sizes = [25, 50] if args.quick else [25, 50, 100, 200]
+    rounds = args.rounds
     out.append("\n### Scaling: generated deep models (compile time and step time vs depth)\n")
     out.append("Dense: L x (dense 128 + relu) on f32[N, 128], batch 32; conv: L x (conv2d 8 ch 3x3 same + relu) on "
-               "f32[N, 8, 8, 8], batch 16; then dense(10), cross-entropy, Adam. Compile = median of 3 "
-               "`dslc.compile` calls of the step from .dsl text; step = dslc's step graph in onnxruntime CPU "
-               "(2 threads, dslc's session options: level ALL, denormals as zero), median of 3 rounds x 5 steps. x2 = ratio to the previous depth "
-               "(2.0 = linear).\n")
+               "f32[N, 8, 8, 8], batch 16; then dense(10), cross-entropy, Adam. The depths of one kind alternate "
+               f"within each of {rounds} rounds (the machine's speed drifts): compile = median over the rounds of one "
+               "`dslc.compile` of the step from .dsl text; step = dslc's step graph in onnxruntime CPU (2 threads, "
+               "dslc's session options), median over the rounds of each round's median of 5 steps. x2 = ratio to the "
+               "previous depth (2.0 = linear).\n")
     out.append("| model | layers | graph nodes | compile ms | x2 | step ms | x2 |")
     out.append("|---|---|---|---|---|---|---|")
     for kind, batch, shape in (("dense", 32, (128,)), ("conv", 16, (8, 8, 8))):
-        prev = None
+        paths, compile_ms, step_ms, runs = {}, {L: [] for L in sizes}, {L: [] for L in sizes}, {}
         for L in sizes:
-            path = tmp / f"deep_{kind}_{L}.dsl"
-            path.write_text(deep_dsl(L, kind))
-            cms = []
-            for _ in range(3):
+            paths[L] = tmp / f"deep_{kind}_{L}.dsl"
+            paths[L].write_text(deep_dsl(L, kind))
+        rng = np.random.default_rng(0)
+        feeds = {"x": rng.random((batch, *shape), dtype=np.float32), "label": rng.integers(0, 10, batch)}
+        for r in range(rounds + 1):  # round 0 warms up (parser, sessions) and is not counted
+            for L in sizes:
                 start = time.perf_counter()
-                model = dslc.compile(str(path), "train_deep")
-                cms.append((time.perf_counter() - start) * 1e3)
-            # dslc's own session settings (denormals as zero among them: through 200 relu convs the
-            # gradients vanish into denormals, ~30% of the step's outputs, which made steps 2-3x slower)
-            s = make_session(model, "cpu", threads=THREADS)
-            state = initializers(model)
-            rng = np.random.default_rng(0)
-            feeds = {"x": rng.random((batch, *shape), dtype=np.float32), "label": rng.integers(0, 10, batch)}
-            outs = [o.name for o in s.get_outputs()]
-            meds = []
-            for _ in range(3):
+                model = dslc.compile(str(paths[L]), "train_deep")
+                if r:
+                    compile_ms[L].append((time.perf_counter() - start) * 1e3)
+                if L not in runs:
+                    # dslc's own session settings (denormals as zero among them: through 200 relu convs the
+                    # gradients vanish into denormals, ~30% of the step's outputs, which made steps 2-3x slower)
+                    s = make_session(model, "cpu", threads=THREADS)
+                    runs[L] = (s, initializers(model), [o.name for o in s.get_outputs()], len(model.graph.node))
+                s, state, outs, _ = runs[L]
                 s.run(outs, {**feeds, **state})
                 ms = []
                 for _ in range(5):
@@ -1052,11 +1061,14 @@ def bench_scaling(args, tmp: Path, out: list[str]) -> None:
                     vals = s.run(outs, {**feeds, **state})
                     ms.append((time.perf_counter() - start) * 1e3)
                     state.update({n[:-5]: v for n, v in zip(outs, vals) if n.endswith(".next")})
-                meds.append(statistics.median(ms))
-            cm, sm = statistics.median(cms), statistics.median(meds)
+                if r:
+                    step_ms[L].append(statistics.median(ms))
+        prev = None
+        for L in sizes:
+            cm, sm = statistics.median(compile_ms[L]), statistics.median(step_ms[L])
             x2c = f"{cm / prev[0]:.2f}" if prev else "-"
             x2s = f"{sm / prev[1]:.2f}" if prev else "-"
-            out.append(f"| {kind} | {L} | {len(model.graph.node)} | {cm:.0f} | {x2c} | {sm:.1f} | {x2s} |")
+            out.append(f"| {kind} | {L} | {runs[L][3]} | {cm:.0f} | {x2c} | {sm:.1f} | {x2s} |")
             print(out[-1], flush=True)
             prev = (cm, sm)
 
