@@ -61,11 +61,9 @@ def weight_gradient(xs, o, k, s, p):
     wshape = (o, c, k, k)
 
     def per_sample(b, x, dy):
-        cols = P.im2col_conv(b, x, (k, k), *win)
-        ps = b.op("MatMul", [b.op("Reshape", [dy, b.ints([0, o, ho * wo])]), b.op("Transpose", [cols], {"perm": [0, 2, 1]})])
-        return b.op("Reshape", [b.op("ReduceSum", [ps, b.ints([0])], {"keepdims": 0}), b.ints(list(wshape))])
+        return P.weight_grad_per_sample(b, x, dy, wshape, *win)
 
-    def transposed(b, x, dy):
+    def transposed(b, x, dy):  # dslc's earlier few-positions form, kept here for comparison
         cols = P.im2col_conv(b, x, (k, k), *win)
         cols_t = b.op("Reshape", [b.op("Transpose", [cols], {"perm": [0, 2, 1]}), b.ints([-1, c * k * k])])
         dy_t = b.op("Reshape", [b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, o, ho * wo])])], {"perm": [1, 0, 2]}),
@@ -73,10 +71,7 @@ def weight_gradient(xs, o, k, s, p):
         return b.op("Reshape", [b.op("MatMul", [dy_t, cols_t]), b.ints(list(wshape))])
 
     def chan_last(b, x, dy):
-        cols = P.patches_channels_last(b, x, c, (k, k), *win)
-        dy_t = b.op("Reshape", [b.op("Transpose", [dy], {"perm": [1, 0, 2, 3]}), b.ints([o, -1])])
-        dw = b.op("Reshape", [b.op("MatMul", [dy_t, cols]), b.ints([o, k, k, c])])
-        return b.op("Transpose", [dw], {"perm": [0, 3, 1, 2]})
+        return P.weight_grad_channels_last(b, x, dy, wshape, *win)
 
     forms = {"per-sample": per_sample, "transposed": transposed, "chan-last": chan_last}
     pick = "chan-last" if ho * wo <= 64 else "per-sample"

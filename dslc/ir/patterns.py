@@ -325,13 +325,26 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     efficient, then a ReduceSum over the batch; with few, those per-sample products are thin and the
     sum would hold N x [O, k] (1.5 GB for the ACGAN generator's first layer at batch 200), so the
     patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions."""
-    o, cg, kh, kw = w_shape
     length = dy.shape[2] * dy.shape[3]
     if group == 1 and isinstance(length, int) and length <= 64:
-        cols = patches_channels_last(b, x, cg, (kh, kw), strides, pads, dilations)  # [N*L, kh*kw*C]
-        dy_t = b.op("Reshape", [b.op("Transpose", [dy], {"perm": [1, 0, 2, 3]}), b.ints([o, -1])])  # [O, N*L]
-        dw = b.op("Reshape", [b.op("MatMul", [dy_t, cols]), b.ints([o, kh, kw, cg])])
-        return b.op("Transpose", [dw], {"perm": [0, 3, 1, 2]})
+        return weight_grad_channels_last(b, x, dy, w_shape, strides, pads, dilations)
+    return weight_grad_per_sample(b, x, dy, w_shape, strides, pads, dilations, group)
+
+
+def weight_grad_channels_last(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations) -> Value:
+    """conv_weight_grad (group 1) as x's channels-last patches [N*L, k] and one MatMul with dy^T [O, N*L]."""
+    o, cg, kh, kw = w_shape
+    cols = patches_channels_last(b, x, cg, (kh, kw), strides, pads, dilations)  # [N*L, kh*kw*C]
+    dy_t = b.op("Reshape", [b.op("Transpose", [dy], {"perm": [1, 0, 2, 3]}), b.ints([o, -1])])  # [O, N*L]
+    dw = b.op("Reshape", [b.op("MatMul", [dy_t, cols]), b.ints([o, kh, kw, cg])])
+    return b.op("Transpose", [dw], {"perm": [0, 3, 1, 2]})
+
+
+def weight_grad_per_sample(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,
+                           group: int = 1) -> Value:
+    """conv_weight_grad as x's patches by im2col_conv, a MatMul per sample, a ReduceSum over the batch."""
+    o, cg, kh, kw = w_shape
+    length = dy.shape[2] * dy.shape[3]
     cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
     k = cg * kh * kw
     if group == 1:
