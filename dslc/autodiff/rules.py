@@ -234,10 +234,11 @@ def _conv(b, node, dys):
     (x, w), dy = node.inputs[:2], dys[0]
     s, p, d = _window(b, node)
     g = node.attrs.get("group", 1)
-    out_pad = _output_padding(x, dy, w.shape[2:], s, p, d)
-    if P.conv_transpose_as_matmuls(dy, w.shape, s, p, d, tuple(x.shape[2:]), g):
-        dx = P.conv_transpose2d_matmuls(b, dy, w, None, s, p, d, tuple(x.shape[2:]))  # ConvTranspose's per-shape rule
+    x_hw = tuple(x.shape[2:])
+    if P.conv_transpose_as_matmuls(dy, w.shape, s, p, d, x_hw, g):  # ConvTranspose's own per-shape rule
+        dx = P.conv_transpose2d_matmuls(b, dy, w, None, s, p, d, x_hw)
     else:
+        out_pad = _output_padding(x, dy, w.shape[2:], s, p, d)
         dx = _op(b, "ConvTranspose", dy, w, strides=s, pads=p, dilations=d, group=g, output_padding=out_pad)
     dw = P.conv_weight_grad(b, x, dy, w.shape, s, p, d, g)
     return [dx, dw, _bias_grad(b, node, dy)]
