@@ -22,6 +22,7 @@ import onnx
 from .diagnostics import DslError
 from .emit.onnx_emit import check, constants_as_initializers, to_onnx
 from .fileio import prepare_output_dir, save_onnx
+from .ir.formulations import check as check_formulations
 from .lower.lowerer import Options
 from .lower.program import Program, load_program, load_source
 from .lower.targets import Lowered, lower_target
@@ -63,15 +64,17 @@ def _program(source: Program | str | Path) -> Program:
 @_gc_paused
 def lower(source: Program | str | Path, target: str, *, emit: str | None = None, conv_lowering: str = "conv",
           seed: int = 0, random: str = "op", float64: bool = False, wrt_inputs: bool = False,
-          weights: bool = True) -> Lowered:
+          weights: bool = True, formulations: dict[str, str] | None = None, passes_off=()) -> Lowered:
     """A target as IR (with its layer table for summaries). weights=False gives every weight its
     shape but no memory (check, summary): do not emit such a graph."""
     if conv_lowering not in ("conv", "im2col"):
         raise DslError(f"unknown conv lowering `{conv_lowering}`: use conv or im2col")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise DslError(f"the seed must be an integer from 0 to {2**63 - 1}, got {seed!r}")
+    check_formulations(formulations, passes_off)
     options = Options(seed=seed, conv_lowering=conv_lowering, random=random, float64=float64,
-                      wrt_inputs=wrt_inputs, weights=weights)
+                      wrt_inputs=wrt_inputs, weights=weights, formulations=tuple((formulations or {}).items()),
+                      passes_off=tuple(passes_off))
     return lower_target(_program(source), target, options, emit)
 
 
@@ -82,8 +85,10 @@ def compile(source: Program | str | Path, target: str, *, opset: int | None = No
     step; 'gradients'; 'apply', the update alone; 'forward', the loss alone), conv_lowering
     ('conv' | 'im2col'), seed (weight initialization), random ('op' | 'input'), float64 (widen
     every float32 value: for finite-difference checks), wrt_inputs (with emit='gradients', also
-    the gradients of the step's float inputs), opset (21, the default, or 17) and target_runtime
-    ('tract', 'onnx2torch', ...: that runtime's opset and rewrites; see dslc/passes/portable.py)."""
+    the gradients of the step's float inputs), formulations ({point: option}, forced wherever the
+    option applies) and passes_off (pass names not to run): see dslc/ir/formulations.py; opset (21,
+    the default, or 17) and target_runtime ('tract', 'onnx2torch', ...: that runtime's opset and
+    rewrites; see dslc/passes/portable.py)."""
     opset, rules, hoisted = emission(opset, target_runtime)  # first: a bad option costs no compile time
     graph = lower(source, target, **options).graph
     rewrite(graph, rules)

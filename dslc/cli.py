@@ -16,6 +16,7 @@ import numpy as np
 from . import api
 from .diagnostics import DslError
 from .fileio import check_output_file, save_npz
+from .ir.formulations import CHOICES, PASSES
 from .passes.portable import DEFAULT_OPSET, OPSETS, RUNTIMES
 
 
@@ -132,6 +133,11 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the weight initialization (0 or more)")
     p.add_argument("--float64", action="store_true",
                    help="compute in float64 end to end (constants rebuilt from the source, not widened)")
+    p.add_argument("--formulation", action="append", default=[], type=_formulation, metavar="POINT=OPTION",
+                   help="force a formulation wherever it applies (repeatable): "
+                        + "; ".join(f"{k}={'|'.join(v)}" for k, v in CHOICES.items()))
+    p.add_argument("--no-pass", action="append", default=[], choices=PASSES, metavar="PASS",
+                   help=f"do not run this graph pass (repeatable): {', '.join(PASSES)}")
 
 
 def _import_path(p: argparse.ArgumentParser) -> None:
@@ -150,9 +156,18 @@ def _seed(text: str) -> int:
     return value
 
 
+def _formulation(text: str) -> tuple[str, str]:
+    point, eq, option = text.partition("=")
+    if not eq or point not in CHOICES or option not in CHOICES[point]:
+        raise argparse.ArgumentTypeError(f"expected POINT=OPTION, one of "
+                                         f"{', '.join(f'{k}={o}' for k, v in CHOICES.items() for o in v)}; got {text!r}")
+    return point, option
+
+
 def _options(args) -> dict:
     return {"emit": args.emit, "conv_lowering": args.conv_lowering, "seed": args.seed,
-            "wrt_inputs": args.wrt_inputs, "float64": args.float64}
+            "wrt_inputs": args.wrt_inputs, "float64": args.float64,
+            "formulations": dict(args.formulation), "passes_off": tuple(args.no_pass)}
 
 
 def _compile(args) -> int:

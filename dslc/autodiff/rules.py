@@ -17,6 +17,7 @@ import numpy as np
 from ..diagnostics import DslError
 from ..ir import patterns as P
 from ..ir.core import DTYPES, Node, TensorType, Value
+from ..ir.formulations import choose
 from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE, ShapeIssue, infer
 
@@ -235,7 +236,7 @@ def _conv(b, node, dys):
     s, p, d = _window(b, node)
     g = node.attrs.get("group", 1)
     x_hw = tuple(x.shape[2:])
-    if P.conv_transpose_as_matmuls(dy, w.shape, s, p, d, x_hw, g):  # ConvTranspose's own per-shape rule
+    if P.transposed_conv_form("conv_input_grad", dy, w.shape, s, p, d, x_hw, g) == "matmuls":
         dx = P.conv_transpose2d_matmuls(b, dy, w, None, s, p, d, x_hw)
     else:
         out_pad = _output_padding(x, dy, w.shape[2:], s, p, d)
@@ -264,9 +265,15 @@ def _max_pool(b, node, dys):
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     s, p, d = _window(b, node)
     kernel = list(node.attrs["kernel_shape"])
-    if kernel == s and not any(p) and d == [1, 1]:
+    if _pool_form(kernel, s, p, d) == "tiles":
         return [_max_pool_tiles(b, x, y, dy, kernel)]
     return [_max_pool_windows(b, x, y, dy, kernel, s, p, d)]
+
+
+def _pool_form(kernel, s, p, d) -> str:
+    """`tiles` where the windows tile the input (then the default), else `windows`."""
+    tiles = list(kernel) == list(s) and not any(p) and list(d) == [1] * len(kernel)
+    return choose("max_pool_grad", "tiles" if tiles else "windows", None if tiles else ("windows",))
 
 
 def _max_pool_tiles(b, x, y, dy, kernel):
@@ -380,7 +387,7 @@ def _max_pool_nd(b, node, dys):
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel, s, p, d = _window_nd(b, node)
     n = len(kernel)
-    if kernel == s and not any(p) and d == [1] * n:
+    if _pool_form(kernel, s, p, d) == "tiles":
         return [_max_pool_nd_tiles(b, x, y, dy, kernel)]
     axes = list(range(2, 2 + n))
     xp = P.pad_or_crop(b, x, {2 + i: (p[i], p[i + n]) for i in range(n)}, value=_c(b, -np.inf, x))
@@ -832,7 +839,7 @@ def _max_pool_symbolic(b, node, dys):
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel = list(node.attrs["kernel_shape"])
     s, p, d = _attrs_nd(b, node, len(kernel))
-    if kernel == s and not any(p) and d == [1] * len(kernel):
+    if _pool_form(kernel, s, p, d) == "tiles":
         return [_max_pool_tiles_symbolic(b, x, y, dy, kernel)]
     xp = P.pad_spatial(b, x, p, _c(b, -np.inf, x))
     parts = _first_max_shares(b, xp, y, dy, P.tail_window_slices(kernel, s, d), list(range(2, x.rank)), s)

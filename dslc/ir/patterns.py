@@ -15,6 +15,7 @@ import numpy as np
 from ..diagnostics import DslShapeError
 from .core import DTYPES, Value
 from .builder import Builder
+from .formulations import CHOICES, choose
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)  # Slice end meaning "past the start" for a negative step
@@ -280,6 +281,16 @@ def conv_transpose_as_matmuls(x: Value, w_shape, strides, pads, dilations, out_h
     return 3 * pixels <= cin and pixels * h * wd * kh * kw <= 1 << 20
 
 
+def transposed_conv_form(point: str, x: Value, w_shape, strides, pads, dilations, out_hw, group: int = 1) -> str:
+    """`matmuls` where conv_transpose2d_matmuls is chosen for this ConvTranspose (by the rule above or
+    forced, where its preconditions hold), else the point's native form (formulations.CHOICES)."""
+    native, matmuls = CHOICES[point]
+    possible = (group == 1 and all(isinstance(d, int) for d in (w_shape[0], *x.shape[2:4], *out_hw))
+                and transposed_conv_phases(tuple(w_shape[2:]), strides, pads, dilations, out_hw) is not None)
+    rule = matmuls if possible and conv_transpose_as_matmuls(x, w_shape, strides, pads, dilations, out_hw, group) else native
+    return choose(point, rule, (native, matmuls) if possible else (native,))
+
+
 def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,
                              out_hw) -> Value:
     """ONNX ConvTranspose (group 1) as MatMuls: every input pixel times every kernel tap in one GEMM
@@ -326,7 +337,9 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     sum would hold N x [O, k] (1.5 GB for the ACGAN generator's first layer at batch 200), so the
     patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions."""
     length = dy.shape[2] * dy.shape[3]
-    if group == 1 and isinstance(length, int) and length <= 64:
+    static = group == 1 and isinstance(length, int)
+    rule = "channels_last" if static and length <= 64 else "per_sample"
+    if choose("conv_weight_grad", rule, ("per_sample", "channels_last") if static else ("per_sample",)) == "channels_last":
         return weight_grad_channels_last(b, x, dy, w_shape, strides, pads, dilations)
     return weight_grad_per_sample(b, x, dy, w_shape, strides, pads, dilations, group)
 

@@ -309,7 +309,7 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
     else:
         out_hw = [(n - 1) * s[i] + (k[i] - 1) * d[i] + 1 + out_pad[i] - pads[i] - pads[i + 2]
                   for i, n in enumerate(x.shape[2:])] if all(isinstance(n, int) for n in x.shape[2:]) else None
-        if out_hw and patterns.conv_transpose_as_matmuls(x, w.shape, s, pads, d, out_hw):
+        if out_hw and patterns.transposed_conv_form("conv_transpose", x, w.shape, s, pads, d, out_hw) == "matmuls":
             y = patterns.conv_transpose2d_matmuls(b, x, w, inner_bias, s, pads, d, out_hw)
         else:
             attrs = {"kernel_shape": k, "strides": s, "pads": pads, "dilations": d, "output_padding": out_pad}

@@ -43,6 +43,8 @@ class Options:
     float64: bool = False  # compute in float64 (finite-difference gradient checks)
     wrt_inputs: bool = False  # --emit gradients: also the gradients of the step's float inputs
     weights: bool = True  # False (check, summary): weights get their shapes but no memory
+    formulations: tuple[tuple[str, str], ...] = ()  # (point, option) forced (ir/formulations.py)
+    passes_off: tuple[str, ...] = ()  # passes not to run (ir/formulations.PASSES)
 
 
 @dataclass
@@ -227,6 +229,9 @@ class Lowerer:
 
     def _repeat_body(self, sc: Scope, st: A.Repeat, count) -> None:
         assigned = _assigned_names(st.body)
+        for n in assigned:  # `t = 0` before the loop and `t = t + 1` in it: t is carried like a tensor
+            if _is_number(sc.env.get(n)) or isinstance(sc.env.get(n), bool):
+                sc.env[n] = _number_value(sc.b, sc.env[n])
         carried = [n for n in assigned if isinstance(sc.env.get(n), Value)]
         if not carried:
             raise DslError("this repeat changes no value defined before it", st.span,
@@ -245,6 +250,8 @@ class Lowerer:
         body.outputs = [bb.op("Identity", [cond_in])]
         for n in carried:
             out = inner.env[n]
+            if (_is_number(out) or isinstance(out, bool)) and sc.env[n].rank == 0:  # `t = 5` in the body
+                out = bb.const(np.asarray(out), sc.env[n].dtype)
             if not isinstance(out, Value) or out.type != sc.env[n].type:
                 raise DslShapeError(f"repeat must keep the type of `{n}`: {sc.env[n].type} before, "
                                     f"{describe(out)} after one pass", _last_assign(st.body, n) or st.span,
@@ -716,6 +723,12 @@ def _last_assign(body, name: str) -> Span | None:
         elif isinstance(st, A.Repeat):
             found = _last_assign(st.body, name) or found
     return found
+
+
+def _number_value(b: Builder, v) -> Value:
+    """A number as a scalar tensor: bool, i64 for an int, f32 for a float (a literal's types)."""
+    dtype = "bool" if isinstance(v, bool) else "i64" if isinstance(v, int) else "f32"
+    return b.const(np.asarray(v), dtype)
 
 
 def _is_number(v) -> bool:

@@ -11,6 +11,7 @@ from ..frontend import ast as A
 from ..ir.core import DTYPES, Graph, TensorType, Value
 from ..ir.builder import Builder
 from ..ir.verify import verify
+from ..ir.formulations import forcing, pass_on
 from ..passes import optimize
 from ..passes.float64_ops import rewrite_float64_ops
 from ..passes.precision import to_float64
@@ -39,6 +40,12 @@ class Lowered:
 
 def lower_target(program: Program, name: str, options: Options | None = None, emit: str | None = None) -> Lowered:
     """`emit` None is the target's own graph: the train step for a step, the forward graph otherwise."""
+    options = options or Options()
+    with forcing(dict(options.formulations), options.passes_off):
+        return _lower_target(program, name, options, emit)
+
+
+def _lower_target(program: Program, name: str, options: Options, emit: str | None) -> Lowered:
     if name not in program.decls:
         raise DslError(f"no target named `{name}` in {program.file}", None,
                        did_you_mean(name, program.targets()) or f"targets: {', '.join(program.targets())}")
@@ -143,7 +150,8 @@ def _lower_step(lw: Lowerer, sc: Scope, d: A.Step, emit: str, out: Lowered) -> N
     wrt = list(trainable)
     if emit == "gradients" and lw.options.wrt_inputs:
         wrt += [v for v in b.graph.inputs if v.type.is_float and not v.name.startswith("random.")]
-    pool_before_relu(b.graph)  # the backward then masks at pooled size
+    if pass_on("pool_before_relu"):
+        pool_before_relu(b.graph)  # the backward then masks at pooled size
     grads = grad(b, loss, wrt)
     lw.graph.params_are_inputs = True
     if emit == "gradients":

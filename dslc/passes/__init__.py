@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 from ..ir.core import Graph
+from ..ir.formulations import pass_on
 from .cse import eliminate_common_subexpressions
 from .dce import eliminate_dead_code
 from .fold import fold_constants
 from .simplify import simplify
 
-PASSES = (fold_constants, simplify, eliminate_common_subexpressions, eliminate_dead_code)
+# (name in formulations.PASSES, pass), in the order they run
+PASSES = (("fold", fold_constants), ("simplify", simplify), ("cse", eliminate_common_subexpressions),
+          ("dce", eliminate_dead_code))
 
 
 def optimize(graph: Graph) -> bool:
     changed = False
-    for run in PASSES:
-        changed |= run(graph)
+    for name, run in PASSES:
+        if pass_on(name):
+            changed |= run(graph)
     return changed

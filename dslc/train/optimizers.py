@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir.core import Value
+from ..ir.formulations import choose, forced
 from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
 from .schedules import learning_rate
@@ -145,11 +146,13 @@ SMALL = 1 << 12
 
 def _groups(weights: list[Value]) -> list[list[int]]:
     """Indices of the weights updated together: the small static ones of each dtype in one group
-    (when there are several), every other weight alone."""
+    (when there are several), every other weight alone. Forced `grouped` joins every static weight
+    of a dtype, forced `per_weight` none (formulations.CHOICES["optimizer_update"])."""
+    form, join_all = choose("optimizer_update", "grouped"), forced("optimizer_update") == "grouped"
     small: dict[str, list[int]] = {}
     groups = []
     for i, w in enumerate(weights):
-        if w.type.static() and int(np.prod(w.shape)) <= SMALL:
+        if form == "grouped" and w.type.static() and (join_all or int(np.prod(w.shape)) <= SMALL):
             small.setdefault(w.dtype, []).append(i)
         else:
             groups.append([i])
