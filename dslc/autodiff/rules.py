@@ -160,8 +160,10 @@ def _pow(b, node, dys):
     exp_f = exp if exp.type.is_float else _op(b, "Cast", exp, to=DTYPE_CODE[base.dtype])
     d_base = _op(b, "Mul", dy, _op(b, "Mul", exp_f, _op(b, "Pow", base, _op(b, "Sub", exp, _c(b, 1, exp)))))
     d_exp = None
-    if exp.type.is_float and exp.const is None:
-        d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", base)))
+    if exp.type.is_float and exp.const is None:  # y log(x); 0 where x = 0 (torch), and no log(0) on the way
+        zero = _op(b, "Equal", base, _c(b, 0, base))
+        safe = _op(b, "Where", zero, _c(b, 1, base), base)
+        d_exp = _op(b, "Mul", dy, _op(b, "Mul", y, _op(b, "Log", safe)))
     return [d_base, d_exp]
 
 

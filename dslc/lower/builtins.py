@@ -917,9 +917,12 @@ def binary_crossentropy(ctx: Ctx, pred: "T", target: "T", from_logits: "bool" = 
     p = _float_tensor(ctx, pred, "pred")
     t = _target(ctx, target, p)
     b = ctx.b
-    if from_logits:  # max(l, 0) - l*t + log(1 + exp(-|l|)), stable for any logit
-        per = b.op("Add", [b.op("Sub", [b.op("Relu", [p]), b.op("Mul", [p, t])]),
-                           b.op("Softplus", [b.op("Neg", [b.op("Abs", [p])])])])
+    if from_logits:
+        # softplus(l) - l*t: Softplus is one op, so its gradient is the whole function's,
+        # sigmoid(l) - t, also at l = 0, where max(l, 0) - l*t + log(1 + exp(-|l|)) (Keras' form)
+        # differentiated piece by piece gives -t. onnxruntime and onnx.reference compute Softplus
+        # without overflow, and float64 graphs get the stable form after autodiff (float64_ops.py).
+        per = b.op("Sub", [b.op("Softplus", [p]), b.op("Mul", [p, t])])
     else:
         one = b.const(1.0, p.dtype)
         log_p, log_q = _log_clipped(ctx, p), _log_clipped(ctx, b.op("Sub", [one, p]))
@@ -990,16 +993,18 @@ def mae(ctx: Ctx, pred: "T", target: "T"):
 
 
 def huber(ctx: Ctx, pred: "T", target: "T", delta: "float" = 1.0):
-    """0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta), as 0.5 q^2 + delta (|d| - q) with
-    q = min(|d|, delta): one formula, no Where."""
+    """0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta). The inner branch squares d itself, not
+    |d|, so the gradient at d = 0 is d's own (0) and the second derivative there is 1 (as torch's
+    huber_loss), where a form built on |d| has the kink of abs in its derivative."""
     p = _float_tensor(ctx, pred, "pred")
     if delta <= 0:
         raise ctx.error(f"huber delta must be positive, got {delta}", "delta")
     b = ctx.b
-    a = b.op("Abs", [b.op("Sub", [p, _target(ctx, target, p)])])
-    q = b.op("Min", [a, b.const(delta, p.dtype)])
-    per = b.op("Add", [b.op("Mul", [b.op("Mul", [q, q]), b.const(0.5, p.dtype)]),
-                       b.op("Mul", [b.op("Sub", [a, q]), b.const(delta, p.dtype)])])
+    d = b.op("Sub", [p, _target(ctx, target, p)])
+    a = b.op("Abs", [d])
+    inner = b.op("Mul", [b.op("Mul", [d, d]), b.const(0.5, p.dtype)])
+    outer = b.op("Mul", [b.op("Sub", [a, b.const(0.5 * delta, p.dtype)]), b.const(delta, p.dtype)])
+    per = b.op("Where", [b.op("LessOrEqual", [a, b.const(delta, p.dtype)]), inner, outer])
     return _mean(ctx, per)
 
 
