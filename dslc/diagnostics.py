@@ -6,6 +6,7 @@ Every user-facing problem is a `DslError` carrying a `Span`; `render()` prints
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass
 
 # Source text of every file read, so an error can quote its line.
@@ -37,6 +38,15 @@ class Span:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+    def relative_to(self, root: str) -> str:
+        """file:line:col with the file named relative to the folder `root` (the main source file's):
+        what compiled outputs say, so that they hold no path of the compiling machine and the same
+        source compiles to the same bytes in any folder. Without a root, or for `<string>`, as is."""
+        if not root or self.file.startswith("<"):
+            return str(self)
+        name = os.path.relpath(os.path.abspath(self.file), root).replace(os.sep, "/")
+        return f"{name}:{self.line}:{self.col}"
 
 
 NO_SPAN = Span("<builtin>", 0, 0)

@@ -25,9 +25,9 @@ def _dims(t: TensorType):
     return [d if isinstance(d, int) else str(d) for d in t.shape]
 
 
-def _attr(name: str, value) -> onnx.AttributeProto:
+def _attr(name: str, value, root: str) -> onnx.AttributeProto:
     if isinstance(value, Graph):
-        return helper.make_attribute(name, graph_proto(value))
+        return helper.make_attribute(name, graph_proto(value, root))
     if isinstance(value, np.ndarray):
         return helper.make_attribute(name, numpy_helper.from_array(value))
     return helper.make_attribute(name, value)
@@ -38,13 +38,14 @@ def _initializer(array: np.ndarray, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.array(array, order="C", copy=None), name)
 
 
-def graph_proto(graph: Graph) -> onnx.GraphProto:
+def graph_proto(graph: Graph, root: str = "") -> onnx.GraphProto:
+    """`root`: the folder source files are named relative to in doc strings (the main file's)."""
     nodes = []
     for n in graph.nodes:
         node = helper.make_node(EMIT_AS.get(n.op, n.op), [v.name if v is not None else "" for v in n.inputs],
                                 [v.name for v in n.outputs], name=n.name,
-                                doc_string=str(n.span) if n.span else "")
-        node.attribute.extend(_attr(k, v) for k, v in sorted(n.attrs.items()))
+                                doc_string=n.span.relative_to(root) if n.span else "")
+        node.attribute.extend(_attr(k, v, root) for k, v in sorted(n.attrs.items()))
         nodes.append(node)
     output_names = {v.name for v in graph.outputs}
     infos = [value_info(o) for n in graph.nodes for o in n.outputs if o.name not in output_names]
@@ -58,7 +59,7 @@ def graph_proto(graph: Graph) -> onnx.GraphProto:
 
 def to_onnx(graph: Graph, opset: int = OPSET) -> onnx.ModelProto:
     """`opset` below 21 is for graphs that passes/portable.py rewrote for it."""
-    model = helper.make_model(graph_proto(graph), opset_imports=[helper.make_opsetid("", opset)],
+    model = helper.make_model(graph_proto(graph, graph.source_root), opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="dslc", ir_version=IR_VERSION)
     for n in model.graph.node:
         assert n.domain in ("", "ai.onnx"), f"non-standard op {n.domain}.{n.op_type}"

@@ -211,6 +211,8 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     params: list[Param] = field(default_factory=list)  # emitted as initializers
     doc: str = ""
+    # The main source file's folder: outputs name source files relative to it, never by absolute path
+    source_root: str = ""
     params_are_inputs: bool = False  # also list the weights as inputs, so callers can feed their own
     # Inputs a caller may leave out (emitted as initializers of the same name): the random seed, the
     # step counter, optimizer state that starts at zero.

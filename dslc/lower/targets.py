@@ -1,6 +1,7 @@
 """One target (a model, a typed fn, a step) -> one IR graph with named inputs and outputs."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,8 @@ def _lower_target(program: Program, name: str, options: Options, emit: str | Non
     lw = Lowerer(program, options)
     g = lw.graph
     g.name = name
-    g.doc = f"{type(d).__name__.lower()} {name} from {d.span}"
+    g.source_root = "" if program.file.startswith("<") else os.path.dirname(os.path.abspath(program.file))
+    g.doc = f"{type(d).__name__.lower()} {name} from {d.span.relative_to(g.source_root)}"
     b = lw.root
     b.span = d.span
     kind = {A.Model: "model", A.Fn: "fn", A.Step: "step"}[type(d)]
@@ -178,7 +180,7 @@ def _update(lw: Lowerer, b, spec, weights: list[Value], grads: list[Value]) -> N
 def _lower_apply(lw: Lowerer, d: A.Step, out: Lowered, owned: list) -> None:
     """`--emit apply`: (weights, grad.<weight>, optimizer state, step) -> (weights', state', step'), a graph
     of its own, so gradients averaged elsewhere (workers, micro-batches) can be applied."""
-    g = Graph(lw.graph.name, doc=f"{lw.graph.doc}: the optimizer update alone")
+    g = Graph(lw.graph.name, doc=f"{lw.graph.doc}: the optimizer update alone", source_root=lw.graph.source_root)
     b = Builder(g, span=d.span)
     weights = [b.param(p.value.name, p.init, trainable=True) for p in owned]
     grads = [b.input(f"grad.{w.name}", w.type) for w in weights]
