@@ -3,13 +3,13 @@ is then taken, forcing changes no number, and bad names are clear errors (API an
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import dslc
 from dslc.cli import main
 from dslc.diagnostics import DslError
 from dslc.ir.formulations import CHOICES, PASSES, recording
+from dslc.runtime.session import TUNINGS, make_session
 
 # one step that reaches every choice point: a conv (weight and input gradients), a transposed conv,
 # a max pool with tiling windows, and an optimizer over several small weights
@@ -26,8 +26,9 @@ step train(x: f32[N, 2, 8, 8], t: f32[N, 2, 6, 6]) updates Net using rmsprop(lr=
 """
 
 
-def _outputs(formulations=None, passes_off=()) -> dict:
-    """The gradients (of the inputs too) and the train step's outputs, by name."""
+def _outputs(formulations=None, passes_off=(), tuning="default") -> dict:
+    """The gradients (of the inputs too) and the train step's outputs, by name, in a session with
+    one of the runtime's TUNINGS (onnxruntime's NCHWc layout on or off)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
     x[:, :, :4] = 0  # exact zeros: relu outputs and tied max-pool windows
@@ -36,7 +37,7 @@ def _outputs(formulations=None, passes_off=()) -> dict:
     for emit in ("gradients", "train"):
         model = dslc.compile(dslc.loads(SOURCE), "train", emit=emit, wrt_inputs=emit == "gradients",
                              formulations=formulations, passes_off=passes_off)
-        sess = ort.InferenceSession(model.SerializeToString())
+        sess = make_session(model, "cpu", tuning)
         out.update(zip([f"{emit}:{o.name}" for o in sess.get_outputs()], sess.run(None, feeds)))
     return out
 
@@ -48,6 +49,13 @@ def test_each_option_is_taken_when_forced_and_changes_no_number(point, option):
     assert (point, option) in taken and not any(p == point and o != option for p, o in taken)
     want = _outputs()
     assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("tuning", [t for t in TUNINGS if t != "default"])
+def test_session_tunings_change_no_number(tuning):
+    want, got = _outputs(), _outputs(tuning=tuning)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=2e-5, atol=2e-6, err_msg=name)
 
