@@ -24,14 +24,18 @@ def graphs(g: onnx.GraphProto):
                 yield from graphs(sub)
 
 
-def random_kind(model: onnx.ModelProto, name: str) -> str:
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+
+
+def random_kind(model: onnx.ModelProto, name: str, root: Path = SPECS) -> str:
     """'normal' if the graph input `name` stands for a random_normal() draw, else 'uniform' (random_uniform,
-    dropout's mask, randint): read from the source that the first consumer's doc_string points to."""
+    dropout's mask, randint): read from the source that the first consumer's doc_string points to
+    (a file named relative to `root`, the compiled file's folder)."""
     for g in graphs(model.graph):
         for n in g.node:
             if name in n.input:
                 file, line, col = n.doc_string.rsplit(":", 2)
-                text = Path(file).read_text().splitlines()[int(line) - 1][int(col) - 1:]
+                text = (root / file).read_text().splitlines()[int(line) - 1][int(col) - 1:]
                 return "normal" if text.startswith("random_normal") else "uniform"
     raise AssertionError(f"input {name} has no consumer")
 

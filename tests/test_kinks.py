@@ -130,6 +130,26 @@ def test_integer_carried_through_repeat_advances():
         np.testing.assert_array_equal(g, [2, 20, 200, 0, 0])
 
 
+def test_a_float_carried_beside_f64_tensors_is_f64():
+    src = """
+    fn f(x: f64[N, 4]) {
+        w = 1.5
+        s = x
+        repeat 3 {
+            s = s * w
+            w = w + 1.0
+        }
+        return s, w
+    }
+    """
+    x = np.arange(8, dtype=np.float64).reshape(2, 4)
+    model = dslc.compile(dslc.loads(src), "f")
+    for out in _run_both(model, {"x": x}):
+        s, w = out.values()
+        np.testing.assert_array_equal(s, x * 1.5 * 2.5 * 3.5)
+        assert w.dtype == np.float64 and float(w) == 4.5
+
+
 def test_numbers_carried_through_repeat_keep_literal_types():
     """An int literal carries as i64, a float as f32; a pass may leave it a number again (`k = 5`)."""
     src = """

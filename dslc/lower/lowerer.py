@@ -229,9 +229,13 @@ class Lowerer:
 
     def _repeat_body(self, sc: Scope, st: A.Repeat, count) -> None:
         assigned = _assigned_names(st.body)
-        for n in assigned:  # `t = 0` before the loop and `t = t + 1` in it: t is carried like a tensor
+        # `t = 0` before the loop and `t = t + 1` in it: t is carried like a tensor. A float takes
+        # the float dtype of the tensors the loop carries (f64 beside f64 tensors), else f32.
+        floats = {v.dtype for n in assigned if isinstance(v := sc.env.get(n), Value) and v.type.is_float}
+        float_dtype = floats.pop() if len(floats) == 1 else "f32"
+        for n in assigned:
             if _is_number(sc.env.get(n)) or isinstance(sc.env.get(n), bool):
-                sc.env[n] = _number_value(sc.b, sc.env[n])
+                sc.env[n] = _number_value(sc.b, sc.env[n], float_dtype)
         carried = [n for n in assigned if isinstance(sc.env.get(n), Value)]
         if not carried:
             raise DslError("this repeat changes no value defined before it", st.span,
@@ -725,9 +729,9 @@ def _last_assign(body, name: str) -> Span | None:
     return found
 
 
-def _number_value(b: Builder, v) -> Value:
-    """A number as a scalar tensor: bool, i64 for an int, f32 for a float (a literal's types)."""
-    dtype = "bool" if isinstance(v, bool) else "i64" if isinstance(v, int) else "f32"
+def _number_value(b: Builder, v, float_dtype: str = "f32") -> Value:
+    """A number as a scalar tensor: bool, i64 for an int, float_dtype for a float."""
+    dtype = "bool" if isinstance(v, bool) else "i64" if isinstance(v, int) else float_dtype
     return b.const(np.asarray(v), dtype)
 
 
