@@ -168,6 +168,35 @@ def run_suite(cases, runtimes, log=print):
     return matrix, notes
 
 
+def save_step_files(folder: Path, spec: Path, target: str, target_runtime: str | None = None) -> tuple[Path, Path]:
+    """A step's train graph as `dslc compile` writes it by default: NAME.onnx with its state as plain
+    inputs, NAME.init.onnx with the initial state (dslc/emit/state.py)."""
+    step, init = dslc.split_state(dslc.compile(spec, target, target_runtime=target_runtime))
+    paths = folder / f"{target}-{target_runtime or 'default'}.onnx", folder / f"{target}-{target_runtime or 'default'}.init.onnx"
+    onnx.save(step, str(paths[0]))
+    onnx.save(init, str(paths[1]))
+    return paths
+
+
+def train_steps(runtime, step: Path, init: Path, batch: dict, steps: int) -> list[dict] | R.Failure:
+    """`steps` train steps in `runtime` as a user of the files would run them: the init graph once,
+    its outputs fed by name with the batch, then each output `X.next` fed back into `X`. Returns each
+    step's outputs, or the runtime's refusal."""
+    state = R.run_cases(runtime, [(init, {})])[0]
+    if isinstance(state, R.Failure):
+        return state
+    feeds = {**batch, **state[0]}
+    outputs = []
+    for _ in range(steps):
+        out = R.run_cases(runtime, [(step, feeds)])[0]
+        if isinstance(out, R.Failure):
+            return out
+        outputs.append(out[0])
+        feeds.update({name[:-len(".next")]: v for name, v in out[0].items()
+                      if name.endswith(".next") and name[:-len(".next")] in feeds})
+    return outputs
+
+
 def markdown(matrix, notes, names) -> str:
     names = [n for n in names if any(n in row for row in matrix.values())]
     head = ["| graph | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -21,6 +21,7 @@ import onnx
 
 from .diagnostics import DslError
 from .emit.onnx_emit import check, constants_as_initializers, to_onnx
+from .emit.state import INIT_SUFFIX, init_path, join_state, split_state
 from .fileio import prepare_output_dir, save_onnx
 from .ir.formulations import check as check_formulations
 from .lower.lowerer import Options
@@ -111,8 +112,13 @@ def check_file(path: str | Path, import_path=None) -> list[str]:
 
 
 def compile_file(path: str | Path, out_dir: str | Path | None = None, targets: list[str] | None = None,
-                 verify: bool = False, import_path=None, **options) -> list[Path]:
-    """Write `out_dir/NAME.onnx` for each target (all of the file's by default)."""
+                 verify: bool = False, import_path=None, state: str = "file", **options) -> list[Path]:
+    """Write `out_dir/NAME.onnx` for each target (all of the file's by default). state="file": a
+    graph whose inputs have defaults (a step's weights, optimizer state, step, seed) gets them as
+    plain inputs, and their initial values go to NAME.init.onnx beside it (dslc/emit/state.py);
+    state="embedded": one file, the defaults as initializers of the inputs."""
+    if state not in ("file", "embedded"):
+        raise DslError(f"unknown state layout `{state}`: use file or embedded")
     prog = load(path, import_path)
     out = Path(out_dir) if out_dir is not None else Path(path).parent
     names = targets or prog.targets()
@@ -123,8 +129,16 @@ def compile_file(path: str | Path, out_dir: str | Path | None = None, targets: l
         if verify:
             check(model)
         dest = out / f"{t}.onnx"
+        init = None
+        if state == "file":
+            model, init = split_state(model)
         save_onnx(dest, model, durable=False)  # recomputable: no fsync
         written.append(dest)
+        if init is not None:
+            save_onnx(init_path(dest), init, durable=False)
+            written.append(init_path(dest))
+        elif init_path(dest).exists():  # a stale one from an earlier compile would be joined by `dslc run`
+            init_path(dest).unlink()
     return written
 
 
@@ -181,7 +195,20 @@ def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray], *, t
                 raise DslError(f"{model} has several targets ({', '.join(prog.targets())}): choose one with --target")
             target = prog.targets()[0]
         model = compile(prog, target, **options)
+    elif isinstance(model, (str, Path)):
+        model = load_model(model)
     return run_model(model, inputs, device=device, weights=weights)
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """An .onnx file, with the initial state in NAME.init.onnx beside it (if there is one) as the
+    defaults of its inputs again: self-contained, as `dslc.compile` returns it."""
+    from .runtime import load_onnx
+    model = load_onnx(path)
+    init = init_path(path)
+    if not str(path).endswith(INIT_SUFFIX) and init.is_file():
+        model = join_state(model, load_onnx(init))
+    return model
 
 
 def export_web(path: str | Path, out: str | Path, *, target: str | None = None, ort_dist: str | Path | None = None,

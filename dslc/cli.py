@@ -16,6 +16,7 @@ import numpy as np
 from . import api
 from .diagnostics import DslError
 from .fileio import check_output_file, save_npz
+from .emit.state import INIT_SUFFIX
 from .ir.formulations import CHOICES, PASSES
 from .passes.portable import DEFAULT_OPSET, OPSETS, RUNTIMES
 
@@ -61,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
                         + ", ".join(sorted(RUNTIMES)))
     c.add_argument("--verify", action="store_true",
                    help="also run onnx.checker (full) and strict shape inference on each model")
+    c.add_argument("--state", choices=("file", "embedded"), default="file",
+                   help="file (default): a step's weights, optimizer state, step and seed are plain inputs, "
+                        "their initial values in NAME.init.onnx beside it (every runtime feeds them); "
+                        "embedded: inputs with their initial values as defaults, one file (Python "
+                        "onnxruntime and onnx.reference only)")
     c.set_defaults(func=_compile)
 
     k = sub.add_parser("check", help="parse and type-check only")
@@ -96,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="IDX files or an .npz (default: $DSLC_DATA, else the embedded subset)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch", type=int, default=None)
-    t.add_argument("--seed", type=int, default=None, help="weights, data order and noise all follow it")
+    t.add_argument("--seed", type=_seed, default=None, help="weights, data order and noise all follow it (0 or more)")
     t.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
     t.add_argument("--out", default=None, help="output folder (default: runs/TRAIN)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
@@ -172,12 +178,13 @@ def _options(args) -> dict:
 
 def _compile(args) -> int:
     start = time.perf_counter()
-    written = api.compile_file(args.file, args.out, args.target, verify=args.verify,
+    written = api.compile_file(args.file, args.out, args.target, verify=args.verify, state=args.state,
                                import_path=args.import_path, opset=args.opset,
                                target_runtime=args.target_runtime, **_options(args))
     for path in written:
         print(f"wrote {path}")
-    print(f"compiled {len(written)} target{'s' * (len(written) != 1)} in {time.perf_counter() - start:.3f} s")
+    n = sum(not path.name.endswith(INIT_SUFFIX) for path in written)
+    print(f"compiled {n} target{'s' * (n != 1)} in {time.perf_counter() - start:.3f} s")
     return 0
 
 
@@ -216,7 +223,7 @@ def _load_value(name: str, value: str) -> np.ndarray:
 
 
 def _run(args) -> int:
-    from .runtime import load_onnx, load_weights, save_grid
+    from .runtime import load_weights, save_grid
     from .runtime.images import deprocess
 
     # Everything that can be wrong with the arguments is found before the computation starts.
@@ -234,7 +241,7 @@ def _run(args) -> int:
         target = args.target or _only_target(prog)
         model = api.compile(prog, target, **_options(args))
     else:
-        model = load_onnx(model)
+        model = api.load_model(model)  # with NAME.init.onnx's initial state, where there is one
 
     runs = [feeds]
     if sweep:
@@ -290,8 +297,10 @@ def _launch(args) -> int:
     # MPICH's hydra would kill every rank the moment one exits; without its clean-up the others reach
     # the collective timeout and name the rank that stopped (then MPI_Abort ends them all).
     hydra = (Path(mpiexec).parent / "mpiexec.hydra").exists() or "hydra" in Path(mpiexec).resolve().name
+    # Each rank runs under rank_watch.py, which names a rank killed by a signal (hydra would not).
+    watch = Path(__file__).resolve().parent / "runtime" / "rank_watch.py"
     cmd = [mpiexec, *(["-disable-auto-cleanup"] if hydra else []), "-n", str(args.workers),
-           sys.executable, "-m", "dslc.cli", *args.argv]
+           sys.executable, str(watch), sys.executable, "-m", "dslc.cli", *args.argv]
     code = subprocess.run(cmd, env=env).returncode
     if code not in (0, 130):  # 130: Ctrl-C, which the ranks reported themselves
         print(f"error: the {args.workers} workers stopped (mpiexec exit status {code}); the last complete "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,39 @@ def test_runtime_agrees_with_onnxruntime(runtime, cases):
     gaps = EXPECTED_GAPS.get(runtime.name, set())
     bad = {lab: row[runtime.name][1] for lab, row in matrix.items() if not row[runtime.name][0] and lab not in gaps}
     assert not bad, bad
+
+
+# Runtimes whose default files cannot be trained, and why (each runs its own variant, or none).
+TRAIN_VARIANT = {"openvino": "openvino"}  # OpenVINO 2026.4 gets a Conv and a ConvTranspose of one weight wrong
+NOT_FEEDABLE = {"onnx2torch": "onnx2torch builds a Conv only from an initializer kernel: weights cannot be inputs"}
+TRAIN_STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def reference_trajectory(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("steps")
+    step, init = P.save_step_files(folder, SPEC, "train_convnet")
+    batch = {k: v for k, v in P.feeds_for(onnx.load(str(step))).items()
+             if k in ("image", "label")}  # the state comes from the init graph
+    return folder, batch, P.train_steps(R.OnnxRuntime(), step, init, batch, TRAIN_STEPS)
+
+
+@pytest.mark.parametrize("runtime", R.RUNTIMES[1:], ids=lambda rt: rt.name)
+def test_ten_train_steps_from_the_default_files(runtime, reference_trajectory):
+    """The files `dslc compile` writes train in every runtime: state fed by name from NAME.init.onnx,
+    X.next fed back into X, each step's loss and new weights within 1e-4 of onnxruntime's."""
+    why = runtime.missing() or NOT_FEEDABLE.get(runtime.name)
+    if why:
+        pytest.skip(f"{runtime.name}: {why}")
+    folder, batch, want = reference_trajectory
+    step, init = P.save_step_files(folder, SPEC, "train_convnet", TRAIN_VARIANT.get(runtime.name))
+    got = P.train_steps(runtime, step, init, batch, TRAIN_STEPS)
+    assert not isinstance(got, R.Failure), got
+    assert len(got) == TRAIN_STEPS
+    for k, (g, w) in enumerate(zip(got, want)):
+        error = P.rel_error(g, w)
+        assert not isinstance(error, str) and error <= 1e-4, f"step {k + 1}: {error}"
+    assert float(got[-1]["loss"]) != float(got[0]["loss"])  # the state was fed: training moved
 
 
 def test_rel_error_is_scale_aware():
