@@ -163,7 +163,7 @@ class Tract:
             if name not in feeds:
                 raise Failure(f"tract wants input {name} fed")
         # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
-        outs = _output_names(path)  # in order; tract names outputs after their nodes
+        outs = _output_names(path)  # in order (dslc names the node of each output after it, so tract keeps the names)
         typed = model.into_model()
         # A count input that sizes a shape (`n` of random_normal([n, 100])) names a dim of the graph's
         # value_info; tract cannot read a dim from a value at run time, so the symbol is bound to it.
@@ -203,9 +203,12 @@ def _import_onnx2torch():
 
 class Onnx2Torch:
     """onnx2torch converts opsets up to ~17: its column is compiled with `target_runtime='onnx2torch'`
-    (opset 17, loops unrolled; dslc/passes/portable.py)."""
+    (opset 17, loops unrolled; dslc/passes/portable.py). It builds a Conv only from an initializer
+    kernel, so its files keep the state inside (`dslc compile --state embedded`): a converted module's
+    weights are its parameters, set through torch, not fed."""
     name = "onnx2torch"
     target = "onnx2torch"
+    embedded_state = True
 
     def missing(self):
         try:

@@ -29,7 +29,7 @@ def cases(tmp_path_factory):
     folder = tmp_path_factory.mktemp("port")
     graphs = [(SPEC, target, emit) for target, emit in GRAPHS]
     saved = P.save_cases(folder, runtimes=R.RUNTIMES, graph_list=graphs)
-    return [(lab.split("/", 1)[1], paths) for lab, paths in saved]
+    return [(lab.split("/", 1)[1], paths, state) for lab, paths, state in saved]
 
 
 @pytest.mark.parametrize("runtime", R.RUNTIMES[1:], ids=lambda rt: rt.name)

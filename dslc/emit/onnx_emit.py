@@ -40,15 +40,26 @@ def _initializer(array: np.ndarray, name: str) -> onnx.TensorProto:
 
 def graph_proto(graph: Graph, root: str = "") -> onnx.GraphProto:
     """`root`: the folder source files are named relative to in doc strings (the main file's)."""
-    nodes = []
+    # A graph output comes from a one-output node named after it: runtimes that name outputs after
+    # their nodes (tract) then keep the output's name, so `X.next` still pairs with `X`. An output of
+    # a node with several (a Split) goes through an Identity of that name.
+    output_names = {v.name for v in graph.outputs}
+    nodes, infos = [], []
     for n in graph.nodes:
+        doc = n.span.relative_to(root) if n.span else ""
+        several = len(n.outputs) > 1
+        outs = [f"{v.name}/value" if several and v.name in output_names else v.name for v in n.outputs]
+        named = n.name if several else next((v.name for v in n.outputs if v.name in output_names), n.name)
         node = helper.make_node(EMIT_AS.get(n.op, n.op), [v.name if v is not None else "" for v in n.inputs],
-                                [v.name for v in n.outputs], name=n.name,
-                                doc_string=n.span.relative_to(root) if n.span else "")
+                                outs, name=named, doc_string=doc)
         node.attribute.extend(_attr(k, v, root) for k, v in sorted(n.attrs.items()))
         nodes.append(node)
-    output_names = {v.name for v in graph.outputs}
-    infos = [value_info(o) for n in graph.nodes for o in n.outputs if o.name not in output_names]
+        for v, out in zip(n.outputs, outs):
+            if out != v.name:
+                nodes.append(helper.make_node("Identity", [out], [v.name], name=v.name, doc_string=doc))
+                infos.append(helper.make_tensor_value_info(out, DTYPE_CODE[v.dtype], _dims(v.type)))
+            elif v.name not in output_names:
+                infos.append(value_info(v))
     inits = [_initializer(p.init, p.value.name) for p in graph.params]
     inits += [_initializer(v, name) for name, v in graph.input_defaults.items()]
     inputs = list(graph.inputs) + ([p.value for p in graph.params] if graph.params_are_inputs else [])
