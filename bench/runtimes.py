@@ -132,7 +132,9 @@ class OpenVINO:
         compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
         names = {p.get_any_name() for p in compiled.inputs}
-        feed = {k: v for k, v in feeds.items() if k in names}
+        # (by the dtype's name: onnxruntime returns int64 as C `long long`, which OpenVINO's binding
+        # does not map, where numpy's own int64 is `long`)
+        feed = {k: np.asarray(v, dtype=np.dtype(v.dtype.name)) for k, v in feeds.items() if k in names}
 
         outs = _output_names(path)  # compiled.outputs keep the graph's order; their names may be others
 

@@ -146,3 +146,14 @@ def test_cli_writes_opset_17(tmp_path):
     assert main(["compile", str(SPECS / "convnet.dsl"), "--target", "ConvNet", "--target-runtime", "onnx2torch",
                  "-o", str(tmp_path)]) == 0
     assert [o.version for o in onnx.load(str(tmp_path / "ConvNet.onnx")).opset_import] == [17]
+
+
+def test_default_emission_makes_computed_zeros_with_expand():
+    """tract reads ConstantOfShape's shape at load time: every emission writes zeros of a run-time shape
+    (the generator step's random_uniform([n, 100])) as an Expand of a scalar, with the same numbers."""
+    model = dslc.compile(SPECS / "acgan.dsl", "train_generator", emit="gradients", random="input")
+    made = {o: n.op_type for n in model.graph.node for o in n.output}
+    consts = {t.name for t in model.graph.initializer}
+    assert all(made.get(n.input[0]) == "Constant" or n.input[0] in consts
+               for n in model.graph.node if n.op_type == "ConstantOfShape")
+    assert "Expand" in made.values()

@@ -4,9 +4,10 @@ The IR speaks ONNX opset 21, and the default emission stays so. `opset=17` (`dsl
 rewrites every op whose opset-21 form is newer, or that converters such as onnx2torch (opset <= 17)
 lack, into opset-17 ops that compute the same numbers: one entry per op in OPSET17. The counter-based
 random generator's uint32 hash (BitwiseXor is opset 18) becomes the same hash in int64 arithmetic, so
-random graphs draw the very same numbers. `target_runtime` (`--target-runtime NAME`) picks the opset
-and the rewrites a runtime needs (RUNTIMES): tract and onnx2torch have no Loop, so constant-count
-loops are unrolled; tract reads ConstantOfShape's shape at load time, so a computed one becomes Expand;
+random graphs draw the very same numbers. Every emission writes ConstantOfShape of a computed shape as
+an Expand (DEFAULT_RULES: tract reads ConstantOfShape's shape at load time). `target_runtime`
+(`--target-runtime NAME`) picks the opset and the rewrites a runtime needs (RUNTIMES): tract and
+onnx2torch have no Loop, so constant-count loops are unrolled;
 onnx2torch builds a Conv only from an initializer kernel (api.compile hoists constant kernels);
 OpenVINO gets a convolution's input gradient as a Conv rather than a ConvTranspose.
 
@@ -376,10 +377,14 @@ def _unroll(s: _Sub, n: Node) -> bool:
 
 # What each runtime needs: its opset, the rewrites beyond that opset's, and the ops whose constant
 # inputs must be initializers (onnx2torch builds a torch Conv only from an initializer kernel).
+# Rewrites of every emission: forms every runtime takes, at no cost in onnxruntime (tract reads
+# ConstantOfShape's shape at load time; an Expand of a scalar makes the same zeros of a computed shape).
+DEFAULT_RULES: dict[str, Rule] = {"ConstantOfShape": _constant_of_shape}
+
 RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
     "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll, "Split": _split_as_slices}, "initializers": ("Conv", "ConvTranspose")},
-    "tract": {"opset": 21, "rules": {"Loop": _unroll, "ConstantOfShape": _constant_of_shape}},
+    "tract": {"opset": 21, "rules": {"Loop": _unroll}},
     "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv, "Constant": _u32_constant_as("i32"),
                                         "Cast": _i32_cast, "BitShift": _i32_shift_right}},
 }
@@ -396,7 +401,7 @@ def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[s
     if opset is not None and target_runtime is not None and opset != wanted["opset"]:
         raise DslError(f"--target-runtime {target_runtime} emits opset {wanted['opset']}: leave out --opset {opset}")
     opset = wanted["opset"] if opset is None else opset
-    return opset, {**(OPSET17 if opset < 18 else {}), **wanted["rules"]}, wanted.get("initializers", ())
+    return opset, {**DEFAULT_RULES, **(OPSET17 if opset < 18 else {}), **wanted["rules"]}, wanted.get("initializers", ())
 
 
 def rewrite(graph: Graph, rules: dict[str, Rule], names: itertools.count | None = None) -> bool:
