@@ -25,7 +25,7 @@ def test_minus_one_cancels_factors_of_a_product_dim():
     b = Builder(Graph("g"))
     x = b.input("x", TensorType("f32", ("N", 7, 2, 3)))
     flat, back = _fold_batch(b, x)
-    assert flat.shape == ("N*7", 6)
+    assert flat.shape == ("7*N", 6)
     assert back.shape == ("N", 7, 2, 3)
 
 

@@ -103,8 +103,9 @@ def _d_leaky_relu(b, x, y, attrs):
 
 def _d_elu(b, x, y, attrs):
     pos = _positive(b, x)
-    # exp of min(x, 0): the negative branch only, so a large x cannot overflow into inf * 0
-    neg = _op(b, "Mul", _c(b, attrs.get("alpha", 1.0), x), _op(b, "Exp", _op(b, "Min", x, _c(b, 0, x))))
+    # exp of min(0, x): the negative branch only, so a large x cannot overflow into inf * 0; the 0
+    # first, so that at x = 0 Min's tie sends x no gradient: the second derivative there is 0, as torch's
+    neg = _op(b, "Mul", _c(b, attrs.get("alpha", 1.0), x), _op(b, "Exp", _op(b, "Min", _c(b, 0, x), x)))
     return _op(b, "Add", pos, _op(b, "Mul", _op(b, "Sub", _c(b, 1, x), pos), neg))
 
 

@@ -6,6 +6,7 @@ a dtype and a shape whose dims are ints or symbols (strings such as "N" or "2*N"
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,9 @@ def dtype_of(array: np.ndarray) -> str:
 class TensorType:
     dtype: str
     shape: tuple[Dim, ...]
+
+    def __post_init__(self):  # one spelling per dim, so that `2*H-1` and `H*2-1` are one size
+        object.__setattr__(self, "shape", tuple(d if isinstance(d, int) else normal_dim(d) for d in self.shape))
 
     @property
     def rank(self) -> int:
@@ -99,6 +103,33 @@ def _combine(a: Dim, b: Dim, sign: int) -> Dim:
     if not terms:
         return const
     text = "".join(("-" if s < 0 else "+" if i else "") + atom for i, (s, atom) in enumerate(terms))
+    return text + (f"{const:+d}" if const else "")
+
+
+@functools.lru_cache(maxsize=4096)
+def normal_dim(d: str) -> Dim:
+    """The one spelling of a symbolic dim: a sum of products, each an integer coefficient first and
+    its symbols sorted, like products merged, in the order they first appear: "H*2-1" and "2*H-1"
+    are "2*H-1", "N*k+k*N" is "2*N*k", "N-N+3" is 3."""
+    terms, const = _terms(d)
+    coefficients: dict[tuple, int] = {}
+    for sign, atom in terms:
+        factors = dim_factors(atom)
+        coefficient = sign
+        for f in factors:
+            coefficient *= f if isinstance(f, int) else 1
+        key = tuple(sorted(f for f in factors if not isinstance(f, int)))
+        coefficients[key] = coefficients.get(key, 0) + coefficient
+    text = ""
+    for symbols, c in coefficients.items():
+        if c == 0:
+            continue
+        body = "*".join(symbols) if symbols else str(abs(c))
+        if symbols and abs(c) != 1:
+            body = f"{abs(c)}*{body}"
+        text += ("-" if c < 0 else "+" if text else "") + body
+    if not text:
+        return const
     return text + (f"{const:+d}" if const else "")
 
 

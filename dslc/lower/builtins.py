@@ -343,7 +343,8 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
         var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), b.ints(axes)], {"keepdims": 1})
         flat = b.ints([c])
         for w, stat in ((mean_w, mean), (var_w, var)):
-            kept = b.op("Mul", [w, b.const(momentum, x.dtype)])
+            # a second call of the model in the same step updates the first call's result (Keras, torch)
+            kept = b.op("Mul", [lw.state_updates.get(w.name, w), b.const(momentum, x.dtype)])
             new = b.op("Add", [kept, b.op("Mul", [b.op("Reshape", [stat, flat]), b.const(1 - momentum, x.dtype)])])
             lw.state_updates[w.name] = new
     else:
@@ -993,9 +994,10 @@ def mae(ctx: Ctx, pred: "T", target: "T"):
 
 
 def huber(ctx: Ctx, pred: "T", target: "T", delta: "float" = 1.0):
-    """0.5 d^2 where |d| <= delta, else delta (|d| - 0.5 delta). The inner branch squares d itself, not
-    |d|, so the gradient at d = 0 is d's own (0) and the second derivative there is 1 (as torch's
-    huber_loss), where a form built on |d| has the kink of abs in its derivative."""
+    """0.5 d^2 where |d| < delta, else delta (|d| - 0.5 delta). The inner branch squares d itself, not
+    |d|, so the gradient at d = 0 is d's own (0) and the second derivative there is 1, where a form
+    built on |d| has the kink of abs in its derivative. At |d| = delta both branches give the value
+    and slope; the outer one's curvature, 0, is torch's huber_loss's there."""
     p = _float_tensor(ctx, pred, "pred")
     if delta <= 0:
         raise ctx.error(f"huber delta must be positive, got {delta}", "delta")
@@ -1004,7 +1006,7 @@ def huber(ctx: Ctx, pred: "T", target: "T", delta: "float" = 1.0):
     a = b.op("Abs", [d])
     inner = b.op("Mul", [b.op("Mul", [d, d]), b.const(0.5, p.dtype)])
     outer = b.op("Mul", [b.op("Sub", [a, b.const(0.5 * delta, p.dtype)]), b.const(delta, p.dtype)])
-    per = b.op("Where", [b.op("LessOrEqual", [a, b.const(delta, p.dtype)]), inner, outer])
+    per = b.op("Where", [b.op("Less", [a, b.const(delta, p.dtype)]), inner, outer])
     return _mean(ctx, per)
 
 
