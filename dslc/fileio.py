@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import tempfile
 import zipfile
@@ -51,6 +52,27 @@ def atomic_write(path: str | Path, durable: bool = True) -> Iterator[IO[bytes]]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+_TEMP = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")  # what atomic_write's mkstemp names look like
+
+
+def remove_stale_temps(folder: str | Path, owned: tuple[str, ...]) -> list[Path]:
+    """Delete the temp files that a killed atomic_write left in `folder` for files ending in one of
+    `owned` (e.g. ".npz"); a kill skips the clean-up, so without this they would stay for good.
+    Only for a folder the caller alone writes (a run's --out): another writer's live temp would go."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TEMP.fullmatch(p.name)
+        if m and m.group(1).endswith(owned) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def _umask() -> int:

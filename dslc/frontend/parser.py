@@ -68,8 +68,19 @@ def parse_file(path: str | Path) -> A.Module:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DslSyntaxError(f"cannot read {path}: it is not UTF-8 text (byte {e.start})") from None
+        raise _not_utf8(path, data, e) from None
     return parse(text, str(path))
+
+
+def _not_utf8(path: Path, data: bytes, e: UnicodeDecodeError) -> DslSyntaxError:
+    """Located as the parser locates: the line, and the column in characters (the bytes before the
+    bad one on its line are valid UTF-8), with the line shown as far as it decodes."""
+    start = data.rfind(b"\n", 0, e.start) + 1
+    line = data.count(b"\n", 0, e.start) + 1
+    before = data[start:e.start].decode("utf-8").removeprefix("\ufeff" if start == 0 else "")
+    register_source(str(path), data.decode("utf-8", "replace").removeprefix("\ufeff"))
+    return DslSyntaxError(f"the file is not UTF-8 text: invalid byte 0x{data[e.start]:02x}",
+                          Span(str(path), line, len(before) + 1), "save the file as UTF-8")
 
 
 MAX_SOURCE_BYTES = 64 << 20  # a .dsl file is text a person wrote; more is a wrong file

@@ -16,6 +16,7 @@ Magic 2051 = 0x00000803: uint8, 3 dims (count, rows, cols); 2049 = 0x00000801: u
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zipfile
 import zlib
@@ -26,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from dslc.diagnostics import DslError, did_you_mean
+from dslc.fileio import check_regular
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -87,6 +89,8 @@ def resolve_source(name: str, data: str | os.PathLike | None = None) -> Source:
         return Source("idx", dataset, _idx_folder(path, dataset))
     if path.is_file():
         return Source("npz", dataset, path)
+    if os.path.lexists(path):  # a FIFO, a device, a dangling link: say which, not "not found"
+        check_regular(path, what)
     raise DslError(f"{what} not found: {path}",
                    hint="give a folder of IDX files (e.g. ../shared/data) or an .npz file")
 
@@ -179,7 +183,7 @@ def read_idx(path, magic: int) -> np.ndarray:
         raise DslError(f"{path} is not an IDX file of the expected kind: magic {got}, "
                        f"expected {magic}", hint="images have magic 2051, labels 2049")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    size = int(np.prod(dims))
+    size = math.prod(dims)  # Python integers: 2^31 x 2^31 x 4 must not wrap around to 0
     if len(data) - header != size:
         raise DslError(f"{path} is truncated or corrupt: header says {dims} "
                        f"({size} bytes), the file holds {len(data) - header}")
@@ -210,17 +214,31 @@ def _load_npz(path: Path, split: str) -> dict[str, np.ndarray]:
                 # np.load hands back a member that is not an .npy file as raw bytes.
                 if not isinstance(arrays[field], np.ndarray):
                     raise DslError(f"cannot read {path}: member `{key}` is not a numpy array")
+                _check_npz_array(path, key, arrays[field])
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DslError(f"cannot read {path}: {e}") from None
     if not arrays:
         example = "x_test or test_x" if split == "test" else "x (or x_train / train_x)"
         raise DslError(f"{path} has no {split} arrays (its arrays: {', '.join(z.files) or 'none'})",
                        hint=f"name the {split} arrays like {example}")
-    counts = {k: len(v) if v.ndim else 0 for k, v in arrays.items()}
+    counts = {k: len(v) for k, v in arrays.items()}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"`{k}` {n}" for k, n in counts.items())
         raise DslError(f"{path}: the {split} arrays hold different numbers of examples ({listed})")
     return arrays
+
+
+def _check_npz_array(path: Path, name: str, a: np.ndarray) -> None:
+    """An array of examples: one entry per example along its first axis, of real numbers (a complex
+    array would lose its imaginary part, a string array cannot be computed with)."""
+    if a.ndim == 0:
+        raise DslError(f"{path}: the array `{name}` is a single value, not one entry per example",
+                       hint="save an array whose first axis counts the examples")
+    if a.dtype.kind not in "biuf":
+        kind = {"c": "complex numbers", "U": "text", "S": "bytes", "V": "records", "M": "dates",
+                "m": "time spans", "O": "Python objects"}.get(a.dtype.kind, a.dtype.name)
+        raise DslError(f"{path}: the array `{name}` holds {kind} ({a.dtype.name}), not real numbers",
+                       hint="save pixels and labels as integer or float arrays")
 
 
 def require_fields(arrays: dict[str, np.ndarray], fields, where: str) -> None:

@@ -22,6 +22,7 @@ Checkpoints are written by rank 0 alone, atomically, so the last complete one st
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import zlib
@@ -200,7 +201,7 @@ def _shard_data(data: dict, rank: int, size: int) -> tuple[dict, int, int]:
 
 
 def _test_fault(rank: int):
-    """DSLC_TEST_FAULT=RANK:STEP:exit|hang makes that rank die or hang at that global step (the tests')."""
+    """DSLC_TEST_FAULT=RANK:STEP:exit|kill|hang makes that rank die or hang at that global step (the tests')."""
     spec = os.environ.get("DSLC_TEST_FAULT")
     if not spec:
         return None
@@ -211,5 +212,7 @@ def _test_fault(rank: int):
 def _act(what: str) -> None:
     if what == "exit":
         os._exit(1)
+    if what == "kill":  # as the kernel's OOM killer or `kill -9` would
+        os.kill(os.getpid(), signal.SIGKILL)
     while True:
         time.sleep(3600)

@@ -17,6 +17,7 @@ import os
 import signal
 import tempfile
 import time
+import zipfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 
 from ..diagnostics import DslError
 from ..emit.onnx_emit import to_onnx
-from ..fileio import save_npz, save_onnx
+from ..fileio import check_regular, remove_stale_temps, save_npz, save_onnx
 from ..lower.program import load_program
 from ..train import plan as P
 from . import distributed
@@ -48,9 +49,11 @@ class Fields:
 
     def __init__(self, plan: P.Plan, arrays: dict[str, np.ndarray], where: str):
         self.plan, self.arrays = plan, arrays
+        # Dataset arrays read: each field's root (`label = label |> int64` reads the array `label`) and
+        # the step arguments that name an array directly.
         sources = {self._root(f) for f in plan.fields.values()}
-        used = {src for s in plan.steps for _, src in s.args if isinstance(src, str)}
-        require_fields(arrays, sorted((sources | used) - set(plan.fields)), where)
+        used = {src for s in plan.steps for _, src in s.args if isinstance(src, str) and src not in plan.fields}
+        require_fields(arrays, sorted(used) + sorted(sources - used), where)
         lengths = {len(a) for a in arrays.values()}
         self.n = min(lengths) if lengths else 0
 
@@ -120,6 +123,8 @@ def train(path, **options) -> list[dict]:
         if value is not None:
             if value < (0 if key == "seed" else 1):
                 raise DslError(f"--{key} must be {'>= 0' if key == 'seed' else 'a positive integer'}, got {value}")
+            if key == "seed" and value >= 2**63:  # the graphs' `seed` input is an int64, as for compile
+                raise DslError(f"--seed must be from 0 to {2**63 - 1}, got {value}")
             plan = _replace(plan, **{key: value})
     if o.max_steps is not None and o.max_steps < 0:
         raise DslError(f"--max-steps must be >= 0, got {o.max_steps}")
@@ -149,6 +154,7 @@ class Trainer:
         self.program, self.plan, self.o, self.out, self.log = program, plan, o, out, o.log
         self.device = self._device(o.device)
         self.interrupted = False
+        self.saved_step = None  # the global step of the last checkpoint this run wrote or resumed from
         self.rank = o.comm.Get_rank() if o.comm else 0  # only rank 0 writes files and prints
         if self.rank:
             self.log = lambda *args, **kwargs: None
@@ -215,12 +221,47 @@ class Trainer:
                     raise DslError(f"step {s.name}: input `{param}` expects {type_str(vi)}, but the field `{src}` "
                                    f"gives {value.dtype.name}[{', '.join(['N'] + [str(d) for d in value.shape[1:]])}]",
                                    s.span, hint)
-                if value.dtype.kind == "i" and value.ndim == 1:  # class numbers
-                    labels = self.train_fields.get(src, np.arange(self.train_fields.n)).astype(np.int64)
-                    if labels.min() < 0 or labels.max() >= N_CLASSES:
-                        bad = int(labels.min() if labels.min() < 0 else labels.max())
-                        raise DslError(f"the field `{src}` holds the label {bad}, outside "
-                                       f"[0, {N_CLASSES})", s.span, "labels must be class numbers 0-9")
+                if value.dtype.kind == "i" and value.ndim == 1 or self._one_hot(src):  # class numbers
+                    self._check_labels(self.train_fields, src, s.span)
+        m = self.plan.evaluate
+        if m is None or self.test_fields is self.train_fields:
+            return
+        if m.kind == "accuracy":
+            self._check_labels(self.test_fields, m.label, m.span, "test ")
+        elif m.kind == "loss" and m.call.name in self.models:  # the labels the step's loss reads
+            inputs = {i.name: i for i in self.models[m.call.name].graph.input}
+            for param, src in m.call.args:
+                vi = inputs.get(param)
+                if isinstance(src, str) and vi is not None and _NP_OF.get(vi.type.tensor_type.elem_type) == np.int64 \
+                        and len(_dims(vi)) == 1:
+                    self._check_labels(self.test_fields, src, m.span, "test ")
+
+    def _one_hot(self, name: str) -> bool:
+        """Whether the field is made by one_hot, itself or through the fields it is made from."""
+        f = self.plan.fields.get(name)
+        while f is not None:
+            if any(pipe == "one_hot" for pipe, _ in f.pipes):
+                return True
+            f = self.plan.fields.get(f.source) if f.source != f.name else None
+        return False
+
+    @staticmethod
+    def _check_labels(fields: Fields, name: str, span, split: str = "") -> None:
+        """Class numbers in [0, 10), over the whole split, before any step: a test label of 99 makes
+        the accuracy meaningless, and one_hot sees one batch at a time (a bad label mid-epoch)."""
+        try:
+            labels = fields.get(name, np.arange(fields.n))
+        except DslError as e:  # one_hot's range check
+            raise DslError(f"the {split}field `{name}`: {e.message}", span, e.hint) from None
+        if labels.ndim == 2:  # one_hot made them, and has checked them
+            return
+        if labels.dtype.kind not in "iuf" or labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
+            raise DslError(f"the {split}field `{name}` holds {labels.dtype.name} values that are not class numbers",
+                           span, "labels must be class numbers 0-9")
+        if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
+            bad = int(labels.min() if labels.min() < 0 else labels.max())
+            raise DslError(f"the {split}field `{name}` holds the label {bad}, outside "
+                           f"[0, {N_CLASSES})", span, "labels must be class numbers 0-9")
 
     # ---- checkpoints
     def _meta(self, global_step: int, epoch: int, batch_index: int, sums: dict | None = None) -> dict:
@@ -236,20 +277,17 @@ class Trainer:
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         try:
             save_npz(self.out / CHECKPOINT, arrays)
+            self.saved_step = meta["global_step"]
         except OSError as e:
             raise DslError(f"cannot write the checkpoint {self.out / CHECKPOINT}: {e.strerror or e}",
                            hint="the previous checkpoint is intact; free some space or choose another --out") from None
 
     def _load_checkpoint(self) -> tuple[dict, dict]:
         path = self.out / CHECKPOINT
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise DslError(f"--resume: no checkpoint in {self.out}", hint="run without --resume to start afresh")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(bytes(z["meta"]).decode())
-                state = {k[len("state/"):]: z[k] for k in z.files if k.startswith("state/")}
-        except Exception as e:  # a damaged file: say so, never a traceback
-            raise DslError(f"cannot read the checkpoint {path}: {e}") from None
+        meta, state = read_checkpoint(path)  # (a folder, a FIFO or a dangling link there: said so)
+        _check_meta(path, meta)
         changed = []
         for k, v in self.plan.settings().items():
             if meta["settings"].get(k) != v:
@@ -262,7 +300,54 @@ class Trainer:
         if changed:
             raise DslError("cannot resume: " + "; ".join(changed),
                            hint="resume with the same file and options, or start afresh without --resume")
+        self._check_position(path, meta)
+        self._check_state(path, state)
         return state, meta
+
+    def _check_position(self, path: Path, meta: dict) -> None:
+        """The step, epoch and batch agree with each other, this data and --epochs; the sums name this
+        run's reports. (A tampered epoch would otherwise skip the training and export the old weights.)"""
+        per_epoch = math.ceil(self.train_fields.n / self.plan.batch)
+        step, epoch, b = meta["global_step"], meta["epoch"], meta["batch_index"]
+        if b > per_epoch or step != epoch * per_epoch + b:
+            raise _damaged(path, f"global step {step} is not epoch {epoch}, batch {b} of {per_epoch} batches "
+                                 f"an epoch ({self.train_fields.n:,} examples, batch {self.plan.batch})",
+                           hint="it is damaged, or the data file changed since: start afresh without --resume")
+        if epoch > self.plan.epochs or epoch == self.plan.epochs and b:
+            raise DslError(f"cannot resume: the checkpoint {path} is in epoch {epoch + 1}, beyond the "
+                           f"{self.plan.epochs} epoch(s) of this run", hint=f"pass --epochs {epoch + 1} or more")
+        reports = {s: [o.name for o in m.graph.output if not o.name.endswith(".next")] for s, m in self.models.items()}
+        names = {(f"{s}/" if len(reports) > 1 else "") + r for s, rs in reports.items() for r in rs}
+        unknown = sorted(set(meta.get("sums") or ()) - names)
+        if unknown:
+            raise _damaged(path, f"its running sums name `{unknown[0]}`, which no step reports")
+
+    def _check_state(self, path: Path, state: dict) -> None:
+        """Exactly the state the compiled steps hold: every name, with its shape and dtype, finite."""
+        want = self._initial_state()
+        missing, extra = sorted(want.keys() - state.keys()), sorted(state.keys() - want.keys())
+        if missing or extra:
+            what = f"it lacks `{missing[0]}`" if missing else f"it holds `{extra[0]}`, which no step uses"
+            more = len(missing) + len(extra) - 1
+            raise _damaged(path, what + (f" (and {more} more difference(s))" if more else ""))
+        for name, w in want.items():
+            v = state[name]
+            if v.dtype != w.dtype or v.shape != w.shape:
+                raise _damaged(path, f"`{name}` is {v.dtype.name}{list(v.shape)}, the step expects "
+                                     f"{w.dtype.name}{list(w.shape)}")
+            if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                raise _damaged(path, f"`{name}` holds NaN or infinite values")
+
+    def _resumed_history(self, path: Path, start_epoch: int) -> list[dict]:
+        """The rows of the epochs the checkpoint has done; each must carry its epoch number."""
+        if not path.is_file():
+            return []
+        rows = read_history(path)
+        for i, h in enumerate(rows):
+            if not _count(h.get("epoch")) or h["epoch"] < 1:
+                raise DslError(f"cannot resume: {path} is damaged: row {i + 1} has no epoch number",
+                               hint="delete it to resume without the earlier epochs' rows")
+        return [h for h in rows if h["epoch"] <= start_epoch]
 
     @contextmanager
     def _catch_interrupt(self):
@@ -284,6 +369,8 @@ class Trainer:
     # ---- the loop
     def run(self) -> list[dict]:
         p, o = self.plan, self.o
+        if not self.rank:  # what a killed write of ours left behind (this folder is this run's alone)
+            remove_stale_temps(self.out, (".npz", ".json", ".png", ".onnx"))
         self._compile()
         self._load_data()
         self.graphs = E.Graphs(self.program, self.device, p.seed)
@@ -292,8 +379,8 @@ class Trainer:
             arrays, meta = self._load_checkpoint()
             global_step, start_epoch, start_batch = meta["global_step"], meta["epoch"], meta["batch_index"]
             start_sums = meta.get("sums")  # None in a checkpoint written before sums were kept
-            history = [h for h in read_history(history_path) if h["epoch"] <= start_epoch] \
-                if history_path.is_file() else []
+            history = self._resumed_history(history_path, start_epoch)
+            self.saved_step = global_step
             self.log(f"resuming from step {global_step} (epoch {start_epoch + 1}, batch {start_batch})")
         else:
             arrays, global_step, start_epoch, start_batch, history = self._initial_state(), 0, 0, 0, []
@@ -363,12 +450,17 @@ class Trainer:
             if bad:
                 raise DslError(f"step {s.name}: {bad[0]} became {float(np.asarray(out[bad[0]]).reshape(-1)[0])} at "
                                f"global step {global_step + 1}; stopped before saving it",
-                               hint=f"the last good checkpoint is {self.out / CHECKPOINT}; a smaller learning rate "
+                               hint=f"{self._last_checkpoint()}; a smaller learning rate "
                                     f"or gradient clipping (clip_norm=1.0) may help")
             state.update(new)
             prefix = f"{s.name}/" if len(self.plan.steps) > 1 else ""
             reports.update({prefix + k: float(v) for k, v in out.items()})
         return reports
+
+    def _last_checkpoint(self) -> str:
+        if self.saved_step is None:  # a checkpoint in --out from an earlier run is not this run's
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint is {self.out / CHECKPOINT} (global step {self.saved_step})"
 
     _tuned = False
 
@@ -463,6 +555,74 @@ class Judge:
         name = self.plan.evaluate.call.args[0][0]
         return np.concatenate([E.run(sess, {name: x[idx].astype(np.float32)}, self.weights)[0].argmax(-1)
                                for idx in E.in_batches(len(x))])
+
+
+# ------------------------------------------------------------------ reading a checkpoint
+def read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, state) of a checkpoint file; a file that is not one (truncated, foreign, holding
+    pickled objects) is a DslError that says so, never numpy's advice to unpickle it."""
+    check_regular(path, "the checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise _damaged(path, "it is not an .npz archive (truncated, or another kind of file)", True)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise _damaged(path, "it has no `meta` record")
+            other = [k for k in z.files if k != "meta" and not k.startswith("state/")]
+            if other:
+                raise _damaged(path, f"it holds `{other[0]}`, which dslc train does not write")
+            raw = z["meta"]
+            state = {k[len("state/"):]: z[k] for k in z.files if k.startswith("state/")}
+            # (np.load hands back a member that is not an .npy file as raw bytes)
+            odd = [k for k, v in [("meta", raw), *state.items()] if not isinstance(v, np.ndarray)]
+            if odd:
+                raise _damaged(path, f"its member `{odd[0]}` is not a numpy array", True)
+    except DslError:
+        raise
+    except Exception as e:  # zipfile, zlib, numpy and memory errors: a damaged file, never a traceback
+        why = "it holds Python objects, which dslc never unpickles" if "pickle" in str(e) else \
+            f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise _damaged(path, why, unreadable=True) from None
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise _damaged(path, f"its `meta` record is {raw.dtype.name}{list(raw.shape)}, not JSON text")
+    try:
+        meta = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _damaged(path, f"its `meta` record is not JSON ({e})") from None
+    return meta, state
+
+
+# meta key -> what it must be; sums may be absent (written before they were kept)
+_META = {"global_step": "a count", "epoch": "a count", "batch_index": "a count", "settings": "an object",
+         "graphs": "an object", "data": "a string"}
+
+
+def _check_meta(path: Path, meta) -> None:
+    """Each field of a checkpoint's meta record has the type the trainer reads it as."""
+    if not isinstance(meta, dict):
+        raise _damaged(path, f"its `meta` record is a JSON {type(meta).__name__}, not an object")
+    unknown = sorted(meta.keys() - _META.keys() - {"sums"})
+    if unknown:
+        raise _damaged(path, f"its `meta` record holds `{unknown[0]}`, which dslc train does not write")
+    kinds = {"a count": _count, "an object": lambda v: isinstance(v, dict), "a string": lambda v: isinstance(v, str)}
+    for key, kind in _META.items():
+        if key not in meta:
+            raise _damaged(path, f"its `meta` record has no `{key}`")
+        if not kinds[kind](meta[key]):
+            raise _damaged(path, f"`{key}` in its `meta` record is {json.dumps(meta[key])[:40]}, not {kind}")
+    sums = meta.get("sums")
+    if sums is not None and not (isinstance(sums, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sums.values())):
+        raise _damaged(path, "`sums` in its `meta` record is not an object of finite numbers")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _damaged(path: Path, why: str, unreadable: bool = False, hint: str | None = None) -> DslError:
+    return DslError(f"cannot {'read' if unreadable else 'resume from'} the checkpoint {path}: {why}",
+                    hint=hint or "it is damaged or was not written by dslc train: start afresh without --resume")
 
 
 def _feed_hint(value: np.ndarray, dims: list, dtype) -> str | None:

@@ -21,7 +21,6 @@ the same steps in onnxruntime (tests/test_web.py).
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..diagnostics import DslError
+from ..fileio import prepare_output_dir, read_regular, save_onnx, write_bytes
 from .npm import ensure_package
 
 HERE = Path(__file__).resolve().parent
@@ -80,9 +80,10 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
         p = replace(p, seed=seed)
     step = p.steps[0]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DslError(f"--out {out} is a file, not a folder", hint="name a folder for the page")
 
-    # onnxruntime-web first: the step that may fail for reasons outside the spec
+    # onnxruntime-web first: the step that may fail for reasons outside the spec (and before --out is made)
     dist = Path(ort_dist) if ort_dist else ensure_package("onnxruntime-web", npm_cache) / "dist"
     if (dist / "dist").is_dir() and not (dist / ORT_FILES[0]).is_file():
         dist = dist / "dist"  # the package folder given instead of its dist/
@@ -90,39 +91,34 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
     if missing:
         raise DslError(f"{dist} lacks onnxruntime-web's {', '.join(missing)}",
                        hint="pass the onnxruntime-web package's dist/ folder with --ort-dist")
-    (out / "ort").mkdir(exist_ok=True)
-    for f in ORT_FILES:
-        shutil.copyfile(dist / f, out / "ort" / f)
+    files = {f"ort/{f}": read_regular(dist / f, "onnxruntime-web file") for f in ORT_FILES}  # name -> bytes
 
     train = compile_target(program, step.name, seed=p.seed)
     state = lift_initializers(train)
     counters = {k: state.pop(k) for k in ("step", "seed") if k in state}
     infer = compile_target(program, p.export, seed=p.seed)
     infer_weights = lift_initializers(infer, set(state))
-    onnx.save(train, str(out / "train_step.onnx"))
-    onnx.save(infer, str(out / "model.onnx"))
-
-    entries, offset = [], 0
-    with open(out / "state.bin", "wb") as f:
-        for name, value in state.items():
-            a = np.ascontiguousarray(value)
-            if a.dtype not in (np.float32, np.int64):
-                raise DslError(f"state `{name}` is {a.dtype.name}: the page handles float32 and int64 state")
-            f.write(a.tobytes())
-            entries.append({"name": name, "dtype": a.dtype.name, "dims": list(a.shape), "offset": offset})
-            offset += a.nbytes
+    entries, offset, blobs = [], 0, []
+    for name, value in state.items():
+        a = np.ascontiguousarray(value)
+        if a.dtype not in (np.float32, np.int64):
+            raise DslError(f"state `{name}` is {a.dtype.name}: the page handles float32 and int64 state")
+        blobs.append(a.tobytes())
+        entries.append({"name": name, "dtype": a.dtype.name, "dims": list(a.shape), "offset": offset})
+        offset += a.nbytes
+    files["state.bin"] = b"".join(blobs)
 
     train_split, test_split = load_dataset(p.dataset, "train"), load_dataset(p.dataset, "test")
     n_train, n_test = min(train_images, len(train_split["label"])), min(test_images, len(test_split["label"]))
     blocks = [("train_image", train_split["image"][:n_train]), ("train_label", train_split["label"][:n_train]),
               ("test_image", test_split["image"][:n_test]), ("test_label", test_split["label"][:n_test])]
-    data, offset = [], 0
-    with open(out / "data.bin", "wb") as f:
-        for name, a in blocks:
-            a = np.ascontiguousarray(a, dtype=np.uint8)
-            f.write(a.tobytes())
-            data.append({"name": name, "dims": list(a.shape), "offset": offset})
-            offset += a.nbytes
+    data, offset, blobs = [], 0, []
+    for name, a in blocks:
+        a = np.ascontiguousarray(a, dtype=np.uint8)
+        blobs.append(a.tobytes())
+        data.append({"name": name, "dims": list(a.shape), "offset": offset})
+        offset += a.nbytes
+    files["data.bin"] = b"".join(blobs)
 
     inputs = {i.name: i for i in train.graph.input}
     feeds = []
@@ -154,9 +150,18 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
         "model": {"input": infer_inputs[0].name, "dims": _dims(infer_inputs[0]), "output": infer.graph.output[0].name,
                   "weights": list(infer_weights), "pipes": image_field["pipes"] if image_field else []},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    for f in PAGE_FILES:
-        shutil.copyfile(HERE / f, out / f)
+    files["manifest.json"] = json.dumps(manifest, indent=1).encode()
+    files.update({f: (HERE / f).read_bytes() for f in PAGE_FILES})
+
+    # Written only now that all is known to work, each atomically (temp file and rename) as `dslc train`
+    # writes: a link planted at one of these names is replaced, never written through.
+    prepare_output_dir(out, "--out")
+    if (out / "ort").is_symlink():
+        (out / "ort").unlink()
+    save_onnx(out / "train_step.onnx", train, durable=False)
+    save_onnx(out / "model.onnx", infer, durable=False)
+    for name, content in files.items():
+        write_bytes(out / name, content, durable=False)
     log(f"wrote {out}: {step.name} ({sum(np.asarray(v).size for v in state.values()):,} state values), "
         f"{p.export}, {n_train:,} + {n_test:,} images; serve it with: python -m http.server -d {out}")
     return out
