@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .diagnostics import DslError
+from .diagnostics import DslError, format_bytes
 from .emit.onnx_emit import check, constants_as_initializers, to_onnx
 from .emit.state import INIT_SUFFIX, init_path, join_state, split_state
-from .fileio import prepare_output_dir, save_onnx
+from .fileio import MAX_PROTO, prepare_output_dir, save_onnx
 from .ir.formulations import check as check_formulations
 from .lower.lowerer import Options
 from .lower.program import Program, load_program, load_source
@@ -93,7 +93,15 @@ def compile(source: Program | str | Path, target: str, *, opset: int | None = No
     opset, rules, hoisted = emission(opset, target_runtime)  # first: a bad option costs no compile time
     graph = lower(source, target, **options).graph
     rewrite(graph, rules)
-    model = to_onnx(graph, opset)
+    size = sum(p.init.nbytes for p in graph.params if p.init is not None)
+    if size >= MAX_PROTO:  # before copying them into protobuf (where an allocation failure crashes)
+        raise DslError(f"`{target}` cannot be one ONNX file: its weights take {format_bytes(size)}, more than the "
+                       f"2 GiB one ONNX file can hold", hint="use smaller layers")
+    try:
+        model = to_onnx(graph, opset)
+    except MemoryError:  # the ModelProto copies every weight once more
+        raise DslError(f"out of memory emitting `{target}`: its weights take {format_bytes(size)}, and emitting "
+                       f"needs about {format_bytes(2 * size)}", hint="use smaller layers, or free memory") from None
     if hoisted:
         constants_as_initializers(model, hoisted)
     return model

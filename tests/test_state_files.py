@@ -77,3 +77,14 @@ def test_run_joins_the_init_file_and_embedded_writes_one_file(tmp_path, capsys, 
     assert not (out / "fit_scale.init.onnx").exists()
     model = onnx.load(out / "fit_scale.onnx")
     assert "Scale.y_pred.weight" in {t.name for t in model.graph.initializer}
+
+
+def test_weights_past_what_one_file_holds_are_refused_before_emission(monkeypatch, tmp_path, capsys):
+    """(protobuf holds 2 GiB; onnx's from_array crashes where memory runs out while copying more, so the
+    size is checked first: here with the limit lowered to 1 KiB)"""
+    monkeypatch.setattr(dslc.api, "MAX_PROTO", 1024)
+    assert main(["compile", str(SPECS / "chain_rule.dsl"), "--target", "fit_scale", "-o", str(tmp_path)]) == 0
+    assert main(["compile", str(SPECS / "convnet.dsl"), "--target", "ConvNet", "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "`ConvNet` cannot be one ONNX file: its weights take" in err and "Traceback" not in err
+    assert not (tmp_path / "ConvNet.onnx").exists()
