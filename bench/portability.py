@@ -196,6 +196,8 @@ def train_steps(runtime, step: Path, init: Path, batch: dict, steps: int) -> lis
     if isinstance(state, R.Failure):
         return state
     feeds = {**batch, **state[0]}
+    if hasattr(runtime, "run_steps"):  # the loop inside the runtime's own process
+        return runtime.run_steps(step, feeds, steps)
     outputs = []
     for _ in range(steps):
         out = R.run_cases(runtime, [(step, feeds)])[0]

@@ -254,8 +254,14 @@ class OrtJs:
     def run(self, path: Path, feeds: dict, reps: int = 0):
         return self.run_many([(path, feeds)], reps)[0]
 
-    def run_many(self, cases, reps: int = 0, timeout: float = 1800):
-        """[(path, feeds)] -> [(outputs, ms) | Failure], in one node process."""
+    def run_steps(self, path: Path, feeds: dict, steps: int) -> list[dict] | Failure:
+        """A train step run `steps` times in one session, each `X.next` fed back into `X`: every
+        step's outputs (loading onnxruntime-web once, not once a step)."""
+        return self.run_many([(path, feeds)], steps=steps)[0]
+
+    def run_many(self, cases, reps: int = 0, timeout: float = 1800, steps: int = 1):
+        """[(path, feeds)] -> [(outputs, ms) | Failure], in one node process; with steps > 1, each
+        case's result is the list of every step's outputs (or a Failure)."""
         node_modules = find_package(self.package).parent
         with tempfile.TemporaryDirectory(prefix="dslc-js-") as tmp:
             tmp = Path(tmp)
@@ -266,7 +272,7 @@ class OrtJs:
                     f = tmp / f"in{k}_{j}.bin"
                     np.ascontiguousarray(a).tofile(f)
                     fl.append({"name": name, "dtype": _JS_DTYPE[a.dtype], "dims": list(a.shape), "file": str(f)})
-                jobs.append({"model": str(path), "feeds": fl, "out": str(tmp / f"out{k}"), "reps": reps})
+                jobs.append({"model": str(path), "feeds": fl, "out": str(tmp / f"out{k}"), "reps": reps, "steps": steps})
             (tmp / "jobs.json").write_text(json.dumps(jobs))
             done = subprocess.run(["node", str(JS_RUNNER), self.kind, str(tmp / "jobs.json")],
                                   capture_output=True, text=True, timeout=timeout,
@@ -276,16 +282,20 @@ class OrtJs:
                 out = tmp / f"out{k}"
                 if (out / "error.txt").is_file():
                     results.append(Failure((out / "error.txt").read_text()))
+                elif steps > 1 and (out / f"step{steps - 1}" / "outputs.json").is_file():
+                    results.append([_read_outputs(out / f"step{j}")[0] for j in range(steps)])
                 elif (out / "outputs.json").is_file():
-                    meta = json.loads((out / "outputs.json").read_text())
-                    outs = {}
-                    for o in meta["outputs"]:
-                        dt = _NP_DTYPE[o["dtype"]]
-                        outs[o["name"]] = np.fromfile(o["file"], dtype=dt).reshape(o["dims"])
-                    results.append((outs, meta["ms"]))
+                    results.append(_read_outputs(out))
                 else:
                     results.append(Failure(f"node exited {done.returncode}: {done.stderr.strip()[-300:]}"))
             return results
+
+
+def _read_outputs(folder: Path) -> tuple[dict, float | None]:
+    """What ort_js_runner.js wrote into `folder`: (outputs by name, ms)."""
+    meta = json.loads((folder / "outputs.json").read_text())
+    return {o["name"]: np.fromfile(o["file"], dtype=_NP_DTYPE[o["dtype"]]).reshape(o["dims"])
+            for o in meta["outputs"]}, meta["ms"]
 
 
 RUNTIMES = [OnnxRuntime(), Reference(), OpenVINO(), Tract(), Onnx2Torch(), OrtJs("node"), OrtJs("web")]
