@@ -322,6 +322,34 @@ def conv2d_transpose(ctx: Ctx, x: "T", filters: "count", kernel: "ints" = 3, str
     return _record(ctx, path, _activate(ctx, y, activation), n)
 
 
+def _constant_along(v: Value, rank: int, axes: list[int]) -> bool:
+    """Whether v, broadcast to `rank` dims, has size 1 on every one of `axes`."""
+    shape = (1,) * (rank - v.rank) + tuple(v.shape)
+    return v.rank <= rank and all(shape[a] == 1 for a in axes)
+
+
+def _channel_shift(b, x: Value, axes: list[int]) -> tuple[Value, Value | None]:
+    """x as y + shift with `shift` constant along a training batch norm's reduced `axes` (a dense or
+    convolution bias right before it, the beta of a batch norm before it), or (x, None). The batch
+    statistics taken from y make shift's gradient an exact zero, as the mathematics has it
+    (BN(y + shift) = BN(y)); taken from x, it is sum(g - mean(g)), a round-off (~1e-8) whose sign
+    each runtime picks for itself and that Adam turns into steps of up to lr (issue 19). A bias inside
+    a Conv or ConvTranspose node: the same node without it gives y (x's node is then dead code unless
+    something else reads x)."""
+    p = x.producer
+    if p is None:
+        return x, None
+    if p.op == "Add":
+        for y, shift in ((p.inputs[0], p.inputs[1]), (p.inputs[1], p.inputs[0])):
+            if (tuple(y.shape) == tuple(x.shape) and _constant_along(shift, x.rank, axes)
+                    and not _constant_along(y, x.rank, axes)):
+                return y, shift
+    if p.op in ("Conv", "ConvTranspose") and len(p.inputs) == 3 and p.inputs[2] is not None:
+        y = b.op(p.op, p.inputs[:2], p.attrs)
+        return y, b.op("Reshape", [p.inputs[2], b.ints([x.shape[1]] + [1] * (x.rank - 2))])
+    return x, None
+
+
 def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     """Keras BatchNormalization on the channel axis 1: batch statistics while training (and the
     running statistics' update, returned by the step), running statistics at inference."""
@@ -338,11 +366,13 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     bshape = b.ints([1, c] + [1] * (x.rank - 2))
     axes = [0] + list(range(2, x.rank))
     if ctx.sc.training:
-        mean = b.op("ReduceMean", [x, b.ints(axes)], {"keepdims": 1})
-        centered = b.op("Sub", [x, mean])
+        y, shift = _channel_shift(b, x, axes)
+        mean = b.op("ReduceMean", [y, b.ints(axes)], {"keepdims": 1})
+        centered = b.op("Sub", [y, mean])
         var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), b.ints(axes)], {"keepdims": 1})
         flat = b.ints([c])
-        for w, stat in ((mean_w, mean), (var_w, var)):
+        x_mean = mean if shift is None else b.op("Add", [mean, shift])  # the statistic of x itself
+        for w, stat in ((mean_w, x_mean), (var_w, var)):
             # a second call of the model in the same step updates the first call's result (Keras, torch)
             kept = b.op("Mul", [lw.state_updates.get(w.name, w), b.const(momentum, x.dtype)])
             new = b.op("Add", [kept, b.op("Mul", [b.op("Reshape", [stat, flat]), b.const(1 - momentum, x.dtype)])])
