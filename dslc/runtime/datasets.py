@@ -1,10 +1,15 @@
-"""Training data: MNIST / Fashion-MNIST from IDX files, a user's .npz, or the embedded subset.
+"""Training data: MNIST / Fashion-MNIST from IDX files, a user's .npz, image folder or CSV file, or
+the embedded subset. One reader per format (READERS); the trainer sees only {field: array} splits.
 
 Where the data comes from (first that applies):
   1. `data` given: a directory of the original IDX files (the dataset folder itself, or a parent
-     with mnist/ and fashion/ subfolders, as ../shared/data is laid out), or an .npz file;
+     with mnist/ and fashion/ subfolders, as ../shared/data is laid out), an image folder
+     (root/train/<class>/*.png, root/test/<class>/*.png), a folder holding train.csv (and
+     test.csv), a .csv file (its test split: NAME_test.csv beside it), or an .npz file;
   2. $DSLC_DATA, read the same way;
-  3. the embedded subset shipped in dslc/data/embedded.npz (see dslc/data/README.md).
+  3. for `mnist` / `fashion_mnist`, the embedded subset shipped in dslc/data/embedded.npz (see
+     dslc/data/README.md). The format words (`npz`, `images`, `csv`) have no default: they name
+     what the user's files must be.
 
 An .npz holds named arrays whose names the user chooses (image/label, x/y, ...). The train split
 is the plain names (`x`, or `x_train` / `train_x`); the test split is `x_test` or `test_x`.
@@ -15,6 +20,7 @@ Magic 2051 = 0x00000803: uint8, 3 dims (count, rows, cols); 2049 = 0x00000801: u
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 import os
@@ -39,17 +45,23 @@ DATASETS = {
     "fashion": (("fashion", "fashion_mnist", "fashion-mnist"),
                 ("fashion", "fashion_mnist", "fashion-mnist"), "Fashion-MNIST"),
 }
-IMAGE_SIZE = (28, 28)
+IMAGE_SIZE = (28, 28)  # of the IDX files, whose header would take any size
+# `data =` words that name a format rather than a dataset: the files come from --data / $DSLC_DATA.
+FORMATS = {"npz": "an .npz file", "images": "an image folder", "csv": "a CSV file"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CSV_LABELS = ("label", "target")  # the column a CSV's `label` field is read from, the first found
 EMBEDDED = Path(__file__).resolve().parents[1] / "data" / "embedded.npz"
 
 
 # ------------------------------------------------------------------ names and sources
 def dataset_name(name: str) -> str:
-    """The canonical name ("mnist" or "fashion") of a dataset as a user may write it."""
+    """The canonical name ("mnist" or "fashion") of a dataset as a user may write it, or a format word."""
+    if name.lower() in FORMATS:
+        return name.lower()
     for canonical, (aliases, _, _) in DATASETS.items():
         if name.lower() in aliases:
             return canonical
-    known = sorted(a for aliases, _, _ in DATASETS.values() for a in aliases)
+    known = sorted(a for aliases, _, _ in DATASETS.values() for a in aliases) + list(FORMATS)
     raise DslError(f"unknown dataset `{name}`", hint="use one of: " + ", ".join(known))
 
 
@@ -60,7 +72,8 @@ def _check_split(split: str) -> None:
 
 @dataclass(frozen=True)
 class Source:
-    """Where one dataset's arrays come from: kind is "idx" (a folder), "npz" or "embedded"."""
+    """Where one dataset's arrays come from: kind is a READERS key ("idx" a folder, "npz", "images",
+    "csv" the training file, "embedded")."""
     kind: str
     dataset: str  # canonical name
     path: Path
@@ -80,19 +93,46 @@ def resolve_source(name: str, data: str | os.PathLike | None = None) -> Source:
     if data is None and os.environ.get(ENV_VAR):
         data, what = os.environ[ENV_VAR], f"${ENV_VAR}"
     if data is None:
+        if dataset in FORMATS:
+            raise DslError(f"`data = {dataset}` reads your own files, and none were given",
+                           hint=f"pass --data PATH ({FORMATS[dataset]}) or set {ENV_VAR}")
         if not EMBEDDED.is_file():
             raise DslError(f"the embedded dataset is missing from this installation: {EMBEDDED}",
                            hint=f"pass a data directory or set {ENV_VAR}")
         return Source("embedded", dataset, EMBEDDED)
     path = Path(data).expanduser()
     if path.is_dir():
-        return Source("idx", dataset, _idx_folder(path, dataset))
-    if path.is_file():
-        return Source("npz", dataset, path)
-    if os.path.lexists(path):  # a FIFO, a device, a dangling link: say which, not "not found"
+        source = _folder_source(path, dataset)
+    elif path.is_file():  # by its suffix; another (data.txt) is what the declaration says, else an .npz
+        suffix = path.suffix.lower()
+        kind = "csv" if suffix in (".csv", ".tsv") or dataset == "csv" and suffix != ".npz" else "npz"
+        source = Source(kind, dataset, path)
+    elif os.path.lexists(path):  # a FIFO, a device, a dangling link: say which, not "not found"
         check_regular(path, what)
-    raise DslError(f"{what} not found: {path}",
-                   hint="give a folder of IDX files (e.g. ../shared/data) or an .npz file")
+    else:
+        raise DslError(f"{what} not found: {path}",
+                       hint="give a folder (IDX files, train/<class>/ images, train.csv), a .csv or an .npz file")
+    if dataset in FORMATS and source.kind != dataset:
+        raise DslError(f"{path} is {_KIND_NAMES[source.kind]}, but the train declaration says `data = {dataset}` "
+                       f"({FORMATS[dataset]})", hint=f"give {FORMATS[dataset]}, or change `data`")
+    return source
+
+
+_KIND_NAMES = {"idx": "a folder of IDX files", **FORMATS}
+
+
+def _folder_source(root: Path, dataset: str) -> Source:
+    # The folder's contents say its format: train/ of class folders, train.csv, else IDX files.
+    if (root / "train").is_dir():
+        return Source("images", dataset, root)
+    for name in ("train.csv", "train.tsv"):
+        if (root / name).is_file():
+            return Source("csv", dataset, root / name)
+    if dataset in FORMATS:
+        layout = {"images": "root/train/<class>/*.png", "csv": "root/train.csv",
+                  "npz": "an .npz file, not a folder"}[dataset]
+        raise DslError(f"{root} is not {FORMATS[dataset]}", hint=f"expected {layout}")
+    return Source("idx", dataset, _idx_folder(root, dataset))
 
 
 def describe_source(name: str, data: str | os.PathLike | None = None) -> str:
@@ -122,18 +162,46 @@ def _check_not_other_dataset(folder: Path, dataset: str) -> None:
 
 
 # ------------------------------------------------------------------ loading
-def load_dataset(name: str, split: str, data: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def load_dataset(name: str, split: str, data: str | os.PathLike | None = None,
+                 label_column: str | None = None) -> dict[str, np.ndarray]:
     """One split of a dataset as {field: array}. From IDX files or the embedded subset:
-    {"image": uint8 [n, 28, 28], "label": uint8 [n]}; from an .npz: its arrays as they are.
+    {"image": uint8 [n, 28, 28], "label": uint8 [n]}; from an .npz: its arrays as they are; from an
+    image folder: {"image": uint8 [n, h, w] or [n, h, w, 3], "label": int64 [n]}; from a CSV:
+    {"features": float32 [n, k], "label": int64 or float32 [n]} (`label` read from `label_column`).
     The arrays may be read-only (they view the file's bytes); preprocess() makes new ones."""
     _check_split(split)
     source = resolve_source(name, data)
-    if source.kind == "idx":
-        return _load_idx(source.path, split)
-    if source.kind == "npz":
-        return _load_npz(source.path, split)
-    with np.load(source.path, allow_pickle=False) as z:
-        prefix = f"{source.dataset}_{split}_"
+    if label_column is not None and source.kind != "csv":
+        raise DslError(f"`label_column` names a column of a CSV file, and the data is not one: {source.describe()}",
+                       hint="remove it, or give a CSV file")
+    if source.kind == "embedded":  # one file for both datasets: the name picks the arrays
+        return _load_embedded(source.path, f"{source.dataset}_{split}")
+    if source.kind == "csv":
+        return _load_csv(source.path, split, label_column)
+    return READERS[source.kind](source.path, split)
+
+
+def has_split(name: str, split: str, data: str | os.PathLike | None = None) -> bool:
+    """Whether the data holds `split` (a CSV without NAME_test.csv has no test split); a split that
+    exists but is broken is load_dataset's to report."""
+    _check_split(split)
+    source = resolve_source(name, data)
+    if split == "train" or source.kind in ("idx", "embedded"):
+        return True
+    if source.kind == "images":
+        return (source.path / split).exists()
+    if source.kind == "csv":
+        return os.path.lexists(_csv_file(source.path, split))
+    try:
+        with np.load(source.path, allow_pickle=False) as z:
+            return any(_split_field(k, split) is not None for k in z.files)
+    except Exception:  # a damaged archive: load_dataset says how
+        return True
+
+
+def _load_embedded(path: Path, split: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        prefix = f"{split}_"
         return {k[len(prefix):]: z[k] for k in z.files if k.startswith(prefix)}
 
 
@@ -239,6 +307,145 @@ def _check_npz_array(path: Path, name: str, a: np.ndarray) -> None:
                 "m": "time spans", "O": "Python objects"}.get(a.dtype.kind, a.dtype.name)
         raise DslError(f"{path}: the array `{name}` holds {kind} ({a.dtype.name}), not real numbers",
                        hint="save pixels and labels as integer or float arrays")
+
+
+# ------------------------------------------------------------------ image folders
+def _load_images(root: Path, split: str) -> dict[str, np.ndarray]:
+    """root/SPLIT/<class>/*.png|jpg: the class folders of train/, sorted by name, are labels 0, 1, ...
+    Grey images stay [h, w]; if any is in colour, all become RGB [h, w, 3]. Images of different sizes
+    come back as an object array (one array each) that a `resize(h, w)` pipe makes one block."""
+    classes = _image_classes(root / "train")
+    folder = root / split
+    if not folder.is_dir():
+        raise DslError(f"{root} has no {split}/ folder" if not os.path.lexists(folder) else f"{folder} is not a folder",
+                       hint=f"expected {folder / '<class>' / '*.png'}")
+    unknown = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in classes)
+    if unknown:
+        raise DslError(f"{folder / unknown[0]}: the class `{unknown[0]}` has no folder in {root / 'train'}",
+                       hint=f"the training classes are {', '.join(classes)}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for f in sorted((folder / name).iterdir()) if (folder / name).is_dir() else ():
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                images.append(_read_image(f))
+                labels.append(label)
+    if not images:
+        raise DslError(f"{folder} holds no images", hint=f"expected {folder / '<class>' / '*.png'} (or .jpg)")
+    if any(a.ndim == 3 for a in images):  # one colour image makes the whole split RGB
+        images = [np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a for a in images]
+    if len({a.shape for a in images}) == 1:
+        stacked = np.stack(images)
+    else:
+        stacked = np.empty(len(images), object)
+        stacked[:] = images
+    return {"image": stacked, "label": np.asarray(labels, np.int64)}
+
+
+def _image_classes(train: Path) -> list[str]:
+    if not train.is_dir():
+        raise DslError(f"{train} is not a folder", hint=f"expected {train / '<class>' / '*.png'}")
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DslError(f"{train} holds no class folders", hint=f"expected {train / '<class>' / '*.png'}, "
+                                                               "one folder per class")
+    return classes
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """uint8 [h, w] (grey) or [h, w, 3] (colour: an alpha channel or palette is dropped)."""
+    from PIL import Image  # lazy: only image folders need Pillow
+
+    check_regular(path, "the image")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+            return np.asarray(im, np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError: OSError
+        raise DslError(f"cannot read the image {path}: {str(e).split(chr(10))[0] or type(e).__name__}",
+                       hint="the file is truncated or not a PNG/JPEG image; replace or remove it") from None
+
+
+# ------------------------------------------------------------------ CSV files
+def _csv_file(train: Path, split: str) -> Path:
+    """The file of a split: train.csv -> test.csv, wine.csv -> wine_test.csv."""
+    if split == "train":
+        return train
+    stem = "test" if train.stem == "train" else f"{train.stem}_test"
+    return train.with_name(stem + train.suffix)
+
+
+def _load_csv(train: Path, split: str, label_column: str | None = None) -> dict[str, np.ndarray]:
+    """A header row naming the columns, then numbers: the label column (`label_column`, else the first
+    of CSV_LABELS) is `label` (int64 when every value is a whole number, else float32), every other
+    column a feature of `features`."""
+    path = _csv_file(train, split)
+    if not os.path.lexists(path):
+        raise DslError(f"{train} has no {split} split: {path} not found",
+                       hint=f"write the {split} examples to {path.name}, or hold some out with `validation = 0.1`")
+    check_regular(path, f"the {split} file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [(r, n) for n, r in enumerate(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv"
+                                                             else ","), 1) if any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DslError(f"cannot read {path}: {e}", hint="a CSV file is UTF-8 text") from None
+    if not rows:
+        raise DslError(f"{path} is empty", hint="the first row names the columns, the others hold numbers")
+    header = [c.strip() for c in rows[0][0]]
+    if all(_number(c) is not None for c in header):
+        raise DslError(f"{path}: the first row holds numbers, not column names",
+                       hint=f"add a header row naming the columns, one of them {' or '.join(CSV_LABELS)}")
+    if len(set(header)) != len(header) or "" in header:
+        bad = next(c for c in header if header.count(c) > 1 or not c)
+        raise DslError(f"{path}: the column name `{bad}` is " + ("empty" if not bad else "used twice"))
+    label = next((c for c in ((label_column,) if label_column else CSV_LABELS) if c in header), None)
+    if label is None:
+        raise DslError(f"{path} has no `{label_column or 'label'}` column (its columns: {', '.join(header)})",
+                       hint=did_you_mean(label_column, header) if label_column else
+                       "name the column to predict `label` (or `target`), or say which it is: label_column = \"NAME\"")
+    values = np.empty((len(rows) - 1, len(header)), np.float64)
+    for i, (row, line) in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise DslError(f"{path}, line {line}: {len(row)} values, but the header names {len(header)} columns")
+        for j, cell in enumerate(row):
+            v = _number(cell)
+            if v is None:
+                raise DslError(f"{path}, line {line}, column `{header[j]}`: "
+                               + (f"`{cell.strip()}` is not a finite number" if cell.strip() else "a missing value"),
+                               hint="every column must be numeric: encode categories as numbers, fill in gaps")
+            values[i, j] = v
+    if split != "train":  # the model was built for the training file's columns, in its order
+        want = _csv_header(train)
+        if want is not None and want != header:
+            raise DslError(f"{path}: its columns ({', '.join(header)}) are not those of {train} "
+                           f"({', '.join(want)})", hint="write both files with the same header")
+    y = values[:, header.index(label)]
+    features = np.delete(values, header.index(label), axis=1).astype(np.float32)
+    y = y.astype(np.int64) if np.all(y == np.round(y)) and np.all(np.abs(y) < 2**53) else y.astype(np.float32)
+    return {"features": features, "label": y}
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for row in csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","):
+                if any(c.strip() for c in row):
+                    return [c.strip() for c in row]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
+def _number(cell: str) -> float | None:
+    try:
+        v = float(cell)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+# Format -> reader(path, split) -> {field: array}; resolve_source picks the format.
+READERS = {"idx": _load_idx, "npz": _load_npz, "images": _load_images, "csv": _load_csv}
 
 
 def require_fields(arrays: dict[str, np.ndarray], fields, where: str) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 
 import onnx
 
+from ..diagnostics import DslError
 from ..emit.onnx_emit import to_onnx
 from ..lower.lowerer import Options
 from ..lower.targets import Lowered, lower_target
@@ -21,7 +22,7 @@ from .plots import image_grid, latent_grid_points
 from .session import make_session
 
 EVAL_BATCH = 500
-N_CLASSES = 10
+REGRESSION = ("mse", "mae", "r2")
 
 
 def lower(program, name: str, emit: str | None = None, seed: int = 0) -> Lowered:
@@ -66,8 +67,20 @@ def in_batches(n: int):
         yield np.arange(start, min(start + EVAL_BATCH, n))
 
 
+def class_count(graphs: Graphs, model: str, widest: bool = False) -> int | None:
+    """How many classes a model scores: the static width of its first output [N, C] (with `widest`,
+    the widest such output, C > 1); None where it has no such output (a regression, an image)."""
+    widths = []
+    for o in graphs.session(model).get_outputs():
+        if len(o.shape) == 2 and isinstance(o.shape[1], int) and (o.shape[1] > 1 or not widest):
+            widths.append(o.shape[1])
+        if not widest:
+            break
+    return max(widths) if widths else None
+
+
 def accuracy(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
-    """The share of test examples whose argmax prediction is the label."""
+    """The share of examples whose label is the argmax prediction (with k > 1: among the k highest)."""
     sess = graphs.session(m.call.name)
     correct = 0
     for idx in in_batches(fields.n):
@@ -75,7 +88,11 @@ def accuracy(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
         pred = run(sess, feeds, weights)[0]
         labels = fields.get(m.label, idx)
         labels = labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1)
-        correct += int((pred.argmax(-1) == labels).sum())
+        if m.k == 1:
+            correct += int((pred.argmax(-1) == labels).sum())
+        else:  # top-k: fewer than k scores above the label's (a tie counts for the label)
+            score = np.take_along_axis(pred, labels.astype(np.int64)[:, None], axis=-1)
+            correct += int(((pred > score).sum(-1) < m.k).sum())
     return correct / fields.n
 
 
@@ -89,6 +106,40 @@ def loss(m: Measure, graphs: Graphs, fields, weights: dict, seed: int) -> float:
         feeds.update({c: np.array(v, np.int64) for c, v in (("seed", seed), ("step", k)) if c in inputs})
         total += float(run(sess, feeds, weights)[0]) * len(idx)
     return total / fields.n
+
+
+def predictions(m: Measure, graphs: Graphs, fields, weights: dict, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, target) of examples idx as float64 [n, outputs]: a model's [N, 1] or [N] output
+    against targets [N] or [N, 1]; other mismatches are an error that names both shapes."""
+    sess = graphs.session(m.call.name)
+    pred = run(sess, {p: fields.get(src, idx) for p, src in m.call.args}, weights)[0]
+    target = fields.get(m.label, idx)
+    n = len(idx)
+    pred, target = np.asarray(pred, np.float64).reshape(n, -1), np.asarray(target, np.float64).reshape(n, -1)
+    if pred.shape != target.shape:
+        raise DslError(f"{m.kind}: {m.call.name} gives {pred.shape[1]} value(s) per example, the field `{m.label}` "
+                       f"{target.shape[1]}", m.span, "a regression model gives one value per target, e.g. "
+                       "dense(h, 1) for one target")
+    return pred, target
+
+
+def regression(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
+    """mse, mae or r2 over the split; r2 = 1 - SSE / SST per target column, averaged (as scikit-learn),
+    and 1 (a perfect fit) or 0 where a column's targets are all one value."""
+    sse = sae = total = total_sq = 0.0
+    for idx in in_batches(fields.n):
+        pred, target = predictions(m, graphs, fields, weights, idx)
+        sse, sae = sse + ((pred - target) ** 2).sum(0), sae + np.abs(pred - target).sum(0)
+        total, total_sq = total + target.sum(0), total_sq + (target ** 2).sum(0)
+    n = fields.n
+    if m.kind == "mse":
+        return float(np.mean(sse) / n)
+    if m.kind == "mae":
+        return float(np.mean(sae) / n)
+    sst = np.maximum(total_sq - total ** 2 / n, 0.0)
+    r2 = np.where(sst > 1e-12 * np.maximum(total_sq, 1.0), 1 - sse / np.where(sst > 0, sst, 1.0),
+                  np.where(sse > 0, 0.0, 1.0))
+    return float(np.mean(r2))
 
 
 def generate(graphs: Graphs, generator: str, weights: dict, classes: np.ndarray, seed: int) -> np.ndarray:
@@ -107,20 +158,45 @@ def generate(graphs: Graphs, generator: str, weights: dict, classes: np.ndarray,
 
 
 def generated_accuracy(m: Measure, graphs: Graphs, weights: dict, judge, seed: int) -> float:
-    """The share of generated digits (100 per class) that the judge classifies as the class asked for."""
-    classes = np.repeat(np.arange(N_CLASSES), 100)
+    """The share of generated images (100 per class) that the judge classifies as the class asked for."""
+    if judge.classes is None:
+        raise DslError(f"the judge's model {judge.model} gives no class scores [N, classes]", m.span)
+    classes = np.repeat(np.arange(judge.classes), 100)
     images = generate(graphs, m.model, weights, classes, seed)
     return float((judge.classify(images) == classes).mean())
 
 
 # ------------------------------------------------------------------ pictures
-def draw(m: Measure, graphs: Graphs, fields, weights: dict, out: Path, epoch: int, plan: Plan, seed: int) -> Path:
+def as_images(x: np.ndarray, fields) -> np.ndarray:
+    """Grey images [k, h, w] to draw from a model's output or a field: [k, 1, h, w] and [k, h, w, 1]
+    lose the channel, colour is averaged to grey, flat rows [k, h * w] take the data's image size (or
+    a square's)."""
+    x = np.asarray(x)
+    if x.ndim == 4:
+        x = x.mean(1) if x.shape[1] in (1, 3) else x.mean(-1)
+    if x.ndim == 3:
+        return x
+    raw = fields.arrays.get("image")
+    size = raw.shape[1:3] if raw is not None and raw.dtype != object and raw.ndim >= 3 else ()
+    if x.ndim == 2 and size and size[0] * size[1] == x.shape[1]:
+        return x.reshape(len(x), *size)
+    side = int(round(np.sqrt(x.shape[-1]))) if x.ndim == 2 else 0
+    if side and side * side == x.shape[1]:
+        return x.reshape(len(x), side, side)
+    raise DslError(f"cannot draw an array of shape {list(x.shape)} as images",
+                   hint="pictures draw images [k, h, w], [k, channels, h, w] or square rows [k, h * w]")
+
+
+def draw(m: Measure, graphs: Graphs, fields, weights: dict, out: Path, epoch: int, plan: Plan, seed: int,
+         classes: int | None = None) -> Path:
+    """One picture of `show`; `classes`: how many rows a class grid has (the class count of the models
+    the first step trains)."""
     value_range = fields.value_range("image")
     if m.kind == "latent_grid":
         sess = graphs.session(m.model)
         side = 20  # points per axis, over [-2.5, 2.5]: where a standard-normal prior puts the data
         decoded = run(sess, {sess.get_inputs()[0].name: latent_grid_points(side, -2.5, 2.5)}, weights)[0]
-        return image_grid(decoded.reshape(side * side, 28, 28), side, side, out / "latent_grid.png",
+        return image_grid(as_images(decoded, fields), side, side, out / "latent_grid.png",
                           value_range=value_range, scale=2, pad=1)
     if m.kind == "reconstructions":
         idx = np.arange(min(10, fields.n))
@@ -130,14 +206,16 @@ def draw(m: Measure, graphs: Graphs, fields, weights: dict, out: Path, epoch: in
         feeds.update({"seed": np.array(seed, np.int64)} if "seed" in inputs else {})
         recon = run(sess, feeds, weights)[0]
         originals = next(iter(feeds.values()))
-        both = np.concatenate([originals.reshape(len(idx), 28, 28), recon.reshape(len(idx), 28, 28)])
+        both = np.concatenate([as_images(originals, fields), as_images(recon, fields)])
         return image_grid(both, 2, len(idx), out / "reconstructions.png", value_range=value_range)
     if m.kind == "class_grid":
-        classes = np.repeat(np.arange(N_CLASSES), 10)
-        images = generate(graphs, m.model, weights, classes, seed)
+        if not classes:
+            raise DslError("class_grid: the models the first step trains give no class scores [N, classes]",
+                           m.span, "class_grid draws one row per class of a class-conditional generator")
+        images = generate(graphs, m.model, weights, np.repeat(np.arange(classes), 10), seed)
         path = out / f"generated_epoch{epoch}.png"
-        image_grid(images.reshape(len(classes), 28, 28), N_CLASSES, 10, path, value_range=value_range,
-                   labels=[str(c) for c in range(N_CLASSES)])
+        image_grid(as_images(images, fields), classes, 10, path, value_range=value_range,
+                   labels=[str(c) for c in range(classes)])
         return path
     if m.kind == "kernels":
         first = sorted((k for k in weights if k.startswith(m.model + ".") and weights[k].ndim == 4))[0]

@@ -32,7 +32,8 @@ from ..lower.program import load_program
 from ..train import plan as P
 from . import distributed
 from . import evaluate as E
-from .datasets import PREPROCESS, batches, describe_source, epoch_order, load_dataset, require_fields
+from .datasets import batches, describe_source, epoch_order, has_split, load_dataset
+from .fields import Fields
 from .plots import plot_curves
 from .progress import EpochProgress, epoch_line, read_history, write_history
 from .runner import StepRunner, host
@@ -40,56 +41,7 @@ from .session import _dims, cuda_available, type_str
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_SECONDS = 30.0  # also one at the end of every epoch, on Ctrl-C and at the end
-N_CLASSES = 10
-
-
-# ------------------------------------------------------------------ fields: dataset arrays, preprocessed
-class Fields:
-    """One split's arrays and the plan's fields over them, preprocessed a batch at a time."""
-
-    def __init__(self, plan: P.Plan, arrays: dict[str, np.ndarray], where: str):
-        self.plan, self.arrays = plan, arrays
-        # Dataset arrays read: each field's root (`label = label |> int64` reads the array `label`) and
-        # the step arguments that name an array directly.
-        sources = {self._root(f) for f in plan.fields.values()}
-        used = {src for s in plan.steps for _, src in s.args if isinstance(src, str) and src not in plan.fields}
-        require_fields(arrays, sorted(used) + sorted(sources - used), where)
-        lengths = {len(a) for a in arrays.values()}
-        self.n = min(lengths) if lengths else 0
-
-    def _root(self, f: P.Field) -> str:
-        while f.source in self.plan.fields and self.plan.fields[f.source] is not f:
-            f = self.plan.fields[f.source]
-        return f.source
-
-    def get(self, name: str, idx: np.ndarray) -> np.ndarray:
-        f = self.plan.fields.get(name)
-        if f is None:
-            return self.arrays[name][idx]
-        base = self.arrays[f.source][idx] if f.source == name or f.source not in self.plan.fields \
-            else self.get(f.source, idx)
-        for pipe, args in f.pipes:
-            base = _PIPE[pipe](base, *args)
-        return base
-
-    def value_range(self, name: str) -> tuple[float, float]:
-        return self.plan.value_range(name)
-
-
-def _scale(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return (np.asarray(a, np.float32) * np.float32((hi - lo) / 255.0) + np.float32(lo)).astype(np.float32)
-
-
-def _one_hot(a: np.ndarray, classes: int) -> np.ndarray:
-    if a.size and (a.min() < 0 or a.max() >= classes):
-        bad = int(a.max() if a.max() >= classes else a.min())
-        raise DslError(f"a label is {bad}, outside the {classes} classes one_hot({classes}) makes",
-                       hint=f"labels must be integers in [0, {classes})")
-    return PREPROCESS["one_hot"](a, classes)
-
-
-_PIPE = {"scale": _scale, "flatten": PREPROCESS["flatten"], "channels_first": PREPROCESS["channels_first"],
-         "one_hot": _one_hot, "int64": PREPROCESS["int64"]}
+VALIDATION_SEED = 0x5EED  # which examples `validation = 0.1` holds out: the same for every --seed
 
 
 # ------------------------------------------------------------------ the run
@@ -190,16 +142,27 @@ class Trainer:
         return state
 
     def _load_data(self) -> None:
+        """The training split (less what `validation` holds out) and the splits evaluated each epoch:
+        `val` (the held-out share) and `test` (where the data has one, or where there is no `val`)."""
         p = self.plan
         source = describe_source(p.dataset, self.o.data)
         self.log(f"data: {source}")
-        self.train_fields = Fields(p, load_dataset(p.dataset, "train", self.o.data), f"the training split of {source}")
+        arrays, held = load_dataset(p.dataset, "train", self.o.data, p.label_column), None
+        if p.validation and any(len(a) for a in arrays.values()):  # (no examples at all: said just below)
+            arrays, held = _hold_out(arrays, p.validation, source)
+        self.train_fields = Fields(p, arrays, f"the training split of {source}")
         if self.train_fields.n == 0:
             raise DslError(f"the training split of {source} holds no examples")
-        needs_test = p.evaluate is not None and p.evaluate.kind != "generated_accuracy" or \
+        needs_eval = any(m.kind != "generated_accuracy" for m in p.evaluations) or \
             any(m.kind == "reconstructions" for m in p.show)
-        self.test_fields = Fields(p, load_dataset(p.dataset, "test", self.o.data), f"the test split of {source}") \
-            if needs_test else self.train_fields
+        self.eval_fields = {}  # split -> Fields, in the order the history reports them
+        if needs_eval and held is not None:
+            self.eval_fields["val"] = Fields(p, held, f"the validation share of {source}", fitted=self.train_fields)
+        if needs_eval and (held is None or has_split(p.dataset, "test", self.o.data)):
+            self.eval_fields["test"] = Fields(p, load_dataset(p.dataset, "test", self.o.data, p.label_column),
+                                              f"the test split of {source}", fitted=self.train_fields)
+        # pictures and the judge read one split: the test split, else the validation share
+        self.test_fields = self.eval_fields.get("test", self.eval_fields.get("val", self.train_fields))
         self._check_feeds()
 
     def _check_feeds(self) -> None:
@@ -222,19 +185,39 @@ class Trainer:
                                    f"gives {value.dtype.name}[{', '.join(['N'] + [str(d) for d in value.shape[1:]])}]",
                                    s.span, hint)
                 if value.dtype.kind == "i" and value.ndim == 1 or self._one_hot(src):  # class numbers
-                    self._check_labels(self.train_fields, src, s.span)
-        m = self.plan.evaluate
-        if m is None or self.test_fields is self.train_fields:
-            return
+                    self._check_labels(self.train_fields, src, s.span, classes=self._step_classes(s.name))
+        for split, fields in self.eval_fields.items():
+            for m in self.plan.evaluations:
+                self._check_measure(m, fields, "validation " if split == "val" else "test ")
+        grid = next((m for m in self.plan.show if m.kind == "class_grid"), None)
+        if grid and not self._step_classes(self.plan.steps[0].name)[0]:
+            raise DslError("class_grid: the models the first step trains give no class scores [N, classes]",
+                           grid.span, "class_grid draws a row per class of a class-conditional generator")
+
+    def _check_measure(self, m: P.Measure, fields: Fields, split: str) -> None:
+        """An evaluation's labels (or targets) on a split it runs on, before any step is taken."""
         if m.kind == "accuracy":
-            self._check_labels(self.test_fields, m.label, m.span, "test ")
+            classes = E.class_count(self.graphs, m.call.name)
+            if classes and m.k > classes:
+                raise DslError(f"accuracy with k={m.k}: {m.call.name} scores only {classes} classes", m.span,
+                               f"k counts the highest scores a label may be among: at most {classes}")
+            self._check_labels(fields, m.label, m.span, split, (classes, m.call.name))
+        elif m.kind in E.REGRESSION:  # the model's output and the targets agree, on two examples
+            E.predictions(m, self.graphs, fields, self._initial_state(), np.arange(min(2, fields.n)))
         elif m.kind == "loss" and m.call.name in self.models:  # the labels the step's loss reads
             inputs = {i.name: i for i in self.models[m.call.name].graph.input}
             for param, src in m.call.args:
                 vi = inputs.get(param)
                 if isinstance(src, str) and vi is not None and _NP_OF.get(vi.type.tensor_type.elem_type) == np.int64 \
                         and len(_dims(vi)) == 1:
-                    self._check_labels(self.test_fields, src, m.span, "test ")
+                    self._check_labels(fields, src, m.span, split, self._step_classes(m.call.name))
+
+    def _step_classes(self, step: str) -> tuple[int | None, str | None]:
+        """(class count, model) for the labels a step reads: the widest class-score output of the
+        models it updates (the ACGAN discriminator's `c` [N, 10] beside its `p` [N, 1])."""
+        widths = [(E.class_count(self.graphs, m, widest=True), m) for m in self.program.decls[step].updates]
+        widths = [w for w in widths if w[0]]
+        return max(widths) if widths else (None, None)
 
     def _one_hot(self, name: str) -> bool:
         """Whether the field is made by one_hot, itself or through the fields it is made from."""
@@ -246,22 +229,26 @@ class Trainer:
         return False
 
     @staticmethod
-    def _check_labels(fields: Fields, name: str, span, split: str = "") -> None:
-        """Class numbers in [0, 10), over the whole split, before any step: a test label of 99 makes
-        the accuracy meaningless, and one_hot sees one batch at a time (a bad label mid-epoch)."""
+    def _check_labels(fields: Fields, name: str, span, split: str = "", classes=(None, None)) -> None:
+        """Class numbers in [0, classes) (the width of the model's class scores), over the whole split,
+        before any step: a test label of 99 makes the accuracy meaningless, and one_hot sees one batch at
+        a time (a bad label mid-epoch)."""
+        classes, model = classes  # (count, the model whose class scores it is), or (None, None): unknown
         try:
             labels = fields.get(name, np.arange(fields.n))
         except DslError as e:  # one_hot's range check
             raise DslError(f"the {split}field `{name}`: {e.message}", span, e.hint) from None
         if labels.ndim == 2:  # one_hot made them, and has checked them
             return
+        want = f"class numbers 0-{classes - 1} ({model} gives {classes} class scores)" if classes \
+            else "class numbers 0, 1, 2, ..."
         if labels.dtype.kind not in "iuf" or labels.dtype.kind == "f" and not np.all(labels == np.round(labels)):
             raise DslError(f"the {split}field `{name}` holds {labels.dtype.name} values that are not class numbers",
-                           span, "labels must be class numbers 0-9")
-        if labels.size and (labels.min() < 0 or labels.max() >= N_CLASSES):
+                           span, f"labels must be {want}")
+        if labels.size and (labels.min() < 0 or classes and labels.max() >= classes):
             bad = int(labels.min() if labels.min() < 0 else labels.max())
             raise DslError(f"the {split}field `{name}` holds the label {bad}, outside "
-                           f"[0, {N_CLASSES})", span, "labels must be class numbers 0-9")
+                           f"[0, {classes or 'inf'})", span, f"labels must be {want}")
 
     # ---- checkpoints
     def _meta(self, global_step: int, epoch: int, batch_index: int, sums: dict | None = None) -> dict:
@@ -372,8 +359,8 @@ class Trainer:
         if not self.rank:  # what a killed write of ours left behind (this folder is this run's alone)
             remove_stale_temps(self.out, (".npz", ".json", ".png", ".onnx"))
         self._compile()
-        self._load_data()
         self.graphs = E.Graphs(self.program, self.device, p.seed)
+        self._load_data()
         history_path = self.out / "history.json"
         if o.resume:
             arrays, meta = self._load_checkpoint()
@@ -442,6 +429,7 @@ class Trainer:
 
     def _one_batch(self, idx: np.ndarray, state: dict, global_step: int, seeds: dict) -> dict[str, float]:
         reports = {}
+        self.train_fields.rng_key = (self.plan.seed, global_step)  # random_crop, random_flip draw from it
         for s, runner in zip(self.plan.steps, self.runners):
             data = {param: self._feed(s.name, param, src, idx) for param, src in s.args}
             counters = {"step": np.array(global_step, np.int64), "seed": np.array(seeds[s.name], np.int64)}
@@ -487,17 +475,23 @@ class Trainer:
         p = self.plan
         weights = {k: host(v) for k, v in state.items()}
         row = {}
-        m = p.evaluate
         eval_seed = p.seed + 1_000_003  # noise for evaluation, apart from training's
-        if m is not None:
-            if m.kind == "accuracy":
-                row["test_accuracy"] = E.accuracy(m, self.graphs, self.test_fields, weights)
-            elif m.kind == "loss":
-                row["test_loss"] = E.loss(m, self.graphs, self.test_fields, weights, eval_seed)
-            else:
+        for m in p.evaluations:
+            if m.kind == "generated_accuracy":
                 row["generated_accuracy"] = E.generated_accuracy(m, self.graphs, weights, self._judge(m), eval_seed)
+                continue
+            for split, fields in self.eval_fields.items():
+                key = f"{split}_{m.kind}" if m.k == 1 else f"{split}_top{m.k}_{m.kind}"
+                key = key if key not in row else f"{key}_{m.call.name}"  # two models measured alike
+                if m.kind == "accuracy":
+                    row[key] = E.accuracy(m, self.graphs, fields, weights)
+                elif m.kind == "loss":
+                    row[key] = E.loss(m, self.graphs, fields, weights, eval_seed)
+                else:
+                    row[key] = E.regression(m, self.graphs, fields, weights)
         for picture in p.show:
-            E.draw(picture, self.graphs, self.test_fields, weights, self.out, epoch, p, eval_seed)
+            E.draw(picture, self.graphs, self.test_fields, weights, self.out, epoch, p, eval_seed,
+                   classes=self._step_classes(p.steps[0].name)[0])
         return row
 
     def _judge(self, m: P.Measure):
@@ -546,6 +540,7 @@ class Judge:
         self.weights = load_weights(weights_file)
         self.plan = plan
         self.graphs = E.Graphs(program, parent.device, plan.seed)
+        self.classes = E.class_count(self.graphs, self.model)
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         """Class numbers for generated images, mapped from the generator's pixel range to the judge's."""
@@ -555,6 +550,19 @@ class Judge:
         name = self.plan.evaluate.call.args[0][0]
         return np.concatenate([E.run(sess, {name: x[idx].astype(np.float32)}, self.weights)[0].argmax(-1)
                                for idx in E.in_batches(len(x))])
+
+
+def _hold_out(arrays: dict[str, np.ndarray], share: float, source: str) -> tuple[dict, dict]:
+    """(kept, held out): `share` of the examples, chosen by VALIDATION_SEED, each part in file order."""
+    n = min((len(a) for a in arrays.values()), default=0)
+    k = int(round(n * share))
+    if k < 1 or k >= n:
+        raise DslError(f"validation = {share:g} of the {n:,} training examples of {source} is {k}: "
+                       f"{'none' if k < 1 else 'all'} of them",
+                       hint="hold out a share that leaves examples on both sides")
+    order = np.random.default_rng(VALIDATION_SEED).permutation(n)
+    held, kept = np.sort(order[:k]), np.sort(order[k:])
+    return {f: a[kept] for f, a in arrays.items()}, {f: a[held] for f, a in arrays.items()}
 
 
 # ------------------------------------------------------------------ reading a checkpoint

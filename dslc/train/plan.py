@@ -1,7 +1,7 @@
 """A `train` declaration -> a Plan: what `dslc train` runs, checked at compile time with located errors.
 
     train mnist {
-        data     = mnist                                       # or fashion_mnist
+        data     = mnist                                       # or fashion_mnist; npz, images, csv
         image    = image |> scale(0, 1) |> channels_first      # a dataset field, preprocessed
         batch    = 64
         epochs   = 2
@@ -11,8 +11,10 @@
     }
 
 Settings are the names in SETTINGS; every other `name = expr` defines a field: a dataset field
-(`image`, `label`, or an .npz array's name) piped through PIPES. A step's arguments are fields, or
-integers computed from `batch` (the size of the batch at hand: `train_generator(2 * batch)`).
+(`image`, `label`, a CSV's `features`, or an .npz array's name) piped through PIPES. A step's
+arguments are fields, or integers computed from `batch` (the size of the batch at hand:
+`train_generator(2 * batch)`). `data = npz | images | csv` names the format of the files --data
+gives; `validation = 0.1` holds out a share of the training split, evaluated beside the test split.
 """
 from __future__ import annotations
 
@@ -22,13 +24,22 @@ from ..diagnostics import DslError, DslNameError, DslTypeError, Span, did_you_me
 from ..frontend import ast as A
 from ..lower.program import Program
 
-DATASETS = ("mnist", "fashion_mnist")
-SETTINGS = ("data", "batch", "epochs", "seed", "steps", "evaluate", "show", "export")
+# What `data =` may say: a dataset by name, or the format of the files --data gives (datasets.FORMATS).
+NAMED_DATASETS, DATA_FORMATS = ("mnist", "fashion_mnist"), ("npz", "images", "csv")
+DATASETS = NAMED_DATASETS + DATA_FORMATS
+DATA_FIELDS = ("image", "label", "features")  # what the readers give (an .npz: its own names)
+SETTINGS = ("data", "batch", "epochs", "seed", "steps", "evaluate", "show", "export", "validation", "label_column")
 # Preprocessing steps a field may pipe through: name -> number of arguments.
-PIPES = {"scale": 2, "flatten": 0, "channels_first": 0, "one_hot": 1, "int64": 0}
-# Evaluations: what each measures on the test split after every epoch.
+PIPES = {"scale": 2, "flatten": 0, "channels_first": 0, "one_hot": 1, "int64": 0, "float32": 0, "standardize": 0,
+         "resize": 2, "random_crop": 2, "random_flip": 0}
+POSITIVE_INT_PIPES = ("one_hot", "resize", "random_crop")  # their arguments are counts
+# Evaluations: what each measures on the test split (and the validation split) after every epoch.
 EVALUATIONS = {
-    "accuracy": "accuracy(Model(field, ...), label): the share of argmax(prediction) == label",
+    "accuracy": "accuracy(Model(field, ...), label, k=1): the share of examples whose label is among the k "
+                "highest scores (k=1: argmax(prediction) == label)",
+    "mse": "mse(Model(field, ...), target): the mean squared error of a regression",
+    "mae": "mae(Model(field, ...), target): the mean absolute error of a regression",
+    "r2": "r2(Model(field, ...), target): the coefficient of determination, 1 - SSE / SST",
     "loss": "loss(step(field, ...)): the step's loss, without updating anything",
     "generated_accuracy": "generated_accuracy(Generator, judge=TRAIN): the share of generated digits the "
                           "model trained by TRAIN classifies as the class asked for",
@@ -63,9 +74,10 @@ class Measure:
     kind: str  # an EVALUATIONS or PICTURES key
     call: Call | None  # the model or step call it runs
     model: str | None  # the model it reads (latent_grid, class_grid, generated_accuracy, filters)
-    label: str | None = None  # accuracy: the labels field
+    label: str | None = None  # accuracy: the labels field; mse, mae, r2: the targets field
     judge: str | None = None  # generated_accuracy: the train declaration whose model judges
     span: Span | None = None
+    k: int = 1  # accuracy: top-k
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,9 @@ class Plan:
     show: tuple[Measure, ...]
     export: str  # the model written as the trained inference .onnx
     span: Span = field(compare=False, repr=False)
+    evaluations: tuple[Measure, ...] = ()  # all of `evaluate` (a list or one); `evaluate` is the first
+    validation: float = 0.0  # the share of the training split held out, evaluated each epoch
+    label_column: str | None = None  # a CSV's column read as `label` (default: `label`, else `target`)
 
     def value_range(self, field: str) -> tuple[float, float]:
         """The pixel range a field's `scale(lo, hi)` gives (0-1 without one)."""
@@ -93,8 +108,11 @@ class Plan:
 
     def settings(self) -> dict:
         """What a checkpoint must agree on to be resumed."""
-        return {"train": self.name, "dataset": self.dataset, "batch": self.batch, "seed": self.seed,
-                "steps": [s.name for s in self.steps]}
+        settings = {"train": self.name, "dataset": self.dataset, "batch": self.batch, "seed": self.seed,
+                    "steps": [s.name for s in self.steps]}
+        # (each only when set: checkpoints written before they existed still resume)
+        settings.update({k: v for k, v in (("validation", self.validation), ("label_column", self.label_column)) if v})
+        return settings
 
 
 def plan(program: Program, name: str | None = None) -> Plan:
@@ -124,7 +142,7 @@ class _Reader:
             if st.targets[0] in self.values:
                 raise DslError(f"`{st.targets[0]}` is set twice", st.span)
             self.values[st.targets[0]] = st
-        dataset = self._word("data", DATASETS)
+        self.dataset = dataset = self._word("data", DATASETS)
         self.fields = fields = {}
         for n, st in self.values.items():
             if n not in SETTINGS:
@@ -138,11 +156,13 @@ class _Reader:
         steps = tuple(self._call(e, A.Step, "a step") for e in self._list("steps"))
         if not steps:
             raise DslError("`steps` is empty", self.values["steps"].value.span, "name at least one step")
-        evaluate = self._measure(self.values["evaluate"].value, EVALUATIONS) if "evaluate" in self.values else None
+        evaluations = tuple(self._measure(e, EVALUATIONS) for e in self._list("evaluate")) \
+            if "evaluate" in self.values else ()
         show = tuple(self._measure(e, PICTURES) for e in self._list("show")) if "show" in self.values else ()
         export = self._export(steps)
-        return Plan(d.name, self.program.file, dataset, fields, batch, epochs, seed, steps, evaluate, show,
-                    export, d.span)
+        return Plan(d.name, self.program.file, dataset, fields, batch, epochs, seed, steps,
+                    evaluations[0] if evaluations else None, show, export, d.span, evaluations, self._validation(),
+                    self._column())
 
     # ---- settings
     def _word(self, key: str, allowed) -> str:
@@ -151,9 +171,28 @@ class _Reader:
                            f"add `{key} = mnist` (or {', '.join(allowed)})")
         e = self.values[key].value
         if not isinstance(e, A.Name) or e.id not in allowed:
-            raise DslError(f"`{key}` must be one of {', '.join(allowed)}", e.span,
+            raise DslError(f"`{key}` must be a dataset ({', '.join(NAMED_DATASETS)}) or the format of the "
+                           f"--data files ({', '.join(DATA_FORMATS)})", e.span,
                            did_you_mean(e.id, allowed) if isinstance(e, A.Name) else None)
         return e.id
+
+    def _column(self) -> str | None:
+        if "label_column" not in self.values:
+            return None
+        e = self.values["label_column"].value
+        if not isinstance(e, (A.String, A.Name)) or not (e.value if isinstance(e, A.String) else e.id):
+            raise DslTypeError("`label_column` names the CSV column to read as `label`", e.span,
+                               'e.g. label_column = "quality"')
+        return e.value if isinstance(e, A.String) else e.id
+
+    def _validation(self) -> float:
+        if "validation" not in self.values:
+            return 0.0
+        e = self.values["validation"].value
+        if not isinstance(e, A.Number) or not 0 < e.value < 1:
+            raise DslTypeError("`validation` is the share of the training split held out, a number "
+                               "between 0 and 1", e.span, "e.g. validation = 0.1")
+        return float(e.value)
 
     def _int(self, key: str, default: int, minimum: int = 1) -> int:
         if key not in self.values:
@@ -181,8 +220,10 @@ class _Reader:
                 raise DslTypeError(f"`{e.func.id}` takes {PIPES[e.func.id]} argument(s) after the field", e.span,
                                    "e.g. image |> scale(0, 1) |> channels_first, label |> one_hot(10)")
             values = tuple(self._number(a) for a in args)
-            if e.func.id == "one_hot" and (not isinstance(values[0], int) or values[0] < 1):
-                raise DslTypeError("one_hot takes the number of classes, a positive integer", args[0].span)
+            for a, v in zip(args, values):
+                if e.func.id in POSITIVE_INT_PIPES and (not isinstance(v, int) or v < 1):
+                    raise DslTypeError(f"{e.func.id} takes " + ("the number of classes" if e.func.id == "one_hot"
+                                       else "a height and a width") + ", positive integers", a.span)
             pipes.append((e.func.id, values))
             e = e.args[0]
         if not isinstance(e, A.Name):
@@ -225,7 +266,8 @@ class _Reader:
 
     def _feed(self, e: A.Expr):
         if isinstance(e, A.Name) and e.id != "batch":
-            if e.id not in self.fields and e.id not in ("image", "label"):
+            # (an .npz names its own arrays: any name is a dataset field, that the run checks)
+            if e.id not in self.fields and e.id not in DATA_FIELDS and self.dataset != "npz":
                 raise DslNameError(f"unknown field `{e.id}`", e.span,
                                    did_you_mean(e.id, list(self.fields)) or "define it: `name = image |> ...`")
             return e.id
@@ -242,14 +284,22 @@ class _Reader:
         usage = table[kind]
         if not args:
             raise DslTypeError(f"{kind} needs an argument", e.span, usage)
-        if kind in ("accuracy", "reconstructions"):
+        allowed = {"accuracy": ("k",), "generated_accuracy": ("judge",)}.get(kind, ())
+        for kw in e.kwargs:
+            if kw.name not in allowed:
+                raise DslTypeError(f"{kind} has no option `{kw.name}`", kw.span, usage)
+        if kind in ("accuracy", "mse", "mae", "r2", "reconstructions"):
             call = self._call(args[0], A.Model, "a model")
             label = None
-            if kind == "accuracy":
-                if len(args) != 2:
-                    raise DslTypeError("accuracy takes a model call and a labels field", e.span, usage)
+            if kind != "reconstructions":
+                if len(args) != 2 or not isinstance(args[1], A.Name):
+                    raise DslTypeError(f"{kind} takes a model call and a field of "
+                                       f"{'labels' if kind == 'accuracy' else 'targets'}", e.span, usage)
                 label = self._feed(args[1])
-            return Measure(kind, call, call.name, label=label, span=e.span)
+            k = kwargs.get("k")
+            if k is not None and (not isinstance(k, A.Number) or not isinstance(k.value, int) or k.value < 1):
+                raise DslTypeError("`k` counts the highest scores a label may be among: an integer >= 1", k.span)
+            return Measure(kind, call, call.name, label=label, span=e.span, k=k.value if k is not None else 1)
         if kind == "loss":
             return Measure(kind, self._call(args[0], A.Step, "a step"), None, span=e.span)
         model = self._model_name(args[0])
