@@ -109,6 +109,20 @@ def _tan_domain(rng, shape):
     return rng.uniform(-1.2, 1.2, shape)
 
 
+def _pick(*values):  # exact values, kinks among them (relu6 at 0 and 6, hard_swish at +-3)
+    return lambda rng, shape: rng.choice(np.asarray(values, np.float64), shape)
+
+
+def _avoid(*kinks, scale=3.0):  # spread out, at least 0.1 from every kink
+    def draw(rng, shape):
+        x = rng.standard_normal(shape) * scale
+        for k in kinks:
+            near = np.abs(x - k) < 0.1
+            x = np.where(near, k + np.where(x >= k, 0.1, -0.1) + (x - k), x)
+        return x
+    return draw
+
+
 SAMPLERS = {"normal": _normal, "positive": _positive, "away": _away, "distinct": _distinct, "zeros": _zeros,
             "relu": _relu_ints, "ints": _ints, "blocks": _blocks, "probs": _probs, "softmaxed": _softmaxed,
             "tan": _tan_domain}
@@ -466,6 +480,125 @@ SAMPLES += [
     S("log_softmax-axis1-ties", "log_softmax", "log_softmax(x, axis=1)", X((2, 4, 2), "zeros"),
       lambda i, w: F.log_softmax(i["x"], 1)),
     S("softplus-large", "softplus", "softplus(x * 30)", X((2, 4)), lambda i, w: F.softplus(i["x"] * 30)),
+]
+
+# ---- issue 21: relu6, hard_sigmoid, hard_swish (torch's: hardtanh's derivative is 0 at both bounds;
+# hardsigmoid as relu6(x + 3) / 6, its definition, since torch has no double backward for F.hardsigmoid)
+_KINKS = _pick(-7.0, -3.0, -1.5, 0.0, 1.0, 3.0, 4.5, 6.0, 8.0)
+SAMPLES += [
+    S("relu6", "relu6", "relu6(x)", X((3, 4), _avoid(0.0, 6.0)), lambda i, w: F.relu6(i["x"])),
+    S("relu6-kinks", "relu6", "relu6(x) * x", X((3, 6), _KINKS), lambda i, w: F.relu6(i["x"]) * i["x"], smooth=False),
+    S("hard_sigmoid", "hard_sigmoid", "hard_sigmoid(x)", X((3, 4), _avoid(-3.0, 3.0)),
+      lambda i, w: F.relu6(i["x"] + 3) / 6),
+    S("hard_swish", "hard_swish", "hard_swish(x)", X((3, 4), _avoid(-3.0, 3.0)), lambda i, w: F.hardswish(i["x"])),
+    S("hard-kinks", ("hard_sigmoid", "hard_swish"), "hard_sigmoid(x) * x + hard_swish(x) * x",
+      X((3, 6), _KINKS), lambda i, w: F.relu6(i["x"] + 3) / 6 * i["x"] + F.hardswish(i["x"]) * i["x"], smooth=False),
+    S("dense-hard_swish-activation", ("dense", "hard_swish", "relu6"),
+      "dense(x, 3, activation=hard_swish) |> dense(2, activation=relu6)", X((2, 4)),
+      lambda i, w: F.relu6(F.hardswish(i["x"] @ w["y.weight"] + w["y.bias"]) @ w["y_2.weight"] + w["y_2.bias"])),
+]
+
+# ---- issue 21: tensors made from numbers, list literals, inf, masked_fill, float64 embedding / one_hot
+SAMPLES += [
+    S("creation", ("arange", "zeros", "ones", "full"),
+      "x * cast(arange(3), f64) + zeros([2, 3]) + ones([3]) * x * x + full([2, 1], 0.5) * x + arange(0.5, 2, 0.5) * x"
+      " + x * full(like=x, value=2.0)", X((2, 3)),
+      lambda i, w: i["x"] * torch.arange(3).double() + i["x"] * i["x"] + 0.5 * i["x"]
+      + torch.arange(0.5, 2, 0.5, dtype=torch.float64) * i["x"] + 2 * i["x"]),
+    S("creation-symbolic", ("arange", "zeros", "ones"),
+      "x * cast(arange(N), f64)[:, None] + ones([N, 3]) * x + sum(cast(arange(1, N + 1, 2), f64)) * x + zeros(like=x)",
+      X((4, 3), declared=("N", 3)),
+      lambda i, w: i["x"] * torch.arange(4).double()[:, None] + i["x"] + 4 * i["x"]),
+    S("masked_fill-causal-inf", ("masked_fill", "arange", "softmax"),
+      "softmax(masked_fill(x, arange(4)[None, :] > arange(3)[:, None], -inf), axis=-1)", X((3, 4)),
+      lambda i, w: F.softmax(i["x"].masked_fill(torch.arange(4)[None, :] > torch.arange(3)[:, None], -np.inf), -1)),
+    S("masked_fill-tensor-value", "masked_fill", "masked_fill(x, x > 0, a) * x + masked_fill(x, x < 0, 2)",
+      [X((3, 4), "ints"), X((), name="a")],
+      lambda i, w: i["x"].masked_fill(i["x"] > 0, i["a"]) * i["x"] + i["x"].masked_fill(i["x"] < 0, 2.0), smooth=False),
+    S("list-literals", ("embedding", "cast"),
+      "x * [1.5, -2, 0.1] + embedding([2, 0, 2], 4, 3) + cast([1, 2, 3], f64) * x + [[1], [2], [3]]", X((3, 3)),
+      lambda i, w: i["x"] * torch.tensor([1.5, -2, 0.1], dtype=torch.float64) + w["y.weight"][[2, 0, 2]]
+      + torch.tensor([1.0, 2, 3], dtype=torch.float64) * i["x"] + torch.tensor([[1.0], [2], [3]], dtype=torch.float64)),
+    # (f64 beside f64 values without float64=True: the table and the rows are f64)
+    S("embedding-one_hot-f64", ("embedding", "one_hot"), "embedding(x, 6, 3) * v + one_hot(x, 6)[:, :, :3] * v",
+      [X((2, 4), _labels(6), dtype="i64"), X((2, 4, 1), name="v")],
+      lambda i, w: F.embedding(i["x"], w["y.weight"]) * i["v"] + F.one_hot(i["x"], 6)[:, :, :3].double() * i["v"]),
+]
+
+# ---- issue 21: sequence layers against torch's modules (functional_call: the weights are the sample's)
+def _torch_rnn(kind, units, return_sequences):
+    """torch LSTM / GRU with dslc's Keras-layout weights mapped in (README "Sequence layers")."""
+    def fn(i, w):
+        x = i["x"]
+        k, r, b = w["y.kernel"], w["y.recurrent_kernel"], w["y.bias"]
+        if kind == "lstm":
+            mod = torch.nn.LSTM(x.shape[2], units, batch_first=True).double()
+            params = {"weight_ih_l0": k.T, "weight_hh_l0": r.T, "bias_ih_l0": b, "bias_hh_l0": torch.zeros_like(b)}
+        else:  # Keras' gate order z, r, h to torch's r, z, n
+            perm = list(range(units, 2 * units)) + list(range(units)) + list(range(2 * units, 3 * units))
+            mod = torch.nn.GRU(x.shape[2], units, batch_first=True).double()
+            params = {"weight_ih_l0": k[:, perm].T, "weight_hh_l0": r[:, perm].T, "bias_ih_l0": b[perm],
+                      "bias_hh_l0": w["y.recurrent_bias"][perm]}
+        out, state = torch.func.functional_call(mod, params, (x,))
+        h = state[0] if kind == "lstm" else state
+        return out if return_sequences else h[0]
+    return fn
+
+
+def _torch_mha(heads, causal=False, mask=None):
+    def fn(i, w):
+        q, k, v = i["q"], i.get("k", i["q"]), i.get("v", i.get("k", i["q"]))
+        e = q.shape[2]
+        mod = torch.nn.MultiheadAttention(e, heads, batch_first=True, kdim=k.shape[2], vdim=v.shape[2]).double()
+        wq, wk, wv = w["y.query.weight"], w["y.key.weight"], w["y.value.weight"]
+        params = {"in_proj_bias": torch.cat([w["y.query.bias"], w["y.key.bias"], w["y.value.bias"]]),
+                  "out_proj.weight": w["y.output.weight"].T, "out_proj.bias": w["y.output.bias"]}
+        if k.shape[2] == e and v.shape[2] == e:
+            params["in_proj_weight"] = torch.cat([wq.T, wk.T, wv.T])
+        else:
+            params.update({"q_proj_weight": wq.T, "k_proj_weight": wk.T, "v_proj_weight": wv.T})
+        attn_mask = None  # torch: true where attention is NOT allowed
+        if causal:
+            attn_mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool).triu(1)
+        if mask is not None:
+            m = ~mask(i)
+            attn_mask = m if attn_mask is None else attn_mask | m
+            if attn_mask.dim() == 3:
+                attn_mask = attn_mask.repeat_interleave(heads, 0)
+        # (the math kernel: torch's fused CPU attention has no double backward)
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            out, _ = torch.func.functional_call(mod, params, (q, k, v), {"attn_mask": attn_mask, "need_weights": False})
+        return out
+    return fn
+
+
+SAMPLES += [
+    S("lstm-unrolled-sequences", "lstm", "lstm(x, 3, return_sequences=true)", X((2, 3, 2)),
+      _torch_rnn("lstm", 3, True)),
+    S("lstm-loop-symbolic-last", "lstm", "lstm(x, 2)", X((2, 4, 3), declared=("N", "T", 3)),
+      _torch_rnn("lstm", 2, False)),
+    S("gru-unrolled-last", "gru", "gru(x, 3)", X((2, 3, 2)), _torch_rnn("gru", 3, False)),
+    S("lstm-loop-static-sequences", "lstm", "lstm(x, 2, return_sequences=true, unroll=false)", X((1, 3, 2)),
+      _torch_rnn("lstm", 2, True)),
+    S("gru-loop-symbolic-sequences", "gru", "gru(x, 2, return_sequences=true)", X((1, 4, 2), declared=("N", "T", 2)),
+      _torch_rnn("gru", 2, True)),
+    # (head sizes 4: 1 / sqrt(4) is exact in float32, the type of the alpha of onnxruntime's FusedMatMul,
+    # into which it folds the scale of the query gradient's MatMul even in a float64 graph)
+    S("multi_head_attention-self", "multi_head_attention", "multi_head_attention(q, q, q, 1)",
+      [X((2, 3, 4), name="q")], _torch_mha(1)),
+    S("multi_head_attention-causal-cross", "multi_head_attention", "multi_head_attention(q, k, k, 2, causal=true)",
+      [X((1, 3, 8), name="q"), X((1, 4, 3), name="k")], _torch_mha(2, causal=True)),
+    S("multi_head_attention-mask-symbolic", "multi_head_attention",
+      "multi_head_attention(q, k, v, 1, mask=m)",
+      [X((2, 3, 4), declared=("N", "T", 4), name="q"), X((2, 2, 3), declared=("N", "S", 3), name="k"),
+       X((2, 2, 2), declared=("N", "S", 2), name="v"),
+       X((2, 3, 2), lambda r, s: np.array([[[1, 0], [1, 1], [0, 1]], [[1, 1], [0, 1], [1, 0]]], bool),
+         declared=("N", "T", "S"), name="m", dtype="bool")],
+      _torch_mha(1, mask=lambda i: i["m"])),
+    S("positional_embedding", ("positional_embedding",), "x + positional_embedding(x)", X((2, 3, 4)),
+      lambda i, w: i["x"] + w["y.weight"]),
+    S("positional_embedding-symbolic", ("positional_embedding",), "x * positional_embedding(x, max_len=5)",
+      X((2, 3, 2), declared=("N", "T", 2)), lambda i, w: i["x"] * w["y.weight"][:3]),
 ]
 
 # ---- math

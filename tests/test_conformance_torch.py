@@ -62,6 +62,7 @@ ACTIVATIONS = {
     "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "mish": F.mish, "elu": F.elu,
     "leaky_relu": lambda x: F.leaky_relu(x, 0.3),  # Keras' default alpha
     "softmax": lambda x: F.softmax(x, -1), "log_softmax": lambda x: F.log_softmax(x, -1),
+    "relu6": F.relu6, "hard_sigmoid": F.hardsigmoid, "hard_swish": F.hardswish,
 }
 LAYERS = [
     Case("dense", "dense(x, 5)", (3, 6), dense_t, ("weight", "bias")),
@@ -143,7 +144,81 @@ LAYERS = [
     Case("upsample2d", "upsample2d(x, 2)", IMG, lambda x, w: F.interpolate(x, scale_factor=2, mode="nearest")),
     Case("upsample2d-bilinear", "upsample2d(x, 2, mode=bilinear)", IMG,
          lambda x, w: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)),
-] + [Case(name, f"{name}(x)", (3, 7), lambda x, w, f=f: f(x)) for name, f in ACTIVATIONS.items()]
+] + [Case(name, f"{name}(x)", (3, 7), lambda x, w, f=f: f(x)) for name, f in ACTIVATIONS.items()] + [
+    # issue 21: the kinks of relu6 / hard_* reached, tensors made from numbers, masks filled with -inf
+    Case("relu6-wide", "relu6(x * 5)", (3, 7), lambda x, w: F.relu6(x * 5)),
+    Case("hard_swish-hard_sigmoid-wide", "hard_swish(x * 3) + hard_sigmoid(x * 3)", (3, 7),
+         lambda x, w: F.hardswish(x * 3) + F.hardsigmoid(x * 3)),
+    Case("arange-zeros-ones-full", "x * cast(arange(7), f32) + full([3, 1], 0.5) * x + ones([7]) + zeros(like=x)"
+         " + arange(0.0, 1.4, 0.2)", (3, 7),
+         lambda x, w: x * torch.arange(7).float() + 0.5 * x + 1 + torch.arange(0.0, 1.4, 0.2)),
+    Case("masked_fill-causal", "softmax(masked_fill(x, arange(7)[None, :] > arange(3)[:, None], -inf))", (3, 7),
+         lambda x, w: F.softmax(x.masked_fill(torch.arange(7)[None, :] > torch.arange(3)[:, None], -float("inf")), -1)),
+]
+
+
+def rnn_t(kind, units, return_sequences):
+    """torch LSTM / GRU with dslc's Keras-layout weights (README "Sequence layers"): W.T, and for the
+    GRU Keras' gate order z, r, h permuted to torch's r, z, n; dslc's LSTM has one bias (torch's
+    bias_hh = 0)."""
+    def fn(x, w):
+        k, r, b = w["kernel"], w["recurrent_kernel"], w["bias"]
+        if kind == "lstm":
+            mod = torch.nn.LSTM(x.shape[2], units, batch_first=True)
+            params = {"weight_ih_l0": k.T, "weight_hh_l0": r.T, "bias_ih_l0": b, "bias_hh_l0": torch.zeros_like(b)}
+        else:
+            perm = list(range(units, 2 * units)) + list(range(units)) + list(range(2 * units, 3 * units))
+            mod = torch.nn.GRU(x.shape[2], units, batch_first=True)
+            params = {"weight_ih_l0": k[:, perm].T, "weight_hh_l0": r[:, perm].T, "bias_ih_l0": b[perm],
+                      "bias_hh_l0": w["recurrent_bias"][perm]}
+        out, state = torch.func.functional_call(mod, params, (x,))
+        return out if return_sequences else (state[0] if kind == "lstm" else state)[0]
+    return fn
+
+
+# (not key.bias: its gradient is exactly zero, softmax being blind to q . key.bias added to every score
+# of a row, so both sides hold round-off there; tests/opinfo.py checks it in float64)
+MHA_WEIGHTS = tuple(f"{p}.{k}" for p in ("query", "key", "value", "output") for k in ("weight", "bias")
+                    if f"{p}.{k}" != "key.bias")
+
+
+def mha_t(heads, kv=lambda x: x, causal=False):
+    """torch nn.MultiheadAttention(batch_first=True) with dslc's weights: in_proj = [Wq.T; Wk.T; Wv.T]
+    (q/k/v_proj_weight when k, v have other widths), out_proj = Wo.T; torch's attn_mask is true where
+    attention is NOT allowed."""
+    def fn(x, w):
+        k = kv(x)
+        e = x.shape[2]
+        mod = torch.nn.MultiheadAttention(e, heads, batch_first=True, kdim=k.shape[2], vdim=k.shape[2])
+        params = {"in_proj_bias": torch.cat([w["query.bias"], w["key.bias"], w["value.bias"]]),
+                  "out_proj.weight": w["output.weight"].T, "out_proj.bias": w["output.bias"]}
+        if k.shape[2] == e:
+            params["in_proj_weight"] = torch.cat([w["query.weight"].T, w["key.weight"].T, w["value.weight"].T])
+        else:
+            params.update({"q_proj_weight": w["query.weight"].T, "k_proj_weight": w["key.weight"].T,
+                           "v_proj_weight": w["value.weight"].T})
+        mask = torch.ones(x.shape[1], k.shape[1], dtype=torch.bool).triu(1) if causal else None
+        out, _ = torch.func.functional_call(mod, params, (x, k, k), {"attn_mask": mask, "need_weights": False})
+        return out
+    return fn
+
+
+SEQUENCE_LAYERS = [
+    Case("lstm-unrolled-sequences", "lstm(x, 5, return_sequences=true)", (2, 6, 3), rnn_t("lstm", 5, True),
+         ("kernel", "recurrent_kernel", "bias")),
+    Case("lstm-loop-last", "lstm(x, 4, unroll=false)", (2, 20, 3), rnn_t("lstm", 4, False),
+         ("kernel", "recurrent_kernel", "bias")),
+    Case("gru-unrolled-last", "gru(x, 5)", (2, 6, 3), rnn_t("gru", 5, False),
+         ("kernel", "recurrent_kernel", "bias", "recurrent_bias")),
+    Case("gru-loop-sequences", "gru(x, 4, return_sequences=true, unroll=false)", (2, 20, 3), rnn_t("gru", 4, True),
+         ("kernel", "recurrent_kernel", "bias", "recurrent_bias")),
+    Case("multi_head_attention-causal", "multi_head_attention(x, x, x, 2, causal=true)", (2, 5, 8),
+         mha_t(2, causal=True), MHA_WEIGHTS),
+    Case("multi_head_attention-cross", "multi_head_attention(x, x[:, :3, :6], x[:, :3, :6], 4)", (2, 5, 8),
+         mha_t(4, kv=lambda x: x[:, :3, :6]), MHA_WEIGHTS),
+    Case("positional_embedding", "x + positional_embedding(x)", (2, 5, 4), lambda x, w: x + w["weight"], ("weight",)),
+]
+LAYERS += SEQUENCE_LAYERS
 
 
 def _randomize(model, rng):
@@ -203,7 +278,7 @@ def test_layer_matches_torch(c: Case):
     ours, weights = _run_dslc(model_src + probe, {"x": x, "dy": dy}, rng)
 
     xt = torch.tensor(x, requires_grad=not c.integer_input)
-    wt = {k.split(".")[-1]: torch.tensor(v, requires_grad=k.split(".")[-1] in c.weights)
+    wt = {k[len("L.y."):]: torch.tensor(v, requires_grad=k[len("L.y."):] in c.weights)  # ("query.weight")
           for k, v in weights.items() if k.startswith("L.y.")}
     y = c.torch_fn(xt, wt)
     (y * torch.tensor(dy)).sum().backward()

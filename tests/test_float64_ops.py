@@ -53,8 +53,19 @@ CASES = {
     "global_avg_pool1d": (X3, "global_avg_pool1d(x)"), "max_pool3d": (X5, "max_pool3d(x, 2, padding=same)"),
     "avg_pool3d": (X5, "avg_pool3d(x, 3, strides=2, padding=1)"), "global_avg_pool3d": (X5, "global_avg_pool3d(x)"),
 }
+CASES.update({  # issue 21 (float values beside f64 ones are f64: arange of floats, zeros, ones, full)
+    "arange": (X2, "x * cast(arange(6), f64) + arange(0.0, 3.0, 0.5)"), "zeros": (X2, "x + zeros([3, 6])"),
+    "ones": (X2, "x * ones(like=x)"), "full": (X2, "x * full([3, 1], 0.5)"),
+    "masked_fill": (X2, "softmax(masked_fill(x, x > 1.5, -inf))"),
+    "lstm": (X3, "lstm(x, 3, return_sequences=true)"), "gru": (X3, "gru(x, 3, unroll=false)"),
+    # (head size 4: onnxruntime folds the query gradient's scale 1 / sqrt(head size) into a FusedMatMul
+    # whose alpha is float32, exact for 1 / sqrt(4) only; README "Conventions")
+    "multi_head_attention": (X3, "multi_head_attention(x[:, :, :8], x, x, 2, causal=true)"),
+    "positional_embedding": (X3, "x + positional_embedding(x)"),
+})
 UNARY = ["relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "silu",
-         "swish", "mish", "exp", "abs", "sin", "cos", "tan", "atan", "erf", "sign", "floor", "ceil", "round"]
+         "swish", "mish", "exp", "abs", "sin", "cos", "tan", "atan", "erf", "sign", "floor", "ceil", "round",
+         "relu6", "hard_sigmoid", "hard_swish"]
 CASES.update({name: (X2, f"{name}(x)") for name in UNARY})
 
 

@@ -6,6 +6,7 @@ arguments); annotations say what a parameter takes: "T" a tensor, "int", "count"
 (`ConvNet.conv1.weight`).
 """
 
+import importlib
 import inspect
 import math
 
@@ -404,11 +405,25 @@ def _zero_row(init, row: int, width: int):
     return zeroed
 
 
+def _float_dtype(ctx: Ctx, dtype) -> str:
+    """A float result's dtype: `dtype=` where given, else the float type of the float values in sight
+    (f64 inside a model whose float inputs are all f64), else f32."""
+    if dtype is not None:
+        if dtype.name not in ("f16", "f32", "f64", "bf16"):
+            raise ctx.error(f"{ctx.name}() needs a float `dtype`, got {dtype.name}", "dtype", "use f32 or f64")
+        return dtype.name
+    floats = {v.dtype for k, v in ctx.sc.env.items() if not k.startswith("__") and isinstance(v, Value)
+              and v.type.is_float}
+    return floats.pop() if len(floats) == 1 else "f32"
+
+
 def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "word" = Symbol("uniform"),
-              padding_idx: "int" = None):
+              padding_idx: "int" = None, dtype: "word" = None):
     """Rows of a [input_dim, output_dim] table. With `padding_idx` (torch's; negative counts from
-    the end) that row starts at zero and its lookups give zeros and pass no gradient back."""
+    the end) that row starts at zero and its lookups give zeros and pass no gradient back. The table
+    is `dtype` (default: f64 among f64 values, else f32)."""
     x = _t(ctx, x, arg="x")
+    dtype = _float_dtype(ctx, dtype)
     if x.dtype not in ("i64", "i32"):
         raise ctx.error(f"embedding needs integer indices, got {x.type}", "x", "use cast(x, i64)")
     if padding_idx is not None:
@@ -420,7 +435,7 @@ def embedding(ctx: Ctx, x: "T", input_dim: "count", output_dim: "count", init: "
     table_init = _init(ctx, init, "init", input_dim, output_dim)
     if padding_idx is not None:
         table_init = _zero_row(table_init, padding_idx, output_dim)
-    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), table_init, span=ctx.span)
+    w = ctx.lw.weight(f"{path}.weight", (input_dim, output_dim), table_init, span=ctx.span, dtype=dtype)
     b = ctx.b
     y = b.op("Gather", [w, x], {"axis": 0})
     if padding_idx is not None:  # lookups of the padding row: zero, and so no gradient for it
@@ -781,11 +796,40 @@ def mish(ctx: Ctx, x: "T"):
     return b.op("Mul", [x, b.op("Tanh", [b.op("Softplus", [x])])])
 
 
+def _relu6(b, x: Value) -> Value:
+    """min(6, relu(x)): derivative 0 at x = 0 (relu's) and at x = 6 (Min sends a tie to its first
+    operand, the constant), as torch's relu6 (hardtanh) and TensorFlow's Relu6Grad have it."""
+    return b.op("Min", [b.const(6.0, x.dtype), b.op("Relu", [x])])
+
+
+def relu6(ctx: Ctx, x: "T"):
+    return _relu6(ctx.b, _float_tensor(ctx, x, "x"))
+
+
+def _hard_sigmoid(b, x: Value) -> Value:
+    return b.op("Mul", [_relu6(b, b.op("Add", [x, b.const(3.0, x.dtype)])), b.const(1 / 6, x.dtype)])
+
+
+def hard_sigmoid(ctx: Ctx, x: "T"):
+    """torch's hardsigmoid, relu6(x + 3) / 6 (Keras 3's too; Keras 2 clipped 0.2 x + 0.5): derivative 1/6
+    strictly inside (-3, 3), 0 at and beyond +-3."""
+    return _hard_sigmoid(ctx.b, _float_tensor(ctx, x, "x"))
+
+
+def hard_swish(ctx: Ctx, x: "T"):
+    """torch's hardswish, x * relu6(x + 3) / 6: derivative 0 at x = -3 and 1 at x = 3, second derivative
+    1/3 strictly inside (-3, 3) and 0 at +-3, as torch's."""
+    x = _float_tensor(ctx, x, "x")
+    b = ctx.b
+    return b.op("Mul", [x, _hard_sigmoid(b, x)])
+
+
 ACTIVATIONS = {
     "relu": _unary("Relu"), "sigmoid": _unary("Sigmoid"), "tanh": _unary("Tanh"), "softplus": _unary("Softplus"),
     "leaky_relu": leaky_relu, "elu": elu, "softmax": softmax, "log_softmax": log_softmax, "gelu": gelu,
     "linear": lambda ctx, x: x,
     "silu": silu, "swish": silu, "mish": mish,
+    "relu6": relu6, "hard_sigmoid": hard_sigmoid, "hard_swish": hard_swish,
 }
 
 
@@ -826,12 +870,14 @@ def where(ctx: Ctx, cond: "T", a: "T", b: "T"):
     return ctx.b.op("Where", [_t(ctx, cond, arg="cond"), _t(ctx, a, like, "a"), _t(ctx, b, like, "b")])
 
 
-def one_hot(ctx: Ctx, indices: "T", depth: "count"):
+def one_hot(ctx: Ctx, indices: "T", depth: "count", dtype: "word" = None):
+    """0/1 rows of `dtype` (default: f64 among f64 values, else f32)."""
     idx = _t(ctx, indices, arg="indices")
     if idx.dtype not in ("i64", "i32"):
         raise ctx.error(f"one_hot needs integer indices, got {idx.type}", "indices", "use cast(x, i64)")
+    dtype = _float_dtype(ctx, dtype)
     b = ctx.b
-    return b.op("OneHot", [idx, b.const(depth, "i64"), b.const([0.0, 1.0], "f32")], {"axis": -1})
+    return b.op("OneHot", [idx, b.const(depth, "i64"), b.const([0.0, 1.0], dtype)], {"axis": -1})
 
 
 def transpose(ctx: Ctx, x: "T", perm: "ints" = None):
@@ -1089,3 +1135,8 @@ BUILTINS = {
     "max_pool1d": max_pool1d, "avg_pool1d": avg_pool1d, "global_avg_pool1d": _global_mean(1),
     "max_pool3d": max_pool3d, "avg_pool3d": avg_pool3d, "global_avg_pool3d": _global_mean(3),
 }
+
+# Built-ins in modules of their own add themselves to BUILTINS (issue 21): arange, zeros, ones, full,
+# masked_fill (creation.py); lstm, gru, multi_head_attention, positional_embedding (sequence.py).
+for _module in ("creation", "sequence"):  # (import_module: either may be the one being imported first)
+    importlib.import_module(f"{__package__}.{_module}")

@@ -101,6 +101,8 @@ def convert(ctx: Ctx, name: str, v, annotation, span: Span):
             return v
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return v  # a literal: the built-in gives it the dtype of its other operand
+        if isinstance(v, list):
+            return v  # a list literal: a constant, of its other operand's dtype where it has one
         raise DslTypeError(f"{ctx.name}() expects a tensor for `{name}`, got {describe(v)}", span)
     if annotation == "T?":  # tensor or nothing
         return v

@@ -26,6 +26,7 @@ WORDS = {"same", "valid", "causal", "nearest", "glorot_uniform", "glorot_normal"
          "relu", "sigmoid", "tanh", "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "gelu", "linear"}
 WORDS |= {"silu", "swish", "mish"}  # activation names usable as `activation=` words
 WORDS |= {"bilinear"}  # upsample2d(mode=)
+WORDS |= {"relu6", "hard_sigmoid", "hard_swish"}  # issue 21: activation names
 
 MAX_NESTING = 100  # expressions inside expressions, through calls too (each takes ~5 Python frames)
 MAX_LOOP_NESTING = 16  # Loop bodies inside Loop bodies: protobuf readers stop at ~30
@@ -149,7 +150,14 @@ class Lowerer:
                     raise DslError("this statement comes after `return`, so it would never run", body[k + 1].span,
                                    "`return` must be the last statement")
                 sc.binding = "return"
-                return tuple(self.expr(sc, e) for e in st.values)
+                values, exprs = [], []
+                for e in st.values:  # `return grad(loss, [a, b])`: each gradient is one returned value
+                    v = self.expr(sc, e)
+                    parts = v if isinstance(v, tuple) else (v,)
+                    values += parts
+                    exprs += [e] * len(parts)
+                sc.env["__returned__"] = exprs  # the expression each value comes from (targets name outputs)
+                return tuple(values)
             elif isinstance(st, A.Minimize):
                 if sc.kind != "step":
                     raise DslError("`minimize` is only allowed in a step", st.span,
@@ -320,6 +328,8 @@ class Lowerer:
         if e.id == "None":
             raise DslError("`None` adds an axis of size 1 inside brackets only", e.span,
                            "e.g. x[None] or x[:, None]")
+        if e.id == "inf":  # -inf is its negation: masks such as where(causal, s, -inf)
+            return math.inf
         if e.id in WORDS:
             return Symbol(e.id)
         from .builtins import BUILTINS
@@ -350,7 +360,11 @@ class Lowerer:
         if isinstance(v, list) and is_shape_list(v):
             return self.shape_vector(sc, v, span)
         if isinstance(v, list):
-            return sc.b.const(*_list_array(v, span))
+            _, dtype = _list_array(v, span)  # (checks it: numbers, rectangular)
+            if like is not None and (like.type.is_float or like.dtype in ("i64", "i32") and dtype == "i64"):
+                dtype = like.dtype  # [1, 2, 3] beside an f32 value is f32, as a number is
+            sc.b.span = span
+            return sc.b.const(v, dtype)  # (from the numbers as written: f32 ones keep their exact values)
         from .builtins import BUILTINS
         hint = (f"`{v.name}` is also a function: call it, e.g. `{v.name}(x)`"
                 if isinstance(v, Symbol) and v.name in BUILTINS else None)
@@ -623,6 +637,12 @@ def check_arg_type(p: A.Param, value, span: Span, dims: dict, sc: Scope, lw: Low
         raise DslTypeError(f"unknown type `{t.dtype}`", t.span, did_you_mean(t.dtype, list(DTYPES) + ["int", "float"]))
     if _is_number(value) and not t.dims:  # a literal passed for a scalar tensor parameter
         return sc.b.const(np.asarray(value), t.dtype)
+    if isinstance(value, list) and not is_shape_list(value):  # a list literal: a constant of the declared dtype
+        _, dtype = _list_array(value, span)
+        if dtype == "f32" and t.dtype not in ("f16", "f32", "f64", "bf16"):
+            raise DslTypeError(f"{who} must be {type_str(t)}, got a list of floats", span)
+        sc.b.span = span
+        value = sc.b.const(value, t.dtype)
     if not isinstance(value, Value):
         raise DslTypeError(f"{who} must be {type_str(t)}, got {describe(value)}", span)
     want = t.dims or ()

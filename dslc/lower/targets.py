@@ -97,9 +97,10 @@ def _lower_target(program: Program, name: str, options: Options, emit: str | Non
         if result is None:
             raise DslError(f"fn `{name}` ends without `return`", d.name_span or d.span,
                            "give its result with `return <value>` as the last statement")
-        names = _return_names(d, len(result))
         ret = next(s for s in d.body if isinstance(s, A.Return))
-        for o, v, e in zip(names, result, ret.values):
+        exprs = sc.env.get("__returned__", ret.values)  # (one per value: grad(y, [a, b]) gives two)
+        names = _return_names(d, len(result), exprs)
+        for o, v, e in zip(names, result, exprs):
             if isinstance(v, ModelResult) and len(v.outputs) == 1:
                 v = v.outputs[0]
             _output(b, o, lw.tensor(sc, v, e.span))
@@ -196,13 +197,14 @@ def _output(b, name: str, v: Value) -> None:
     b.graph.outputs.append(b.op("Identity", [v], names=[name]))
 
 
-def _return_names(d: A.Fn, n: int) -> list[str]:
+def _return_names(d: A.Fn, n: int, exprs=None) -> list[str]:
     """Outputs are named after the returned bindings; `return x` of an input `x` gives `x_out`."""
     ret = next((s for s in d.body if isinstance(s, A.Return)), None)
+    exprs = exprs if exprs is not None else ret.values if ret is not None else []
     inputs = {p.name for p in d.params}
     names = []
     for i in range(n):
-        e = ret.values[i] if ret is not None and i < len(ret.values) else None
+        e = exprs[i] if i < len(exprs) else None
         name = e.id if isinstance(e, A.Name) else ("output" if n == 1 else f"output_{i}")
         name = f"{name}_out" if name in inputs else name
         names.append(name if name not in names else f"{name}_{i}")
