@@ -7,6 +7,8 @@ a dtype and a shape whose dims are ints or symbols (strings such as "N" or "2*N"
 from __future__ import annotations
 
 import functools
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,29 +110,149 @@ def _combine(a: Dim, b: Dim, sign: int) -> Dim:
 
 @functools.lru_cache(maxsize=4096)
 def normal_dim(d: str) -> Dim:
-    """The one spelling of a symbolic dim: a sum of products, each an integer coefficient first and
-    its symbols sorted, like products merged, in the order they first appear: "H*2-1" and "2*H-1"
-    are "2*H-1", "N*k+k*N" is "2*N*k", "N-N+3" is 3."""
-    terms, const = _terms(d)
-    coefficients: dict[tuple, int] = {}
-    for sign, atom in terms:
-        factors = dim_factors(atom)
-        coefficient = sign
-        for f in factors:
-            coefficient *= f if isinstance(f, int) else 1
-        key = tuple(sorted(f for f in factors if not isinstance(f, int)))
-        coefficients[key] = coefficients.get(key, 0) + coefficient
+    """The one spelling of a symbolic dim: its polynomial expanded, each product an integer
+    coefficient and its symbols sorted, the products ordered by degree, then name, the constant
+    last. "H*2-1" and "2*H-1" are "2*H-1"; "2*(2*(H+1))-1" and "4*((H+1))-1" are "4*H+3"; "N-N+3"
+    is 3. ceil(...) and a quotient stay one symbol, their insides in normal form: "ceil((H)/2)"."""
+    tokens = _DIM_TOKEN.findall(d.replace(" ", ""))
+    if "".join(tokens) != d.replace(" ", ""):
+        return d  # not an expression this parser knows: kept as written
+    try:
+        poly, rest = _sum(tokens, 0)
+    except (IndexError, ValueError):
+        return d
+    return _render(poly) if rest == len(tokens) else d
+
+
+_DIM_TOKEN = re.compile(r"\d+|[A-Za-z_][A-Za-z0-9_]*|[-+*/(),]")
+Poly = dict  # {sorted tuple of symbols: integer coefficient}; () is the constant
+
+
+def _sum(tokens: list[str], i: int) -> tuple[Poly, int]:
+    poly, i = _product(tokens, i)
+    while i < len(tokens) and tokens[i] in "+-":
+        sign = 1 if tokens[i] == "+" else -1
+        term, i = _product(tokens, i + 1)
+        poly = _add(poly, term, sign)
+    return poly, i
+
+
+def _product(tokens: list[str], i: int) -> tuple[Poly, int]:
+    poly, i = _factor(tokens, i)
+    while i < len(tokens) and tokens[i] in "*/":
+        op = tokens[i]
+        other, i = _factor(tokens, i + 1)
+        if op == "*":
+            poly = _mul(poly, other)
+        elif list(other) == [()] and all(c % other[()] == 0 for c in poly.values()):
+            poly = {k: c // other[()] for k, c in poly.items()}  # divides exactly: 2*(H+2) / 2 is H+2
+        else:  # a quotient is one symbol of its own
+            poly = {(f"({_render(poly)})/{_wrapped(other)}",): 1}
+    return poly, i
+
+
+def _factor(tokens: list[str], i: int) -> tuple[Poly, int]:
+    t = tokens[i]
+    if t == "-":
+        poly, i = _factor(tokens, i + 1)
+        return {k: -c for k, c in poly.items()}, i
+    if t == "(":
+        poly, i = _sum(tokens, i + 1)
+        if tokens[i] != ")":
+            raise ValueError(d)
+        return poly, i + 1
+    if t.isdigit():
+        return ({(): int(t)} if int(t) else {}), i + 1
+    if i + 1 < len(tokens) and tokens[i + 1] == "(":  # ceil(...), same_begin(..., ...): one symbol
+        args, j = [], i + 1
+        while tokens[j] in "(,":
+            arg, j = _sum(tokens, j + 1)
+            args.append(arg)
+        if tokens[j] != ")":
+            raise ValueError(t)
+        if t in ("ceil", "floor") and len(args) == 1 and not any(a.startswith("(") for k in args[0] for a in k):
+            return args[0], j + 1  # of a sum of integer products (no quotient left in it): itself
+        return {(f"{t}({','.join(str(_render(a)) for a in args)})",): 1}, j + 1
+    if t.isidentifier():
+        return {(t,): 1}, i + 1
+    raise ValueError(t)
+
+
+def _add(p: Poly, q: Poly, sign: int = 1) -> Poly:
+    out = dict(p)
+    for k, c in q.items():
+        out[k] = out.get(k, 0) + sign * c
+    return {k: c for k, c in out.items() if c}
+
+
+def _mul(p: Poly, q: Poly) -> Poly:
+    out: Poly = {}
+    for a, c in p.items():
+        for b, e in q.items():
+            k = tuple(sorted(a + b))
+            out[k] = out.get(k, 0) + c * e
+    return {k: c for k, c in out.items() if c}
+
+
+def _wrapped(p: Poly) -> str:
+    text = str(_render(p))
+    return text if text.isidentifier() or text.isdigit() else f"({text})"
+
+
+def _render(p: Poly) -> Dim:
+    """A polynomial as text: factored where it is a monomial times linear factors in distinct
+    symbols (N*(H-2)*(W-2), 2*(H+1): how shapes read), else expanded."""
+    if not p:
+        return 0
+    if list(p) == [()]:
+        return p[()]
+    if len(p) > 1:
+        factored = _factored(p)
+        if factored is not None:
+            return factored
     text = ""
-    for symbols, c in coefficients.items():
-        if c == 0:
-            continue
-        body = "*".join(symbols) if symbols else str(abs(c))
-        if symbols and abs(c) != 1:
-            body = f"{abs(c)}*{body}"
+    for k in sorted(p, key=lambda k: (-len(k), k)):
+        c = p[k]
+        body = "*".join(([str(abs(c))] if abs(c) != 1 or not k else []) + [_atom(s, len(k) + (abs(c) != 1))
+                                                                          for s in k])
         text += ("-" if c < 0 else "+" if text else "") + body
-    if not text:
-        return const
-    return text + (f"{const:+d}" if const else "")
+    return text
+
+
+def _atom(s: str, factors: int) -> str:
+    return f"({s})" if s.startswith("(") and factors > 1 else s  # a quotient inside a product
+
+
+def _factored(p: Poly) -> str | None:
+    """g * m * (v1 + c1) * (v2 + c2) ... for p, or None: g the coefficients' gcd, m the symbols
+    every product has, each v a symbol of degree one."""
+    keys = list(p)
+    common = [a for a in sorted(set(keys[0])) for _ in range(min(k.count(a) for k in keys))]
+    g = math.gcd(*p.values())
+    rest: Poly = {}
+    for k, c in p.items():
+        left = list(k)
+        for a in common:
+            left.remove(a)
+        rest[tuple(left)] = c // g
+    factors = []
+    while list(rest) != [()]:
+        for v in sorted({a for k in rest for a in k}):
+            if any(k.count(v) > 1 for k in rest):
+                continue
+            with_v = {tuple(a for a in k if a != v): c for k, c in rest.items() if v in k}
+            without = {k: c for k, c in rest.items() if v not in k}
+            k0 = next(iter(with_v))
+            ratio = without.get(k0, 0) // with_v[k0] if with_v[k0] else None
+            if ratio and without == {k: c * ratio for k, c in with_v.items()}:
+                factors.append(f"({v}{ratio:+d})")
+                rest = with_v
+                break
+        else:
+            return None
+    if rest[()] < 0 or len(factors) + len(common) + (g != 1) < 2:
+        return None  # a negative product, or one factor alone: the expanded sum reads as well
+    return "*".join(([str(g)] if g != 1 else []) + common + factors)
 
 
 def dim_factors(d: Dim) -> list:

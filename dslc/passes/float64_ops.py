@@ -2,7 +2,8 @@
 
 onnxruntime 1.31 (CPU) runs Softplus, Elu, LeakyRelu, Erf, Tan, Atan, Conv, ConvTranspose,
 AveragePool, GlobalAveragePool, Resize and OneHot (to float64 values) in float32 only: a float64
-model using them fails to load ("Could not find an implementation for Softplus(1)"). Each float64 node of those ops becomes an
+model using them fails to load ("Could not find an implementation for Softplus(1)"), and so does a
+float64 Clip fed by a Relu (its FuseReluClip rewrite fails). Each float64 node of those ops becomes an
 equivalent made of ops every runtime has in float64 (found by trying each op, tests/test_float64_ops.py):
 closed forms for the activations, Cephes' rational approximations for erf and atan (accurate to a
 few float64 ulps), im2col convolutions (ir/patterns.py) and slice sums for average pooling. The pass
@@ -215,8 +216,21 @@ def _one_hot(b, n):
     return _op(b, "Add", _op(b, "Mul", hit, _op(b, "Sub", on, off)), off)
 
 
+def _clip(b, n):
+    """Max then Min: the same values. onnxruntime's FuseReluClip rewrite fails to load a float64 Clip
+    fed by a Relu ("Unexpected data type for Clip 'min' input"), at every optimization level."""
+    x, lo, hi = n.inputs[0], _input(n, 1), _input(n, 2)
+    y = _op(b, "Max", x, lo) if lo is not None else x
+    return _op(b, "Min", y, hi) if hi is not None else _op(b, "Identity", y)
+
+
+def _input(n: Node, i: int):
+    return n.inputs[i] if len(n.inputs) > i else None
+
+
 # op -> (whether this node can be rewritten, the rewrite)
 REWRITES = {
+    "Clip": (lambda n: n.inputs[0].producer is not None and n.inputs[0].producer.op == "Relu", _clip),
     "Softplus": (None, _softplus), "Elu": (None, _elu), "LeakyRelu": (None, _leaky_relu), "Erf": (None, _erf),
     "Tan": (None, _tan), "Atan": (None, _atan),
     "Conv": (lambda n: n.attrs.get("auto_pad", "NOTSET") == "NOTSET", _conv),
