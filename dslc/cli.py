@@ -1,4 +1,4 @@
-"""`dslc compile | check | summary | run | train | export-web`: parse arguments, call the API, report.
+"""`dslc compile | check | summary | run | train | export | export-web`: parse arguments, call the API, report.
 
 Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a usage error,
 3 an internal error (a bug in dslc: please report it).
@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     _compile_options(r)
     r.set_defaults(func=_run)
 
-    t = sub.add_parser("train", help="train a model as the file's `train` declaration says")
+    t = sub.add_parser("train", help="train a model as the file's `train` declaration says",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_settings())
     t.add_argument("file")
     t.add_argument("--target", default=None, help="the train declaration to run (default: the file's first)")
     t.add_argument("--data", default=None, metavar="DIR|FILE.npz",
@@ -115,6 +116,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="with several workers: how long a rank waits for the others at a step before it "
                         "names the ones that did not answer and stops every rank (default 120)")
     t.set_defaults(func=_train)
+
+    x = sub.add_parser("export", help="the `export` models of a train declaration with a checkpoint's weights")
+    x.add_argument("file")
+    x.add_argument("--out", required=True, help="the folder to write MODEL.onnx and weights.npz to")
+    x.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="a checkpoint dslc train wrote (default: runs/TRAIN/checkpoint.npz)")
+    x.add_argument("--target", default=None, help="the train declaration (default: the file's first)")
+    _import_path(x)
+    x.set_defaults(func=_export)
 
     w = sub.add_parser("export-web", help="a static web page that trains the `train` declaration in the browser")
     w.add_argument("file")
@@ -306,6 +316,23 @@ def _launch(args) -> int:
         print(f"error: the {args.workers} workers stopped (mpiexec exit status {code}); the last complete "
               f"checkpoint is intact: continue with --resume, with any --workers", file=sys.stderr)
     return code
+
+
+def _train_settings() -> str:
+    """The settings a `train` declaration takes, for `dslc train --help`."""
+    from .train.plan import EVALUATIONS, PICTURES, PIPES, SETTINGS
+    width = max(map(len, SETTINGS))
+    return ("settings of a `train` declaration (README, \"Training\"):\n"
+            + "\n".join(f"  {k:<{width}}  {v}" for k, v in SETTINGS.items())
+            + "\nany other `name = field |> pipe ...` is a field; pipes: " + ", ".join(PIPES)
+            + "\nevaluations: " + ", ".join(EVALUATIONS) + "; pictures: " + ", ".join(PICTURES))
+
+
+def _export(args) -> int:
+    from .runtime.trainer import export_checkpoint
+    for path in export_checkpoint(args.file, args.out, args.checkpoint, args.target, args.import_path):
+        print(f"wrote {path}")
+    return 0
 
 
 def _export_web(args) -> int:

@@ -46,5 +46,5 @@ train fashion_vae {
     steps    = [train_vae(image)]
     evaluate = loss(train_vae(image))
     show     = [latent_grid(Decoder), reconstructions(VAE(image))]
-    export   = Decoder
+    export   = [Decoder, Encoder]
 }

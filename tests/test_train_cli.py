@@ -208,7 +208,7 @@ def test_ctrl_c_in_process_writes_checkpoint_exits_130_and_resumes(setup, refere
     assert err.startswith(f"interrupted at step {stop_at}: checkpoint written to {out / T.CHECKPOINT}") and \
         err.strip().endswith("continue with --resume") and err.count("\n") == 1, err
     assert checkpoint(out)[1]["global_step"] == stop_at
-    assert not (out / "weights.npz").exists()
+    assert (out / "weights.npz").exists() == (stop_at >= 8)  # the model is exported after each epoch (8 steps)
     monkeypatch.setattr(T.Trainer, "_one_batch", one_batch)
     code, _, err = train(capsys, dsl, data, out, "--max-steps", K, "--resume")
     assert code == 0, err

@@ -5,7 +5,8 @@ Where the data comes from (first that applies):
   1. `data` given: a directory of the original IDX files (the dataset folder itself, or a parent
      with mnist/ and fashion/ subfolders, as ../shared/data is laid out), an image folder
      (root/train/<class>/*.png, root/test/<class>/*.png), a folder holding train.csv (and
-     test.csv), a .csv file (its test split: NAME_test.csv beside it), or an .npz file;
+     test.csv), a .csv file (its test split: NAME_test.csv beside it), an .npz file, or a .txt file
+     (plain text for a character-level language model: load_text, windows of `seq` characters);
   2. $DSLC_DATA, read the same way;
   3. for `mnist` / `fashion_mnist`, the embedded subset shipped in dslc/data/embedded.npz (see
      dslc/data/README.md). The format words (`npz`, `images`, `csv`) have no default: they name
@@ -47,7 +48,7 @@ DATASETS = {
 }
 IMAGE_SIZE = (28, 28)  # of the IDX files, whose header would take any size
 # `data =` words that name a format rather than a dataset: the files come from --data / $DSLC_DATA.
-FORMATS = {"npz": "an .npz file", "images": "an image folder", "csv": "a CSV file"}
+FORMATS = {"npz": "an .npz file", "images": "an image folder", "csv": "a CSV file", "text": "a text file"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CSV_LABELS = ("label", "target")  # the column a CSV's `label` field is read from, the first found
 EMBEDDED = Path(__file__).resolve().parents[1] / "data" / "embedded.npz"
@@ -105,7 +106,8 @@ def resolve_source(name: str, data: str | os.PathLike | None = None) -> Source:
         source = _folder_source(path, dataset)
     elif path.is_file():  # by its suffix; another (data.txt) is what the declaration says, else an .npz
         suffix = path.suffix.lower()
-        kind = "csv" if suffix in (".csv", ".tsv") or dataset == "csv" and suffix != ".npz" else "npz"
+        kind = "csv" if suffix in (".csv", ".tsv") or dataset == "csv" and suffix != ".npz" else \
+            "text" if suffix == ".txt" or dataset == "text" and suffix != ".npz" else "npz"
         source = Source(kind, dataset, path)
     elif os.path.lexists(path):  # a FIFO, a device, a dangling link: say which, not "not found"
         check_regular(path, what)
@@ -178,6 +180,9 @@ def load_dataset(name: str, split: str, data: str | os.PathLike | None = None,
         return _load_embedded(source.path, f"{source.dataset}_{split}")
     if source.kind == "csv":
         return _load_csv(source.path, split, label_column)
+    if source.kind == "text":
+        raise DslError(f"{source.path} is a text file: the train declaration must say `data = text`",
+                       hint="data = text  seq = 64  (windows of 64 characters)")
     return READERS[source.kind](source.path, split)
 
 
@@ -188,6 +193,8 @@ def has_split(name: str, split: str, data: str | os.PathLike | None = None) -> b
     source = resolve_source(name, data)
     if split == "train" or source.kind in ("idx", "embedded"):
         return True
+    if source.kind == "text":  # (its validation share is its only evaluated split)
+        return False
     if source.kind == "images":
         return (source.path / split).exists()
     if source.kind == "csv":
@@ -446,6 +453,46 @@ def _number(cell: str) -> float | None:
 
 # Format -> reader(path, split) -> {field: array}; resolve_source picks the format.
 READERS = {"idx": _load_idx, "npz": _load_npz, "images": _load_images, "csv": _load_csv}
+
+
+# ------------------------------------------------------------------ plain text
+def load_text(path: Path, seq: int, stride: int, validation: float) -> tuple[dict, dict | None, str]:
+    """A character-level language model's data: (train, held out or None, vocabulary).
+
+    The vocabulary is every distinct character of the whole file, sorted: character i is class i.
+    The file's last `validation` share (contiguous, so no window of it overlaps the training text)
+    is held out. Each part gives windows of `seq` characters starting every `stride` characters:
+    `chars` [N, seq] (class numbers), `next` [N, seq] (each one's successor) and `next_char` [N] (the
+    character after the window); unsigned integers as small as the vocabulary allows."""
+    check_regular(path, "the text file")
+    raw = _read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DslError(f"{path} is not UTF-8 text: byte {e.start:,} (line {line}) is {raw[e.start:e.start + 1]!r}",
+                       hint="save it as UTF-8") from None
+    vocabulary = "".join(sorted(set(text)))
+    dtype = np.uint8 if len(vocabulary) <= 256 else np.uint32
+    codes = np.searchsorted(np.frombuffer(vocabulary.encode("utf-32-le"), np.uint32),
+                            np.frombuffer(text.encode("utf-32-le"), np.uint32)).astype(dtype)
+    cut = len(codes) - int(round(len(codes) * validation)) if validation else len(codes)
+    parts = [_windows(codes[:cut], seq, stride)] + ([_windows(codes[cut:], seq, stride)] if validation else [])
+    for part, name in zip(parts, ("training", "validation")):
+        if not len(part["chars"]):
+            size = cut if name == "training" else len(codes) - cut
+            raise DslError(f"the {name} text of {path} has {size:,} characters: no window of seq = {seq} "
+                           f"characters and the one after it fits", hint="a longer file, or a smaller seq")
+    return parts[0], (parts[1] if validation else None), vocabulary
+
+
+def _windows(codes: np.ndarray, seq: int, stride: int) -> dict[str, np.ndarray]:
+    if len(codes) < seq + 1:
+        empty = np.zeros((0, seq), codes.dtype)
+        return {"chars": empty, "next": empty, "next_char": np.zeros(0, codes.dtype)}
+    # (views of the text: N windows of seq + 1 characters cost no memory until a batch is taken)
+    w = np.lib.stride_tricks.sliding_window_view(codes, seq + 1)[::stride]
+    return {"chars": w[:, :-1], "next": w[:, 1:], "next_char": w[:, -1]}
 
 
 def require_fields(arrays: dict[str, np.ndarray], fields, where: str) -> None:

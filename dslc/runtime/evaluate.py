@@ -59,12 +59,21 @@ class Graphs:
 def run(sess, feeds: dict, weights: dict) -> list[np.ndarray]:
     # (onnxruntime lists inputs that have a default among the "overridable initializers", not the inputs)
     names = {i.name for i in sess.get_inputs() + sess.get_overridable_initializers()}
+    # class numbers (uint8 labels, a text's characters) widened to the int64 the graph takes
+    wide = {i.name for i in sess.get_inputs() if i.type == "tensor(int64)"}
+    feeds = {k: v.astype(np.int64) if k in wide and np.asarray(v).dtype.kind in "iu" else v for k, v in feeds.items()}
     return sess.run(None, {**{k: v for k, v in weights.items() if k in names}, **feeds})
 
 
 def in_batches(n: int):
     for start in range(0, n, EVAL_BATCH):
         yield np.arange(start, min(start + EVAL_BATCH, n))
+
+
+def score_width(graphs: Graphs, model: str) -> int | None:
+    """The static last dimension of a model's first output (the V of scores [N, V] or [N, seq, V])."""
+    shape = graphs.session(model).get_outputs()[0].shape
+    return shape[-1] if len(shape) >= 2 and isinstance(shape[-1], int) else None
 
 
 def class_count(graphs: Graphs, model: str, widest: bool = False) -> int | None:
@@ -94,6 +103,25 @@ def accuracy(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
             score = np.take_along_axis(pred, labels.astype(np.int64)[:, None], axis=-1)
             correct += int(((pred > score).sum(-1) < m.k).sum())
     return correct / fields.n
+
+
+def bits_per_character(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
+    """The mean cross-entropy, in bits, of the model's scores (logits [N, V] or [N, seq, V]) against the
+    characters that follow ([N] or [N, seq]): log2(perplexity)."""
+    sess = graphs.session(m.call.name)
+    total, count = 0.0, 0
+    for idx in in_batches(fields.n):
+        logits = np.asarray(run(sess, {p: fields.get(src, idx) for p, src in m.call.args}, weights)[0], np.float64)
+        target = np.asarray(fields.get(m.label, idx), np.int64)
+        if logits.shape[:-1] != target.shape:
+            raise DslError(f"bits_per_character: {m.call.name} gives scores {list(logits.shape)}, the characters "
+                           f"`{m.label}` are {list(target.shape)}", m.span,
+                           "scores [N, V] for next_char, [N, seq, V] for next")
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        total -= float(np.take_along_axis(log_p, target[..., None], -1).sum())
+        count += target.size
+    return total / max(count, 1) / np.log(2)
 
 
 def loss(m: Measure, graphs: Graphs, fields, weights: dict, seed: int) -> float:

@@ -98,6 +98,26 @@ class EpochProgress:
         self.close()
 
 
+class ProgressLines:
+    """Without a terminal (a log file, a pipe, a batch job): one line every `every_steps` steps, or
+    every `every_seconds` without it, so a long epoch is not silent between its summary lines:
+    `step 1200/12000  epoch 3/20  loss 0.3121  (41.3 steps/s)`; the rate is over the last interval."""
+
+    def __init__(self, log, total_steps: int, every_steps: int | None = None, every_seconds: float = 30.0):
+        self.log, self.total, self.every_steps, self.every_seconds = log, total_steps, every_steps, every_seconds
+        self._at, self._since = time.perf_counter(), 0
+
+    def update(self, step: int, epoch: int, epochs: int, metrics: dict) -> None:
+        self._since += 1
+        elapsed = time.perf_counter() - self._at
+        if self._since < self.every_steps if self.every_steps else elapsed < self.every_seconds:
+            return
+        rate = self._since / elapsed if elapsed > 0 else float("inf")
+        self.log(f"step {step}/{self.total}  epoch {epoch}/{epochs}  {format_metrics(metrics)}  "
+                 f"({rate:.1f} steps/s)")
+        self._at, self._since = time.perf_counter(), 0
+
+
 # ------------------------------------------------------------------ history.json
 def _plain(value):
     """JSON-ready: numpy scalars and arrays to Python; NaN and infinities to null (JSON has none)."""
@@ -113,9 +133,15 @@ def _plain(value):
 
 
 def write_history(path, history: list[dict]) -> Path:
-    """Write the per-epoch history as JSON, atomically (a crash leaves the previous file)."""
+    """Write the per-epoch history as JSON, atomically (a crash leaves the previous file): a key per
+    line, a per-step list on its key's line (thousands of steps stay a few lines)."""
     path = Path(path)
-    text = json.dumps(_plain(history), indent=1, allow_nan=False)
+    rows = _plain(history)
+    if rows and all(isinstance(r, dict) for r in rows):
+        text = "[" + ",".join("\n {" + ",".join(f"\n  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}"
+                                                 for k, v in r.items()) + "\n }" for r in rows) + "\n]"
+    else:
+        text = json.dumps(rows, indent=1, allow_nan=False)
     write_bytes(path, (text + "\n").encode())
     return path
 

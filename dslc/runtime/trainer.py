@@ -5,16 +5,21 @@ Every batch runs the plan's steps in order, each a compiled train-step graph who
 function of (seed, epoch) and the graphs draw their noise from (seed, step), so a checkpoint (state,
 global step, position in the epoch) resumes bit for bit. Checkpoints are written atomically; Ctrl-C
 finishes the current step, writes one and exits 130; a NaN or inf loss stops before any bad state
-is saved. Around the loop: a progress bar, an evaluation per epoch, history.json, curves and
-pictures, and at the end the trained model as an inference .onnx and a weights .npz.
+is saved. Around the loop: a progress bar (or, without a terminal, a line every so often), an
+evaluation per epoch, history.json (with each step's reports), curves and pictures, TensorBoard
+events, and after every epoch the `export` models as inference .onnx files and a weights .npz (the
+best epoch's too, by `monitor`; `early_stopping` ends the run). `dslc export` does the same from any
+checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import os
 import signal
+import sys
 import tempfile
 import time
 import zipfile
@@ -25,22 +30,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..diagnostics import DslError
+from ..diagnostics import DslError, did_you_mean
 from ..emit.onnx_emit import to_onnx
-from ..fileio import check_regular, remove_stale_temps, save_npz, save_onnx
+from ..fileio import check_regular, remove_stale_temps, save_npz, save_onnx, write_bytes
 from ..lower.program import load_program
 from ..train import plan as P
 from . import distributed
 from . import evaluate as E
-from .datasets import batches, describe_source, epoch_order, has_split, load_dataset
+from .accumulate import AccumulatingStepRunner
+from .datasets import batches, describe_source, epoch_order, has_split, load_dataset, load_text, resolve_source
 from .fields import Fields
 from .plots import plot_curves
-from .progress import EpochProgress, epoch_line, read_history, write_history
+from .progress import EpochProgress, ProgressLines, epoch_line, read_history, write_history
 from .runner import StepRunner, host
 from .session import _dims, cuda_available, type_str
+from .tensorboard import EventWriter
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_SECONDS = 30.0  # also one at the end of every epoch, on Ctrl-C and at the end
+PROGRESS_SECONDS = 30.0  # without a terminal (and without `log_every`), a progress line this often
 VALIDATION_SEED = 0x5EED  # which examples `validation = 0.1` holds out: the same for every --seed
 
 
@@ -104,10 +112,13 @@ def _check_writable(out: Path) -> None:
 class Trainer:
     def __init__(self, program, plan: P.Plan, o: Options, out: Path):
         self.program, self.plan, self.o, self.out, self.log = program, plan, o, out, o.log
+        if self.log is print:  # each line out at once: a file or a pipe would hold them in a buffer
+            self.log = functools.partial(print, flush=True)
         self.device = self._device(o.device)
         self.interrupted = False
         self.saved_step = None  # the global step of the last checkpoint this run wrote or resumed from
         self.rank = o.comm.Get_rank() if o.comm else 0  # only rank 0 writes files and prints
+        self.tensorboard = EventWriter(out) if plan.tensorboard and not self.rank else None
         if self.rank:
             self.log = lambda *args, **kwargs: None
 
@@ -123,12 +134,17 @@ class Trainer:
     # ---- set-up
     def _compile(self) -> None:
         self.models, self.runners, self.input_dtypes = {}, [], {}
+        if self.plan.accumulate > 1 and self.o.comm:
+            raise DslError("`accumulate` and several workers both split the batch: use one of them",
+                           self.plan.span, "each rank's share is already a micro-batch")
         for s in self.plan.steps:
             model = E.compile_target(self.program, s.name, seed=self.plan.seed)
             self.models[s.name] = model
             self.runners.append(distributed.DistributedStepRunner(
                 self.program, s.name, self.device, self.plan.seed, self.o.comm, self.o.collective_timeout)
-                if self.o.comm else StepRunner(model, self.device))
+                if self.o.comm else AccumulatingStepRunner(self.program, s.name, self.device, self.plan.seed,
+                                                           self.plan.accumulate)
+                if self.plan.accumulate > 1 else StepRunner(model, self.device))
             self.input_dtypes[s.name] = {i.name: _NP_OF.get(i.type.tensor_type.elem_type) for i in model.graph.input}
         self.fingerprint = {s: hashlib.sha256(m.SerializeToString()).hexdigest()[:16] for s, m in self.models.items()}
 
@@ -147,8 +163,14 @@ class Trainer:
         p = self.plan
         source = describe_source(p.dataset, self.o.data)
         self.log(f"data: {source}")
-        arrays, held = load_dataset(p.dataset, "train", self.o.data, p.label_column), None
-        if p.validation and any(len(a) for a in arrays.values()):  # (no examples at all: said just below)
+        self.vocabulary = None  # a text's characters, class 0 first (kept in checkpoints and vocabulary.json)
+        if p.dataset == "text":  # (its validation share is the text's tail: no window overlaps training's)
+            arrays, held, self.vocabulary = load_text(resolve_source("text", self.o.data).path, p.seq, p.stride,
+                                                      p.validation)
+            self.log(f"vocabulary: {len(self.vocabulary)} characters")
+        else:
+            arrays, held = load_dataset(p.dataset, "train", self.o.data, p.label_column), None
+        if p.validation and held is None and any(len(a) for a in arrays.values()):  # (none at all: said below)
             arrays, held = _hold_out(arrays, p.validation, source)
         self.train_fields = Fields(p, arrays, f"the training split of {source}")
         if self.train_fields.n == 0:
@@ -196,7 +218,14 @@ class Trainer:
 
     def _check_measure(self, m: P.Measure, fields: Fields, split: str) -> None:
         """An evaluation's labels (or targets) on a split it runs on, before any step is taken."""
-        if m.kind == "accuracy":
+        if m.kind == "bits_per_character":  # every character among the model's scores
+            width = E.score_width(self.graphs, m.call.name)
+            if self.vocabulary and width and len(self.vocabulary) > width:
+                raise DslError(f"the text has {len(self.vocabulary)} distinct characters, and {m.call.name} scores "
+                               f"{width}", m.span, f"give the model {len(self.vocabulary)} outputs (and its "
+                               f"embedding {len(self.vocabulary)} rows)")
+            self._check_labels(fields, m.label, m.span, split, (width, m.call.name))
+        elif m.kind == "accuracy":
             classes = E.class_count(self.graphs, m.call.name)
             if classes and m.k > classes:
                 raise DslError(f"accuracy with k={m.k}: {m.call.name} scores only {classes} classes", m.span,
@@ -251,15 +280,20 @@ class Trainer:
                            f"[0, {classes or 'inf'})", span, f"labels must be {want}")
 
     # ---- checkpoints
-    def _meta(self, global_step: int, epoch: int, batch_index: int, sums: dict | None = None) -> dict:
-        # sums: the epoch's running loss and metric totals, so a resumed epoch reports the whole epoch
+    def _meta(self, global_step: int, epoch: int, batch_index: int, sums: dict | None = None,
+              per_step: dict | None = None) -> dict:
+        # sums: the epoch's running loss and metric totals, so a resumed epoch reports the whole epoch;
+        # per_step: its reports so far, step by step (the history's per-step curves)
         return {"global_step": global_step, "epoch": epoch, "batch_index": batch_index, "sums": sums or {},
+                "per_step": per_step or {}, **({"vocabulary": self.vocabulary} if self.vocabulary else {}),
                 "settings": self.plan.settings(), "graphs": self.fingerprint,
                 "data": describe_source(self.plan.dataset, self.o.data)}
 
     def _save_checkpoint(self, state: dict, meta: dict) -> None:
         if self.rank:
             return
+        if self.tensorboard:  # (flushed with each checkpoint: a killed run keeps what it saved)
+            self.tensorboard.flush()
         arrays = {f"state/{k}": host(v) for k, v in state.items()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         try:
@@ -282,6 +316,8 @@ class Trainer:
         for s, fp in self.fingerprint.items():
             if meta["graphs"].get(s) != fp:
                 changed.append(f"step {s} compiles differently (the .dsl changed)")
+        if meta.get("vocabulary") != self.vocabulary:
+            changed.append("the text's characters changed")
         if meta.get("data") != describe_source(self.plan.dataset, self.o.data):
             changed.append(f"the data was {meta.get('data')}, now {describe_source(self.plan.dataset, self.o.data)}")
         if changed:
@@ -366,12 +402,15 @@ class Trainer:
             arrays, meta = self._load_checkpoint()
             global_step, start_epoch, start_batch = meta["global_step"], meta["epoch"], meta["batch_index"]
             start_sums = meta.get("sums")  # None in a checkpoint written before sums were kept
+            start_per_step = meta.get("per_step") or {}
             history = self._resumed_history(history_path, start_epoch)
             self.saved_step = global_step
             self.log(f"resuming from step {global_step} (epoch {start_epoch + 1}, batch {start_batch})")
+            if not start_batch and self._patience_spent(history):  # (it stopped early: nothing left to train)
+                start_epoch = p.epochs
         else:
             arrays, global_step, start_epoch, start_batch, history = self._initial_state(), 0, 0, 0, []
-            start_sums = {}
+            start_sums, start_per_step = {}, {}
         runner0 = self.runners[0]
         state = {k: runner0.device_value(v) for k, v in arrays.items()}
         n = self.train_fields.n
@@ -380,11 +419,18 @@ class Trainer:
                  f"{p.epochs} epoch(s), device {self.device}, output in {self.out}")
         seeds = {s.name: np.int64(zlib.crc32(f"{p.seed}/{s.name}".encode()) & 0x7FFFFFFF) for s in p.steps}
         last_save = time.monotonic()
+        stopped = latest_written = False
+        # without a terminal (no bar), a line every `log_every` steps or PROGRESS_SECONDS
+        isatty = getattr(sys.stdout, "isatty", None)
+        lines = None if self.rank or isatty and isatty() else \
+            ProgressLines(self.log, per_epoch * p.epochs, p.log_every, PROGRESS_SECONDS)
         with self._catch_interrupt():
             for epoch in range(start_epoch, p.epochs):
                 order = epoch_order(n, p.seed, epoch)
                 restored = epoch == start_epoch and start_sums is not None
                 sums: dict[str, float] = dict(start_sums) if restored else {}
+                # each report, step by step (the history's per-step curves; a resumed epoch's so far)
+                per_step: dict[str, list] = {k: list(v) for k, v in (start_per_step if restored else {}).items()}
                 started = time.monotonic()
                 first = next_batch = start_batch if epoch == start_epoch else 0
                 stopped = False
@@ -401,31 +447,81 @@ class Trainer:
                     global_step, next_batch = global_step + 1, b + 1
                     for k, v in reports.items():
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
-                    bar.update(1, **{k.split("/")[-1]: v for k, v in reports.items()})
+                        per_step.setdefault(k, []).append(v)
+                    shown = {k.split("/")[-1]: v for k, v in reports.items()}
+                    bar.update(1, **shown)
+                    if lines:
+                        lines.update(global_step, epoch + 1, p.epochs, reports)
+                    if self.tensorboard:
+                        self.tensorboard.scalars(global_step, {f"step/{k}": v for k, v in reports.items()})
                     if time.monotonic() - last_save > CHECKPOINT_SECONDS:
-                        self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums))
+                        self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums, per_step))
                         last_save = time.monotonic()
                 bar.close()
                 if not self._tuned:  # (after the bar: a line printed under a live bar splits it)
                     self._report_tuning()
                 if stopped:
-                    self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums))
+                    self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums, per_step))
                     break
                 seen = n if restored else n - first * p.batch
                 row = {"epoch": epoch + 1, "steps": global_step, **{k: v / seen for k, v in sums.items()},
                        "seconds": round(time.monotonic() - started, 2)}
                 row.update(self._evaluate(state, epoch + 1))
+                row.update({f"step_{k}": v for k, v in per_step.items()})
                 history.append(row)
+                if self.tensorboard:
+                    self.tensorboard.scalars(global_step, {k: v for k, v in row.items() if k not in ("epoch", "steps")})
                 self._save_checkpoint(state, self._meta(global_step, epoch + 1, 0))
                 last_save = time.monotonic()
                 self._write_history(history)
+                self._export(state)  # the latest model, each epoch: an interrupted run has one
+                latest_written = True
                 shown = {k: v for k, v in row.items() if k not in ("epoch", "steps", "seconds")}
                 self.log(epoch_line(epoch + 1, p.epochs, shown, row["seconds"], per_epoch - first))
+                if p.monitor and self._best_and_patience(history, state):
+                    break
         if self.interrupted:  # the CLI prints the message on stderr and exits 130
             raise KeyboardInterrupt(f"interrupted at step {global_step}: checkpoint written to "
                                     f"{self.out / CHECKPOINT}; continue with --resume")
-        self._export(state)
+        if stopped or not latest_written:  # (--max-steps mid-epoch, or nothing left to train)
+            self._export(state)
+        self._say_exported()
         return history
+
+    def _patience_spent(self, history: list[dict]) -> bool:
+        """Whether `monitor` has not improved for `early_stopping` epochs (said once, when it has)."""
+        if not (self.plan.early_stopping and history and self.plan.monitor in history[-1]):
+            return False
+        best, waited = _best(history, self.plan)
+        if waited < self.plan.early_stopping:
+            return False
+        self.log(f"early stopping: {self.plan.monitor} has not improved for {waited} epoch(s) "
+                 f"(best {history[best][self.plan.monitor]:.4g} after epoch {history[best]['epoch']})")
+        return True
+
+    def _best_and_patience(self, history: list[dict], state: dict) -> bool:
+        """Keep the best epoch's models by `monitor` (MODEL.best.onnx, weights.best.npz); True when
+        `early_stopping` epochs have passed without improvement. Both follow from the history, so a
+        resumed run decides as the uninterrupted one would."""
+        p, key = self.plan, self.plan.monitor
+        if self.rank:  # (rank 0 alone evaluates; every rank must stop together: it decides)
+            return bool(self.o.comm.bcast(None, root=0))
+        if key not in history[-1] or not isinstance(history[-1][key], (int, float)):
+            keys = [k for k, v in history[-1].items()
+                    if isinstance(v, (int, float)) and k not in ("epoch", "steps", "seconds")]
+            stop = DslError(f"monitor = {key}: the history has no such number", p.span,
+                            f"{did_you_mean(key, keys) or 'the history keys: ' + ', '.join(keys)}; the checkpoint "
+                            f"after epoch {history[-1]['epoch']} is written: fix the .dsl and start afresh")
+            if self.o.comm:
+                self.o.comm.bcast(True, root=0)
+            raise stop
+        best, waited = _best(history, p)
+        if not waited:
+            self._export(state, suffix=".best")
+        stop = self._patience_spent(history)
+        if self.o.comm:
+            self.o.comm.bcast(stop, root=0)
+        return stop
 
     def _one_batch(self, idx: np.ndarray, state: dict, global_step: int, seeds: dict) -> dict[str, float]:
         reports = {}
@@ -485,6 +581,8 @@ class Trainer:
                 key = key if key not in row else f"{key}_{m.call.name}"  # two models measured alike
                 if m.kind == "accuracy":
                     row[key] = E.accuracy(m, self.graphs, fields, weights)
+                elif m.kind == "bits_per_character":
+                    row[key] = E.bits_per_character(m, self.graphs, fields, weights)
                 elif m.kind == "loss":
                     row[key] = E.loss(m, self.graphs, fields, weights, eval_seed)
                 else:
@@ -506,19 +604,78 @@ class Trainer:
         if history:
             plot_curves(history, self.out / "curves.png", title=f"{self.plan.name} ({self.plan.file})")
 
-    def _export(self, state: dict) -> None:
-        """The trained model as an inference .onnx (weights inside) and every weight as an .npz."""
+    def _export(self, state: dict, suffix: str = "") -> None:
+        """Every model of `export` as an inference .onnx (weights inside) and every weight as an .npz:
+        MODEL.onnx and weights.npz (the latest), or MODEL.best.onnx and weights.best.npz."""
         if self.rank:
             return
         weights = {k: host(v) for k, v in state.items() if k.split(".")[0] in self.program.decls}
-        save_npz(self.out / "weights.npz", weights)
-        low = E.lower(self.program, self.plan.export, seed=self.plan.seed)
+        written = write_models(self.program, self.plan, weights, self.out, suffix, self.vocabulary)
+        if not suffix:
+            self.exported = written
+
+    def _say_exported(self) -> None:
+        if not self.rank and getattr(self, "exported", None):
+            self.log(f"wrote {' and '.join(str(p) for p in self.exported)}")
+
+
+def _best(history: list[dict], plan: P.Plan) -> tuple[int, int]:
+    """(the best row by `monitor`, the epochs since it): the earliest of equal values."""
+    sign = 1 if plan.lower_is_better() else -1
+    values = [h.get(plan.monitor) for h in history]
+    best = min(range(len(values)), key=lambda i: (sign * values[i] if values[i] is not None else math.inf, i))
+    return best, len(values) - 1 - best
+
+
+def write_models(program, plan: P.Plan, weights: dict, out: Path, suffix: str = "",
+                 vocabulary: str | None = None) -> list[Path]:
+    """The plan's `export` models with these weights, as OUT/MODEL{suffix}.onnx, and OUT/weights{suffix}.npz;
+    for a text, OUT/vocabulary.json: the character of each class number."""
+    written = []
+    if vocabulary:
+        write_bytes(out / "vocabulary.json", (json.dumps(list(vocabulary), ensure_ascii=False) + "\n").encode())
+    for name in plan.exports or (plan.export,):
+        low = E.lower(program, name, seed=plan.seed)
         for param in low.graph.params:
             if param.value.name in weights:
                 param.init = weights[param.value.name]
-        path = self.out / f"{self.plan.export}.onnx"
+        path = out / f"{name}{suffix}.onnx"
         save_onnx(path, to_onnx(low.graph))
-        self.log(f"wrote {path} and {self.out / 'weights.npz'}")
+        written.append(path)
+    save_npz(out / f"weights{suffix}.npz", weights)
+    return written + [out / f"weights{suffix}.npz"] + ([out / "vocabulary.json"] if vocabulary else [])
+
+
+def export_checkpoint(path, out, checkpoint=None, target=None, import_path=None) -> list[Path]:
+    """`dslc export FILE --out DIR [--checkpoint PATH]`: the `export` models of the train declaration
+    with a checkpoint's weights (default: runs/TRAIN/checkpoint.npz), checked against the compiled steps."""
+    program = load_program(path, import_path)
+    plan = P.plan(program, target)
+    ckpt = Path(checkpoint) if checkpoint else Path("runs") / plan.name / CHECKPOINT
+    if not os.path.lexists(ckpt):
+        raise DslError(f"no checkpoint at {ckpt}", hint="name one with --checkpoint PATH")
+    meta, state = read_checkpoint(ckpt)
+    _check_meta(ckpt, meta)
+    if meta["settings"].get("train") != plan.name:
+        raise DslError(f"the checkpoint {ckpt} was written by train `{meta['settings'].get('train')}`, "
+                       f"not `{plan.name}`", hint="choose the train declaration with --target")
+    wanted = {}
+    for s in plan.steps:  # every weight the export models read must be there, with the shape they expect
+        model = E.compile_target(program, s.name, seed=plan.seed)
+        for t in model.graph.initializer:
+            wanted[t.name] = (tuple(t.dims), _NP_OF.get(t.data_type))
+    for name, (shape, dtype) in wanted.items():
+        if name in ("step", "seed"):
+            continue
+        v = state.get(name)
+        if v is None or v.shape != shape or v.dtype != dtype:
+            raise _damaged(ckpt, f"`{name}` is " + ("missing" if v is None else f"{v.dtype.name}{list(v.shape)}")
+                           + f", the .dsl's steps expect {np.dtype(dtype).name}{list(shape)}",
+                           hint="the .dsl changed since the checkpoint, or it is another run's")
+    weights = {k: v for k, v in state.items() if k.split(".")[0] in program.decls}
+    out = Path(out)
+    _check_writable(out)
+    return write_models(program, plan, weights, out, vocabulary=meta.get("vocabulary"))
 
 
 class Judge:
@@ -609,7 +766,7 @@ def _check_meta(path: Path, meta) -> None:
     """Each field of a checkpoint's meta record has the type the trainer reads it as."""
     if not isinstance(meta, dict):
         raise _damaged(path, f"its `meta` record is a JSON {type(meta).__name__}, not an object")
-    unknown = sorted(meta.keys() - _META.keys() - {"sums"})
+    unknown = sorted(meta.keys() - _META.keys() - {"sums", "per_step", "vocabulary"})
     if unknown:
         raise _damaged(path, f"its `meta` record holds `{unknown[0]}`, which dslc train does not write")
     kinds = {"a count": _count, "an object": lambda v: isinstance(v, dict), "a string": lambda v: isinstance(v, str)}
@@ -622,6 +779,13 @@ def _check_meta(path: Path, meta) -> None:
     if sums is not None and not (isinstance(sums, dict) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sums.values())):
         raise _damaged(path, "`sums` in its `meta` record is not an object of finite numbers")
+    if not isinstance(meta.get("vocabulary", ""), str):
+        raise _damaged(path, "`vocabulary` in its `meta` record is not a string")
+    per_step = meta.get("per_step")
+    if per_step is not None and not (isinstance(per_step, dict) and all(
+            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                        for x in v) for v in per_step.values())):
+        raise _damaged(path, "`per_step` in its `meta` record is not an object of lists of finite numbers")
 
 
 def _count(value) -> bool:

@@ -13,8 +13,11 @@
 Settings are the names in SETTINGS; every other `name = expr` defines a field: a dataset field
 (`image`, `label`, a CSV's `features`, or an .npz array's name) piped through PIPES. A step's
 arguments are fields, or integers computed from `batch` (the size of the batch at hand:
-`train_generator(2 * batch)`). `data = npz | images | csv` names the format of the files --data
-gives; `validation = 0.1` holds out a share of the training split, evaluated beside the test split.
+`train_generator(2 * batch)`). `data = npz | images | csv | text` names the format of the files
+--data gives (a text: windows of `seq` characters); `validation = 0.1` holds out a share of the
+training split, evaluated beside the test split.
+Around the steps: `export = [Encoder, Decoder]`, `log_every`, `monitor` / `early_stopping`,
+`accumulate` (micro-batches), `tensorboard` (SETTINGS says what each does).
 """
 from __future__ import annotations
 
@@ -25,10 +28,32 @@ from ..frontend import ast as A
 from ..lower.program import Program
 
 # What `data =` may say: a dataset by name, or the format of the files --data gives (datasets.FORMATS).
-NAMED_DATASETS, DATA_FORMATS = ("mnist", "fashion_mnist"), ("npz", "images", "csv")
+NAMED_DATASETS, DATA_FORMATS = ("mnist", "fashion_mnist"), ("npz", "images", "csv", "text")
 DATASETS = NAMED_DATASETS + DATA_FORMATS
-DATA_FIELDS = ("image", "label", "features")  # what the readers give (an .npz: its own names)
-SETTINGS = ("data", "batch", "epochs", "seed", "steps", "evaluate", "show", "export", "validation", "label_column")
+# What the readers give (an .npz: its own names).
+DATA_FIELDS = ("image", "label", "features", "chars", "next", "next_char")
+# The settings of a `train` declaration, each with what it does (`dslc train --help` lists them).
+SETTINGS = {
+    "data": "mnist | fashion_mnist, or the format of the --data files: npz | images | csv | text",
+    "batch": "examples per step (64)",
+    "epochs": "passes over the training split (1)",
+    "seed": "weights, data order, noise and augmentation all follow it (0)",
+    "steps": "[step(field, ...), ...]: run in this order on every batch",
+    "evaluate": "an evaluation or a list, after each epoch on the test split and the validation share",
+    "show": "[picture(...), ...]: pictures written after each epoch",
+    "export": "a model or a list [Encoder, Decoder]: written as MODEL.onnx after each epoch "
+              "(default: the first model the first step updates)",
+    "validation": "a share of the training split held out and evaluated each epoch (e.g. 0.1)",
+    "label_column": 'the CSV column read as `label` (e.g. "quality")',
+    "log_every": "without a terminal, a progress line every N steps (default: every 30 s)",
+    "monitor": "the history key that picks the best epoch (e.g. val_accuracy, val_loss): "
+               "MODEL.best.onnx and weights.best.npz; lower is better for loss, mse, mae",
+    "early_stopping": "stop when `monitor` has not improved for N epochs",
+    "accumulate": "split each batch into N micro-batches: gradients run on each, averaged, one update",
+    "tensorboard": "true: TensorBoard event files beside history.json (per-step reports, each epoch's row)",
+    "seq": "data = text: characters per window (the fields chars, next [N, seq] and next_char [N])",
+    "stride": "data = text: a window starts every N characters (default: seq, windows side by side)",
+}
 # Preprocessing steps a field may pipe through: name -> number of arguments.
 PIPES = {"scale": 2, "flatten": 0, "channels_first": 0, "one_hot": 1, "int64": 0, "float32": 0, "standardize": 0,
          "resize": 2, "random_crop": 2, "random_flip": 0}
@@ -41,6 +66,8 @@ EVALUATIONS = {
     "mae": "mae(Model(field, ...), target): the mean absolute error of a regression",
     "r2": "r2(Model(field, ...), target): the coefficient of determination, 1 - SSE / SST",
     "loss": "loss(step(field, ...)): the step's loss, without updating anything",
+    "bits_per_character": "bits_per_character(Model(chars), next): the mean cross-entropy of the model's "
+                          "character scores [N, V] or [N, seq, V] against the characters, in bits",
     "generated_accuracy": "generated_accuracy(Generator, judge=TRAIN): the share of generated digits the "
                           "model trained by TRAIN classifies as the class asked for",
 }
@@ -97,6 +124,18 @@ class Plan:
     evaluations: tuple[Measure, ...] = ()  # all of `evaluate` (a list or one); `evaluate` is the first
     validation: float = 0.0  # the share of the training split held out, evaluated each epoch
     label_column: str | None = None  # a CSV's column read as `label` (default: `label`, else `target`)
+    exports: tuple[str, ...] = ()  # every model written as an inference .onnx (`export` is the first)
+    log_every: int | None = None  # progress lines every N steps when stdout is not a terminal
+    monitor: str | None = None  # the history key that picks the best epoch
+    early_stopping: int | None = None  # epochs without improvement of `monitor` before stopping
+    accumulate: int = 1  # micro-batches per batch
+    tensorboard: bool = False
+    seq: int | None = None  # data = text: characters per window
+    stride: int | None = None  # data = text: characters between window starts
+
+    def lower_is_better(self) -> bool:
+        """Whether `monitor` improves downwards: losses and errors do, accuracies and R^2 do not."""
+        return any(w in (self.monitor or "") for w in ("loss", "mse", "mae", "bits_per_character"))
 
     def value_range(self, field: str) -> tuple[float, float]:
         """The pixel range a field's `scale(lo, hi)` gives (0-1 without one)."""
@@ -111,7 +150,9 @@ class Plan:
         settings = {"train": self.name, "dataset": self.dataset, "batch": self.batch, "seed": self.seed,
                     "steps": [s.name for s in self.steps]}
         # (each only when set: checkpoints written before they existed still resume)
-        settings.update({k: v for k, v in (("validation", self.validation), ("label_column", self.label_column)) if v})
+        settings.update({k: v for k, v in (("validation", self.validation), ("label_column", self.label_column),
+                                           ("accumulate", self.accumulate if self.accumulate > 1 else None),
+                                           ("seq", self.seq), ("stride", self.stride)) if v})
         return settings
 
 
@@ -159,10 +200,13 @@ class _Reader:
         evaluations = tuple(self._measure(e, EVALUATIONS) for e in self._list("evaluate")) \
             if "evaluate" in self.values else ()
         show = tuple(self._measure(e, PICTURES) for e in self._list("show")) if "show" in self.values else ()
-        export = self._export(steps)
+        exports = self._export(steps)
+        early = self._int("early_stopping", 0) or None
+        monitor = self._monitor(evaluations, early)
         return Plan(d.name, self.program.file, dataset, fields, batch, epochs, seed, steps,
-                    evaluations[0] if evaluations else None, show, export, d.span, evaluations, self._validation(),
-                    self._column())
+                    evaluations[0] if evaluations else None, show, exports[0], d.span, evaluations, self._validation(),
+                    self._column(), exports, self._int("log_every", 0) or None, monitor, early,
+                    self._int("accumulate", 1), self._bool("tensorboard"), *self._text())
 
     # ---- settings
     def _word(self, key: str, allowed) -> str:
@@ -193,6 +237,41 @@ class _Reader:
             raise DslTypeError("`validation` is the share of the training split held out, a number "
                                "between 0 and 1", e.span, "e.g. validation = 0.1")
         return float(e.value)
+
+    def _monitor(self, evaluations: tuple[Measure, ...], early: int | None) -> str | None:
+        """The history key `monitor` names (a run's keys: `loss`, a step's reports, `val_`/`test_` + an
+        evaluation); checked against the run's first row, since only the run knows the reports."""
+        if "monitor" not in self.values:
+            if early:
+                raise DslError("`early_stopping` needs `monitor`: the history key to watch",
+                               self.values["early_stopping"].span, "e.g. monitor = val_accuracy")
+            return None
+        e = self.values["monitor"].value
+        if not isinstance(e, (A.Name, A.String)):
+            raise DslTypeError("`monitor` names a key of the history, e.g. val_accuracy or loss", e.span)
+        return e.value if isinstance(e, A.String) else e.id
+
+    def _text(self) -> tuple[int | None, int | None]:
+        """(seq, stride): a text's windows; `seq` is what `data = text` needs, and only it."""
+        given = [k for k in ("seq", "stride") if k in self.values]
+        if self.dataset != "text":
+            if given:
+                raise DslError(f"`{given[0]}` sets the windows of a text, and `data` is {self.dataset}",
+                               self.values[given[0]].span, "remove it, or say data = text")
+            return None, None
+        if "seq" not in self.values:
+            raise DslError("`data = text` needs `seq`: the characters of each window", self.d.name_span,
+                           "e.g. seq = 64")
+        seq = self._int("seq", 1)
+        return seq, self._int("stride", seq)
+
+    def _bool(self, key: str) -> bool:
+        if key not in self.values:
+            return False
+        e = self.values[key].value
+        if not isinstance(e, A.Bool):
+            raise DslTypeError(f"`{key}` is true or false", e.span)
+        return bool(e.value)
 
     def _int(self, key: str, default: int, minimum: int = 1) -> int:
         if key not in self.values:
@@ -288,7 +367,7 @@ class _Reader:
         for kw in e.kwargs:
             if kw.name not in allowed:
                 raise DslTypeError(f"{kind} has no option `{kw.name}`", kw.span, usage)
-        if kind in ("accuracy", "mse", "mae", "r2", "reconstructions"):
+        if kind in ("accuracy", "mse", "mae", "r2", "reconstructions", "bits_per_character"):
             call = self._call(args[0], A.Model, "a model")
             label = None
             if kind != "reconstructions":
@@ -322,10 +401,13 @@ class _Reader:
                                did_you_mean(getattr(e, "id", ""), models) or f"models: {', '.join(models)}")
         return e.id
 
-    def _export(self, steps: tuple[Call, ...]) -> str:
+    def _export(self, steps: tuple[Call, ...]) -> tuple[str, ...]:
         if "export" in self.values:
-            return self._model_name(self.values["export"].value)
-        return self.program.decls[steps[0].name].updates[0]
+            names = tuple(self._model_name(e) for e in self._list("export"))
+            if not names or len(set(names)) != len(names):
+                raise DslError("`export` lists each model once, at least one", self.values["export"].value.span)
+            return names
+        return (self.program.decls[steps[0].name].updates[0],)
 
 
 def _check_count_expr(e: A.Expr) -> None:

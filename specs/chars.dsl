@@ -1,0 +1,48 @@
+# A character-level language model on plain text (`data = text`): the 32 characters of a window
+# predict the one after it. The text: any UTF-8 file of at most 128 distinct characters, e.g.
+# CPython's own documentation (`python tests/test_training_features.py DIR` writes DIR/topics.txt):
+#   dslc train specs/chars.dsl --data DIR/topics.txt
+
+model CharMLP(chars: i64[N, 32]) -> logits {
+    h = embedding(chars, 128, 24) |> flatten          # a row per character class: 128 >= the text's
+    h = dense(h, 256) |> relu
+    logits = dense(h, 128)
+}
+
+step train_chars(chars: i64[N, 32], next_char: i64[N]) updates CharMLP using adam(lr=0.002) {
+    minimize sparse_categorical_crossentropy(CharMLP(chars), next_char, from_logits=true)
+}
+
+train pydoc {
+    data       = text
+    seq        = 32                                   # windows of 32 characters ...
+    stride     = 4                                    # ... starting every 4
+    validation = 0.1                                  # the text's last tenth
+    batch      = 128
+    epochs     = 3
+    steps      = [train_chars(chars, next_char)]
+    evaluate   = [bits_per_character(CharMLP(chars), next_char), accuracy(CharMLP(chars), next_char)]
+    monitor    = val_bits_per_character
+}
+
+# The same text through an LSTM that predicts every character's successor: scores [N, 32, 128]
+# against `next` [N, 32], windows side by side.
+model CharLSTM(chars: i64[N, 32]) -> logits {
+    h = embedding(chars, 128, 32) |> lstm(128, return_sequences=true)
+    logits = dense(h, 128)
+}
+
+step train_lstm(chars: i64[N, 32], next: i64[N, 32]) updates CharLSTM using adam(lr=0.005, clip_norm=1.0) {
+    minimize sparse_categorical_crossentropy(CharLSTM(chars), next, from_logits=true)
+}
+
+train pydoc_lstm {
+    data       = text
+    seq        = 32
+    validation = 0.1
+    batch      = 64
+    epochs     = 20
+    steps      = [train_lstm(chars, next)]
+    evaluate   = bits_per_character(CharLSTM(chars), next)
+    monitor    = val_bits_per_character
+}
