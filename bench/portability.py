@@ -227,7 +227,8 @@ def training_suite(folder: Path, runtimes, specs=None, steps: int = 10, log=prin
         lab = f"{path.stem}/{target}"
         step, init = save_step_files(folder, path, target)
         state = R.OnnxRuntime().run(init, {})[0]
-        batch = feeds_for(onnx.load(str(step), load_external_data=False), skip=state)
+        # batch 8: with 2 examples a few steps fit a loss near 0, whose relative round-off is large
+        batch = feeds_for(onnx.load(str(step), load_external_data=False), n=8, skip=state)
         ref = train_steps(R.OnnxRuntime(), step, init, batch, steps)
         matrix[lab] = {"onnxruntime": (False, R.short(ref)) if isinstance(ref, R.Failure) else (True, "ref")}
         for rt in runtimes:
