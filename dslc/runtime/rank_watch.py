@@ -15,6 +15,10 @@ import sys
 
 def main(argv: list[str]) -> int:
     rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "?"
+    # SIGUSR1 is hydra's note to the other ranks that one has ended (-disable-auto-cleanup): by default
+    # it would kill this watcher, or the rank finishing after MPI_Finalize. Ignored by both (the rank
+    # inherits it); a rank that has really failed is named by the collective timeout.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     child = subprocess.Popen(argv, close_fds=False)
     for sig in (signal.SIGINT, signal.SIGTERM):  # signals mpiexec forwards go on to the rank
         signal.signal(sig, lambda s, frame: child.send_signal(s))
