@@ -76,3 +76,20 @@ def test_one_spelling_per_symbolic_dim(a, b):
 def test_dims_read_as_shapes_do(d, shown):
     from dslc.ir.core import normal_dim
     assert normal_dim(d) == shown
+
+
+@pytest.mark.parametrize("a,b,differ", [("3*N", "N", True), ("N+1", "N", True), ("N", "M", False),
+                                        ("H*W", "W*H", False), ("N-M", "0", False), (4, 5, True)])
+def test_dims_that_differ_at_every_size(a, b, differ):
+    """Broadcasting refuses them at compile time (the gradient fuzzer found 3*N against N compiling,
+    then failing in onnxruntime)."""
+    from dslc.ir.core import dims_differ
+    assert dims_differ(a, b) is differ
+
+
+def test_broadcast_of_3n_against_n_is_a_located_error():
+    import dslc
+    src = "fn f(x: f32[N, 3], t: f32[N, 1]) {\n    p = reshape(x, [-1, 1])\n    return p - t\n}\n"
+    with pytest.raises(dslc.DslError) as e:
+        dslc.compile(dslc.loads(src, "b.dsl"), "f")
+    assert "cannot broadcast shapes [3*N, 1] and [N, 1]" in e.value.render() and "b.dsl:3:12" in e.value.render()

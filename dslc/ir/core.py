@@ -124,6 +124,27 @@ def normal_dim(d: str) -> Dim:
     return _render(poly) if rest == len(tokens) else d
 
 
+def dims_differ(a: Dim, b: Dim) -> bool:
+    """Whether two dims differ at every size their symbols can take (each at least 1): a - b has all
+    its coefficients of one sign, e.g. 3*N against N, or N+1 against N. (N against M may be equal.)"""
+    if isinstance(a, int) and isinstance(b, int):
+        return a != b
+    polys = []
+    for d in (str(a), str(b)):
+        tokens = _DIM_TOKEN.findall(d)
+        if "".join(tokens) != d:  # a run-time value's name (x[0]): nothing is known of it
+            return False
+        try:
+            poly, end = _sum(tokens, 0)
+        except (IndexError, ValueError):
+            return False
+        if end != len(tokens):
+            return False
+        polys.append(poly)
+    diff = _add(polys[0], polys[1], -1)
+    return bool(diff) and (all(c > 0 for c in diff.values()) or all(c < 0 for c in diff.values()))
+
+
 _DIM_TOKEN = re.compile(r"\d+|[A-Za-z_][A-Za-z0-9_]*|[-+*/(),]")
 Poly = dict  # {sorted tuple of symbols: integer coefficient}; () is the constant
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .core import (Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_ceil_div, dim_factors, dim_mul,
+from .core import (Dim, Node, ShapeIssue, TensorType, Value, dim_add, dim_ceil_div, dim_factors, dim_mul, dims_differ,
                    dim_sub, dtype_of)
 
 ONNX_DTYPE_CODES = {1: "f32", 11: "f64", 10: "f16", 7: "i64", 6: "i32", 12: "u32", 2: "u8", 9: "bool"}
@@ -69,6 +69,9 @@ def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
                                  f"dims {d} and {x} differ on axis {i - rank}")
             elif isinstance(x, int):
                 d = x  # a symbol meeting a number: the number wins (the symbol must equal it)
+            elif dims_differ(d, x):  # 3*N against N: unequal at every N, where N against M may be equal
+                raise ShapeIssue("cannot broadcast shapes " + " and ".join(_fmt(s) for s in shapes),
+                                 f"dims {d} and {x} differ on axis {i - rank} for every size of their symbols")
         out.append(d)
     return tuple(out)
 
