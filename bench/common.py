@@ -6,6 +6,12 @@ import contextlib
 import os
 import sys
 import warnings
+from pathlib import Path
+
+# The onnxruntime-training venv's python (bench/README.md): `--ortt-python`, else $ORTT_PYTHON, else
+# the venv in the user's cache folder (as dslc's npm cache), a path of no one machine.
+DEFAULT_ORTT_PYTHON = os.environ.get("ORTT_PYTHON") or str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dslc" / "venv-ortt" / "bin" / "python")
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """Gradient evaluation: loss + the gradients of all weights of ConvNet, batch 64, CPU, 2 threads.
 
-    python bench/gradients.py [--rounds 20] [--calls 5] [--ortt-python /tmp/venv-ortt/bin/python]
+    python bench/gradients.py [--rounds 20] [--calls 5] [--ortt-python VENV/bin/python]
 
 One gradient evaluation = the forward pass of `ConvNet` (specs/convnet.dsl) in training mode
 (dropout 0.25 active), sparse categorical cross-entropy from logits (mean over the batch), and
@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import quiet, torch_convnet  # bench/ is on sys.path when a bench script runs
+from common import DEFAULT_ORTT_PYTHON, quiet, torch_convnet  # bench/ is on sys.path when a bench script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -58,7 +58,6 @@ DROPOUT = 0.25
 SPEC = ROOT / "specs" / "convnet.dsl"
 PARAMS = [f"ConvNet.{layer}.{kind}" for layer in ("conv1", "conv2", "hidden", "logits")
           for kind in ("weight", "bias")]
-DEFAULT_ORTT_PYTHON = "/tmp/venv-ortt/bin/python"
 
 
 def node_count(model) -> str:
@@ -593,7 +592,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
     ap.add_argument("--calls", type=int, default=5, help="timed calls per contender per round")
-    ap.add_argument("--ortt-python", default=os.environ.get("ORTT_PYTHON", DEFAULT_ORTT_PYTHON),
+    ap.add_argument("--ortt-python", default=DEFAULT_ORTT_PYTHON,
                     help="python of the onnxruntime-training venv (skipped when missing)")
     ap.add_argument("--no-onnxsim", action="store_true", help="skip onnxsim")
     ap.add_argument("--worker-ortt", metavar="DIR", help=argparse.SUPPRESS)

@@ -16,7 +16,7 @@ Contenders: dslc's train-step graph in onnxruntime (CPU, 2 intra-op threads) wit
 session options, with disabled_optimizers=["NchwcTransformer"], and with that plus
 session.set_denormal_as_zero; the same on CUDA when onnxruntime has a working CUDA provider;
 PyTorch eager (torch.set_num_threads(2)); onnxruntime-training 1.19.2 artifacts (own venv,
-`--ortt-python`, default /tmp/venv-ortt/bin/python); onnxsim 0.8.1 compile_training_loop where
+`--ortt-python`, default $ORTT_PYTHON or ~/.cache/dslc/venv-ortt/bin/python); onnxsim 0.8.1 compile_training_loop where
 the model fits its op set and optimizers (otherwise the reason is printed).
 """
 from __future__ import annotations
@@ -35,11 +35,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import quiet  # noqa: E402
+from common import DEFAULT_ORTT_PYTHON, quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
-DEFAULT_ORTT_PYTHON = "/tmp/venv-ortt/bin/python"
 
 # name -> spec, step target, batch (full, quick), optimizer as torch gets it, the loss fn that the
 # onnxruntime-training / onnxsim contenders differentiate (a typed fn compiled by dslc).
@@ -1082,7 +1081,7 @@ def main(argv=None) -> int:
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="only these cases (repeatable)")
     ap.add_argument("--only", action="append", choices=["steps", "e2e", "compile", "scaling", "check"],
                     help="only these sections (repeatable; compile includes forward inference)")
-    ap.add_argument("--ortt-python", default=os.environ.get("ORTT_PYTHON", DEFAULT_ORTT_PYTHON))
+    ap.add_argument("--ortt-python", default=DEFAULT_ORTT_PYTHON)
     ap.add_argument("--no-onnxsim", action="store_true")
     ap.add_argument("--report", metavar="FILE", help="also write the tables (markdown) to FILE")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "DIR", "SPEC"), help=argparse.SUPPRESS)
