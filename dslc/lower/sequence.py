@@ -156,19 +156,26 @@ def _recur(ctx: Ctx, x: Value, xz: Value, n_states: int, units: int, cell, retur
     return b.op("Transpose", [b.op("Reshape", [rows, shape])], {"perm": [1, 0, 2]})
 
 
+def _kernels(ctx: Ctx, x, units: int, gates: int, kernel_init):
+    """The sequence x, the layer's weight path, its input kernel [F, gates*U] (kernel_init) and
+    recurrent kernel [U, gates*U] (orthogonal), as Keras' LSTM and GRU make them."""
+    x = _sequence_input(ctx, x)
+    f = x.shape[2]
+    path = _weighted(ctx)
+    k = ctx.lw.weight(f"{path}.kernel", (f, gates * units), _init(ctx, kernel_init, "kernel_init", f, gates * units),
+                      span=ctx.span, dtype=x.dtype)
+    r = ctx.lw.weight(f"{path}.recurrent_kernel", (units, gates * units), _orthogonal(units, gates * units),
+                      span=ctx.span, dtype=x.dtype)
+    return x, path, k, r
+
+
 def lstm(ctx: Ctx, x: "T", units: "count", return_sequences: "bool" = False,
          kernel_init: "word" = Symbol("glorot_uniform"), unroll: "bool" = None):
     """Keras LSTM (tanh, sigmoid gates, unit_forget_bias, zero initial state) over x [N, T, F]: the
     last h [N, units], or every h [N, T, units] with return_sequences=true. unroll: true unrolls the
     steps into the graph, false runs them in a Loop; by default a static T up to UNROLL_MAX unrolls."""
-    x = _sequence_input(ctx, x)
-    f = x.shape[2]
-    path = _weighted(ctx)
-    lw = ctx.lw
-    k = lw.weight(f"{path}.kernel", (f, 4 * units), _init(ctx, kernel_init, "kernel_init", f, 4 * units),
-                  span=ctx.span, dtype=x.dtype)
-    r = lw.weight(f"{path}.recurrent_kernel", (units, 4 * units), _orthogonal(units, 4 * units), span=ctx.span,
-                  dtype=x.dtype)
+    x, path, k, r = _kernels(ctx, x, units, 4, kernel_init)
+    f, lw = x.shape[2], ctx.lw
     bias = lw.weight(f"{path}.bias", (4 * units,), _forget_bias_one(units), span=ctx.span, dtype=x.dtype)
     b = ctx.b
     xz = b.op("Add", [b.op("MatMul", [x, k]), bias])  # every step's input side at once: [N, T, 4U]
@@ -181,14 +188,8 @@ def gru(ctx: Ctx, x: "T", units: "count", return_sequences: "bool" = False,
         kernel_init: "word" = Symbol("glorot_uniform"), unroll: "bool" = None):
     """Keras GRU (reset_after=True: torch's formula; tanh, sigmoid gates, zero initial state) over
     x [N, T, F]: the last h [N, units], or every h [N, T, units] with return_sequences=true."""
-    x = _sequence_input(ctx, x)
-    f = x.shape[2]
-    path = _weighted(ctx)
-    lw = ctx.lw
-    k = lw.weight(f"{path}.kernel", (f, 3 * units), _init(ctx, kernel_init, "kernel_init", f, 3 * units),
-                  span=ctx.span, dtype=x.dtype)
-    r = lw.weight(f"{path}.recurrent_kernel", (units, 3 * units), _orthogonal(units, 3 * units), span=ctx.span,
-                  dtype=x.dtype)
+    x, path, k, r = _kernels(ctx, x, units, 3, kernel_init)
+    f, lw = x.shape[2], ctx.lw
     bias = lw.weight(f"{path}.bias", (3 * units,), I.zeros, span=ctx.span, dtype=x.dtype)
     rbias = lw.weight(f"{path}.recurrent_bias", (3 * units,), I.zeros, span=ctx.span, dtype=x.dtype)
     b = ctx.b
