@@ -80,22 +80,26 @@ def _gate(b, z: Value, k: int, units: int) -> Value:
     return b.op("Slice", [z, b.ints([k * units]), b.ints([(k + 1) * units]), b.ints([-1])])
 
 
+# A state of None is the zero initial state of an unrolled first step: its terms (h @ U, f * c) are
+# exact zeros, so they are left out (less work; tract's declutter also fails on a MatMul of an Expand).
 def _lstm_cell(b, xz: Value, states: list, recurrent: Value, units: int) -> list:
     h, c = states
-    z = b.op("Add", [xz, b.op("MatMul", [h, recurrent])])
+    z = xz if h is None else b.op("Add", [xz, b.op("MatMul", [h, recurrent])])
     i, f = b.op("Sigmoid", [_gate(b, z, 0, units)]), b.op("Sigmoid", [_gate(b, z, 1, units)])
     g, o = b.op("Tanh", [_gate(b, z, 2, units)]), b.op("Sigmoid", [_gate(b, z, 3, units)])
-    c2 = b.op("Add", [b.op("Mul", [f, c]), b.op("Mul", [i, g])])
+    c2 = b.op("Mul", [i, g]) if c is None else b.op("Add", [b.op("Mul", [f, c]), b.op("Mul", [i, g])])
     return [b.op("Mul", [o, b.op("Tanh", [c2])]), c2]
 
 
 def _gru_cell(b, xz: Value, states: list, recurrent: Value, units: int, recurrent_bias: Value) -> list:
     (h,) = states
-    hz = b.op("Add", [b.op("MatMul", [h, recurrent]), recurrent_bias])
+    hz = recurrent_bias if h is None else b.op("Add", [b.op("MatMul", [h, recurrent]), recurrent_bias])
     z = b.op("Sigmoid", [b.op("Add", [_gate(b, xz, 0, units), _gate(b, hz, 0, units)])])
     r = b.op("Sigmoid", [b.op("Add", [_gate(b, xz, 1, units), _gate(b, hz, 1, units)])])
     cand = b.op("Tanh", [b.op("Add", [_gate(b, xz, 2, units), b.op("Mul", [r, _gate(b, hz, 2, units)])])])
-    # z h + (1 - z) h~ = h~ + z (h - h~)
+    # z h + (1 - z) h~ = h~ + z (h - h~); with h = 0, h~ - z h~
+    if h is None:
+        return [b.op("Sub", [cand, b.op("Mul", [z, cand])])]
     return [b.op("Add", [cand, b.op("Mul", [z, b.op("Sub", [h, cand])])])]
 
 
@@ -114,12 +118,11 @@ def _recur(ctx: Ctx, x: Value, xz: Value, n_states: int, units: int, cell, retur
     is the last h [N, U] or every h [N, T, U]."""
     b = ctx.b
     t_dim = x.shape[1]
-    states = [_zeros_state(b, x, units) for _ in range(n_states)]
     if unroll and not isinstance(t_dim, int):
         raise ctx.error(f"{ctx.name}(unroll=true) needs a static sequence length, got {x.type}", "unroll",
                         cls=DslShapeError)
-    if unroll or unroll is None and isinstance(t_dim, int) and t_dim <= UNROLL_MAX:
-        hs = []
+    if (unroll or unroll is None and isinstance(t_dim, int) and t_dim <= UNROLL_MAX) and t_dim > 0:
+        states, hs = [None] * n_states, []
         # one Split (its gradient one Concat) rather than a Gather per step (each one's gradient a
         # scatter into a zero tensor of the whole sequence: quadratic in T)
         steps = b.op("Split", [xz, b.ints([1] * t_dim)], {"axis": 1}, n_out=t_dim) if t_dim > 1 else (xz,)
@@ -131,6 +134,7 @@ def _recur(ctx: Ctx, x: Value, xz: Value, n_states: int, units: int, cell, retur
         if not return_sequences:
             return states[0]
         return b.op("Concat", [b.op("Unsqueeze", [h, b.ints([1])]) for h in hs], {"axis": 1})
+    states = [_zeros_state(b, x, units) for _ in range(n_states)]
     by_time = b.op("Transpose", [xz], {"perm": [1, 0, 2]})  # [T, N, G*U]: pass t reads row t
     trip = (b.const(np.asarray(t_dim, np.int64), "i64") if isinstance(t_dim, int)
             else b.op("Gather", [b.op("Shape", [x]), b.const(np.asarray(1), "i64")], {"axis": 0}))
