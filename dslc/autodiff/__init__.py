@@ -1,4 +1,4 @@
-"""Reverse-mode automatic differentiation of IR graphs (see driver.py and rules.py)."""
+"""Reverse-mode automatic differentiation of IR graphs (see driver.py and rules/)."""
 from .driver import grad, vjp
 
 __all__ = ["grad", "vjp"]
