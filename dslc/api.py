@@ -151,10 +151,36 @@ def compile_file(path: str | Path, out_dir: str | Path | None = None, targets: l
 
 
 def summary(source: Program | str | Path, target: str | None = None, import_path=None) -> str:
-    """A Keras-style table (layer, output shape, parameters) of each model in the file, or of one target."""
+    """A Keras-style table (layer, output shape, parameters) of each model in the file, or of one target.
+    An .onnx file is imported as `model NAME = onnx("file.onnx")` would import it: one row per node."""
+    if not isinstance(source, Program) and str(source).endswith(".onnx"):
+        prog, name = _onnx_program(Path(source)), target or _onnx_model_name(Path(source))
+        try:
+            return _summary_table(lower(prog, name, emit="forward", weights=False))
+        except DslError as e:  # located in the one-line program: the message alone names the file
+            e.span = None
+            raise
     prog = source if isinstance(source, Program) else load(source, import_path)
     names = [target] if target else [t for t in prog.targets()]
     return "\n\n".join(_summary_table(lower(prog, t, emit="forward", weights=False)) for t in names)
+
+
+def _onnx_model_name(path: Path) -> str:
+    import re
+    name = re.sub(r"\W", "_", path.stem)
+    return name if name and not name[0].isdigit() else f"m_{name}"
+
+
+def _onnx_program(path: Path) -> Program:
+    """A one-line program that imports the file, as if written beside it."""
+    text = f'model {_onnx_model_name(path)} = onnx("{path.name}")\n'
+    if '"' in path.name or "\n" in path.name:
+        raise DslError(f"cannot name {path} in a program: rename the file")
+    try:
+        return load_source(text, str(path.parent / f"<summary of {path.name}>"), None)
+    except DslError as e:  # located in the one-line program: the message alone names the file
+        e.span = None
+        raise
 
 
 def _summary_table(low: Lowered) -> str:

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_check)
 
     s = sub.add_parser("summary", help="layers, output shapes and parameter counts")
-    s.add_argument("file")
+    s.add_argument("file", help="a .dsl file, or an .onnx file (imported as with onnx(...))")
     s.add_argument("--target", default=None)
     _import_path(s)
     s.set_defaults(func=_summary)

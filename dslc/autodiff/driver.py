@@ -14,6 +14,7 @@ import numpy as np
 from ..diagnostics import DslError
 from ..ir import patterns as P
 from ..ir.core import Graph, Node, Value
+from ..ir.formulations import at
 from ..ir.builder import Builder
 from .loops import captured, loop_vjp
 from .rules import NON_DIFFERENTIABLE, OWN_RULE, VJP
@@ -62,7 +63,8 @@ def _backward(b: Builder, node: Node, dys: list, live: set) -> tuple[list, list]
     body reads, and its rule builds only the gradients that lead somewhere (those of live values)."""
     if node.op == "Loop":
         return list(node.inputs) + captured(node.attrs["body"]), loop_vjp(b, node, dys, live, vjp)
-    return node.inputs, VJP[node.op](b, node, dys)
+    with at(node.name.rpartition("/")[0]):  # a formulation is chosen per layer (ir/formulations.py)
+        return node.inputs, VJP[node.op](b, node, dys)
 
 
 def _gradient_path(nodes: list[Node], wrt: list[Value], outputs: list[Value]) -> tuple[set, list[Node]]:

@@ -159,6 +159,17 @@ class Model(Decl):
 
 
 @dataclass(frozen=True)
+class OnnxModel(Model):
+    """`model Backbone = onnx("file.onnx", frozen=true)`: an exported ONNX graph as a model. The parser
+    leaves params and outputs empty; the program loader reads the file (frontend/onnx_file.py) and
+    fills them in from its inputs and outputs, with the file and its names in `source`."""
+    path: str = ""
+    options: tuple[Keyword, ...] = ()
+    path_span: Span | None = field(default=None, compare=False, repr=False)
+    source: object = field(default=None, compare=False, repr=False)  # a lower/onnx_decl.Imported once loaded
+
+
+@dataclass(frozen=True)
 class Layer(Decl):
     pass
 

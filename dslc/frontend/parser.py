@@ -124,6 +124,19 @@ class _ToAst(Transformer_NonRecursive):
                        outputs=tuple(str(t) for t in outputs),
                        output_spans=tuple(self._tok_span(t) for t in outputs))
 
+    def onnx_model(self, meta, c):
+        name, func, args = c
+        value = self.call(meta, [A.Name(self._tok_span(func), str(func)), args])
+        if str(func) != "onnx":
+            raise DslSyntaxError("`model NAME = ...` takes an imported file: onnx(\"file.onnx\")", value.func.span,
+                                 "declare a model of the language with `model NAME(inputs) -> outputs { ... }`")
+        if len(value.args) != 1 or not isinstance(value.args[0], A.String):
+            at = value.args[1].span if len(value.args) > 1 else value.span
+            raise DslSyntaxError("onnx() takes one path, a string: onnx(\"file.onnx\")", at,
+                                 "options go by name: onnx(\"file.onnx\", frozen=true)")
+        return A.OnnxModel(str(name), (), (), self._span(meta), self._tok_span(name),
+                           path=value.args[0].value, options=value.kwargs, path_span=value.args[0].span)
+
     def outputs(self, meta, c):
         return tuple(c)  # the NAME tokens: model() keeps their spans
 

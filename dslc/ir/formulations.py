@@ -6,8 +6,13 @@ by default. `forcing(...)` makes a point take a named option wherever that optio
 tests check every formulation on every shape it can handle, not only the shapes its rule picks it
 for (tests/test_opinfo.py); `recording()` collects the options a compile actually took.
 
+A point is decided once per layer: the place is the binding the layer's nodes are named after
+(`D.h` for `h = conv2d(...)` in model D; its backward nodes are `grad/D.h/...`), set by the lowerer
+and the autodiff driver with `at(place)`. A forcing key is a point (everywhere) or `point@place`
+(that layer only, before the point's own key): what `dslc tune` varies one at a time.
+
     dslc.compile(prog, "train", formulations={"conv_weight_grad": "channels_last"}, passes_off=["cse"])
-    dslc compile FILE --target train --formulation conv_weight_grad=channels_last --no-pass cse
+    dslc compile FILE --target train --formulation conv_weight_grad@D.h=channels_last --no-pass cse
 """
 from __future__ import annotations
 
@@ -38,12 +43,24 @@ PASSES = ("fold", "simplify", "cse", "dce", "pool_before_relu")
 
 _forced: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("forced", default={})
 _off: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("passes_off", default=frozenset())
-_used: contextvars.ContextVar[set | None] = contextvars.ContextVar("used", default=None)
+_used: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("used", default=None)
+_place: contextvars.ContextVar[str] = contextvars.ContextVar("place", default="")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """`point@place` -> (point, place); a plain point -> (point, "")."""
+    point, _, place = key.partition("@")
+    return point, place
+
+
+def key(point: str, place: str = "") -> str:
+    return f"{point}@{place}" if place else point
 
 
 def check(forced: dict[str, str] | None = None, passes_off=()) -> None:
     """An error (no location: these come from the command line or the API) for an unknown point, option or pass (they come from the command line)."""
     for point, option in (forced or {}).items():
+        point = split_key(point)[0]
         if point not in CHOICES:
             raise DslError(f"unknown formulation point `{point}`: use one of {', '.join(CHOICES)}")
         if option not in CHOICES[point]:
@@ -67,30 +84,44 @@ def forcing(forced: dict[str, str] | None = None, passes_off=()):
 
 
 @contextlib.contextmanager
-def recording():
-    """Collect the (point, option) pairs taken inside the block; yields the set."""
+def recording(places: bool = False):
+    """Collect the (point, option) pairs taken inside the block, or with `places` the (point, place,
+    option, options that applied there) of each decision; yields the set."""
     taken: set = set()
-    token = _used.set(taken)
+    token = _used.set((taken, places))
     try:
         yield taken
     finally:
         _used.reset(token)
 
 
+@contextlib.contextmanager
+def at(place: str):
+    """Within the block, points are decided for the layer named `place`."""
+    token = _place.set(place)
+    try:
+        yield
+    finally:
+        _place.reset(token)
+
+
 def choose(point: str, by_rule: str, applicable=None) -> str:
-    """The option a point takes: the forced one where it is among `applicable` (default: all of the
-    point's options), else the shape rule's."""
-    forced = _forced.get().get(point)
-    option = forced if forced is not None and forced in (applicable or CHOICES[point]) else by_rule
-    taken = _used.get()
-    if taken is not None:
-        taken.add((point, option))
+    """The option a point takes: the one forced on this place or else on the point, where it is among
+    `applicable` (default: all of the point's options), else the shape rule's."""
+    applicable = tuple(applicable or CHOICES[point])
+    want = forced(point)
+    option = want if want is not None and want in applicable else by_rule
+    used = _used.get()
+    if used is not None:
+        taken, places = used
+        taken.add((point, _place.get(), option, applicable) if places else (point, option))
     return option
 
 
 def forced(point: str) -> str | None:
-    """The option forced on a point, if any."""
-    return _forced.get().get(point)
+    """The option forced on a point at the current place, if any."""
+    table = _forced.get()
+    return table.get(key(point, _place.get()), table.get(point))
 
 
 def pass_on(name: str) -> bool:

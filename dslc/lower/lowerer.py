@@ -16,6 +16,7 @@ from ..diagnostics import DslError, DslNameError, DslShapeError, DslTypeError, S
 from ..frontend import ast as A
 from ..ir.core import DTYPES, Graph, TensorType, Value
 from ..ir.builder import Builder
+from ..ir.formulations import at
 from .init import generate
 from .program import Program
 from .values import DeclRef, LayerRecord, ModelResult, OptimizerSpec, Symbol, describe, is_shape_list
@@ -140,7 +141,8 @@ class Lowerer:
             if isinstance(st, A.Assign):
                 sc.binding = st.targets[0] if len(st.targets) == 1 else "_".join(st.targets)
                 sc.b.scope = self._scope_name(sc)
-                value = self.expr(sc, st.value)
+                with at(sc.b.scope):  # the layer a formulation is chosen for (ir/formulations.py)
+                    value = self.expr(sc, st.value)
                 self.bind(sc, st.targets, value, st.span)
             elif isinstance(st, A.Return):
                 if sc.kind in ("model", "step"):
@@ -175,6 +177,13 @@ class Lowerer:
                 self.repeat(sc, st)
         return None
 
+    def run_body(self, sc: Scope, d: A.Decl):
+        """A declaration's body; a model declared with onnx() has the file's nodes for one."""
+        if isinstance(d, A.OnnxModel):
+            from .onnx_import import lower_onnx_call
+            return lower_onnx_call(self, sc, d)
+        return self.run_block(sc, d.body)
+
     def metric(self, sc: Scope, st: A.Metric) -> None:
         """`metric accuracy = ...`: a named scalar the step reports next to its loss."""
         if sc.kind != "step":
@@ -200,7 +209,7 @@ class Lowerer:
                 value = value[0] if len(value) == 1 else value
             sc.env[targets[0]] = value
             return
-        items = value.outputs if isinstance(value, ModelResult) else value
+        items = getattr(value, "all_outputs", value.outputs) if isinstance(value, ModelResult) else value
         if not isinstance(items, tuple) or len(items) != len(targets):
             hint = "one value binds to one name"
             if isinstance(value, ModelResult):
@@ -507,11 +516,14 @@ class Lowerer:
         self.call_spans.append(e.span)
         saved_scope = sc.b.scope
         try:
-            result = self.run_block(inner, d.body)
+            result = self.run_body(inner, d)
         finally:
             self.call_stack.pop()
             self.call_spans.pop()
             sc.b.scope = saved_scope
+        if isinstance(d, A.OnnxModel):  # its first output where one tensor is wanted
+            from .onnx_import import imported_result
+            return imported_result(d, inner.env)
         if isinstance(d, A.Model):
             missing = [o for o in d.outputs if o not in inner.env]
             if missing:

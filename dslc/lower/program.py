@@ -85,6 +85,9 @@ def _add_module(prog: Program, module: A.Module, roots: list[Path], seen: set[st
             raise
         _add_module(prog, imported, roots, seen)
     for d in module.decls:
+        if isinstance(d, A.OnnxModel):  # the file it names, read now: a bad one fails `dslc check` too
+            from .onnx_decl import load_onnx_model
+            d = load_onnx_model(d, Path(module.file).parent, roots)
         if d.name in prog.decls and prog.decls[d.name] is not d:
             first = prog.decls[d.name]
             raise DslNameError(f"`{d.name}` is declared twice", d.name_span or d.span,
@@ -92,7 +95,7 @@ def _add_module(prog: Program, module: A.Module, roots: list[Path], seen: set[st
         prog.decls[d.name] = d
 
 
-def resolve_import(imp: A.Import, here: Path, roots: list[Path]) -> Path:
+def resolve_import(imp: A.Import, here: Path, roots: list[Path], suffix: str = ".dsl") -> Path:
     """The file `import "PATH"` names, confined to the project roots: relative to the importing
     file (else to each --import-path folder), a `.dsl` regular file, inside a root once symlinks
     are followed. Every refusal is located at the import and never quotes the file it names."""
@@ -108,8 +111,8 @@ def resolve_import(imp: A.Import, here: Path, roots: list[Path]) -> Path:
         raise refuse("the path holds a NUL character")
     if PurePosixPath(imp.path).is_absolute() or PureWindowsPath(imp.path).is_absolute() or imp.path.startswith("~"):
         raise refuse("an absolute path", confined)
-    if not imp.path.endswith(".dsl"):
-        raise refuse("only .dsl files can be imported")
+    if not imp.path.endswith(suffix):
+        raise refuse(f"only {suffix} files can be imported" + ("" if suffix == ".dsl" else " by onnx()"))
     tried = []
     for base in [here, *roots[1:]]:
         candidate = base / imp.path

@@ -70,7 +70,7 @@ def _lower_target(program: Program, name: str, options: Options, emit: str | Non
     g.doc = f"{type(d).__name__.lower()} {name} from {d.span.relative_to(g.source_root)}"
     b = lw.root
     b.span = d.span
-    kind = {A.Model: "model", A.Fn: "fn", A.Step: "step"}[type(d)]
+    kind = "model" if isinstance(d, A.Model) else {A.Fn: "fn", A.Step: "step"}[type(d)]
     for p in d.params:
         if kind == "step" and p.name in COUNTERS:
             raise DslError(f"a step's input cannot be named `{p.name}`: every step has a `{p.name}` input of its "
@@ -82,7 +82,7 @@ def _lower_target(program: Program, name: str, options: Options, emit: str | Non
             env[p.name].sym = (p.name,)
     lw.is_step = kind == "step"
     sc = Scope(b, env, d.name if kind == "model" else "", training=(kind == "step"), kind=kind)
-    result = lw.run_block(sc, d.body)
+    result = lw.run_body(sc, d)
     out = Lowered(name, kind, g, lw.layers)
 
     if isinstance(d, A.Model):
