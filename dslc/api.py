@@ -207,14 +207,34 @@ def _summary_table(low: Lowered) -> str:
 def train(path: str | Path, *, target: str | None = None, data: str | None = None, epochs: int | None = None,
           batch: int | None = None, seed: int | None = None, device: str = "auto", out: str | Path | None = None,
           resume: bool = False, max_steps: int | None = None, import_path=None, log=print,
-          collective_timeout: float = 120.0) -> list[dict]:
+          collective_timeout: float = 120.0, tune: bool | None = None) -> list[dict]:
     """Run the file's first `train` declaration (or `target`): returns the per-epoch history (the
     rows of history.json). Writes checkpoints, curves, pictures and the trained model into `out`.
     Started as several MPI ranks (`mpiexec -n K`), it trains data-parallel (runtime/distributed.py)."""
     from .runtime.trainer import train as run_training
     return run_training(path, target=target, data=data, epochs=epochs, batch=batch, seed=seed, device=device,
                         out=out, resume=resume, max_steps=max_steps, import_path=import_path, log=log,
-                        collective_timeout=collective_timeout)
+                        collective_timeout=collective_timeout, tune=tune)
+
+
+def tune(source: Program | str | Path, target: str, *, batch: int | None = None, budget: float | None = None,
+         threads: int | None = None, seed: int | None = None, cache: bool = True, import_path=None):
+    """Time the formulations a step reaches on this machine (dslc/tune); returns a Tuning: `.table()`
+    per choice point, `.formulations()` the forcing that compiles the picks (formulations=), `.session()`.
+    `batch` defaults to that of the first train declaration running the step, else 64; the picks are
+    cached per (graph, batch, CPU, onnxruntime version, threads)."""
+    from .tune import tune_declared_step
+    program = source if isinstance(source, Program) else load_program(source, import_path)
+    return tune_declared_step(program, target, batch, budget, threads, seed, cache)
+
+
+def generate(path: str | Path, prompt: str = "", *, length: int = 200, temperature: float = 1.0,
+             checkpoint: str | Path | None = None, target: str | None = None, seed: int = 0,
+             import_path=None) -> str:
+    """`length` characters after `prompt`, from the language model of a `data = text` run, with the
+    weights and vocabulary of its checkpoint (default runs/TRAIN/). See dslc/runtime/generate.py."""
+    from .runtime.generate import generate_text
+    return generate_text(path, prompt, length, temperature, checkpoint, target, seed, import_path)
 
 
 def run(model: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray], *, target: str | None = None,

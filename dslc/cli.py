@@ -1,4 +1,4 @@
-"""`dslc compile | check | summary | run | train | export | export-web`: parse arguments, call the API, report.
+"""`dslc compile | check | summary | run | train | export | generate | export-web`: parse arguments, call the API, report.
 
 Exit codes: 0 success, 1 a problem in the user's input (a located error), 2 a usage error,
 3 an internal error (a bug in dslc: please report it).
@@ -115,7 +115,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--collective-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="with several workers: how long a rank waits for the others at a step before it "
                         "names the ones that did not answer and stops every rank (default 120)")
+    t.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the formulations on this machine before the first step (cached per machine); "
+                        "default: the declaration's `tune`, else the cache's picks, measured for runs of 500+ steps")
     t.set_defaults(func=_train)
+
+    u = sub.add_parser("tune", help="time a step's formulations on this machine and cache the fastest")
+    u.add_argument("file")
+    u.add_argument("--target", required=True, metavar="STEP", help="the training step to time")
+    u.add_argument("--batch", type=int, default=None,
+                   help="the batch size timed (default: the train declaration's that runs the step, else 64)")
+    u.add_argument("--budget", type=float, default=None, metavar="SECONDS", help="time limit (default 20)")
+    u.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: one per core)")
+    u.add_argument("--seed", type=_seed, default=None, help="initial weights (default: the declaration's seed)")
+    u.add_argument("--no-cache", action="store_true", help="measure again, and do not store the picks")
+    _import_path(u)
+    u.set_defaults(func=_tune)
 
     x = sub.add_parser("export", help="the `export` models of a train declaration with a checkpoint's weights")
     x.add_argument("file")
@@ -125,6 +140,19 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--target", default=None, help="the train declaration (default: the file's first)")
     _import_path(x)
     x.set_defaults(func=_export)
+
+    g = sub.add_parser("generate", help="text from a trained character-level language model (`data = text`)")
+    g.add_argument("file")
+    g.add_argument("--prompt", default="", help="the text to continue (default: none)")
+    g.add_argument("--length", type=int, default=200, help="characters to generate (default 200)")
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature: lower is surer, 0 takes the likeliest character (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
+    g.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="a run folder or checkpoint dslc train wrote (default: runs/TRAIN/)")
+    g.add_argument("--target", default=None, help="the train declaration (default: the file's first)")
+    _import_path(g)
+    g.set_defaults(func=_generate)
 
     w = sub.add_parser("export-web", help="a static web page that trains the `train` declaration in the browser")
     w.add_argument("file")
@@ -150,7 +178,8 @@ def _compile_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--float64", action="store_true",
                    help="compute in float64 end to end (constants rebuilt from the source, not widened)")
     p.add_argument("--formulation", action="append", default=[], type=_formulation, metavar="POINT=OPTION",
-                   help="force a formulation wherever it applies (repeatable): "
+                   help="force a formulation wherever it applies, or POINT@LAYER=OPTION on one layer "
+                        "(repeatable; `dslc tune` lists the layers): "
                         + "; ".join(f"{k}={'|'.join(v)}" for k, v in CHOICES.items()))
     p.add_argument("--no-pass", action="append", default=[], choices=PASSES, metavar="PASS",
                    help=f"do not run this graph pass (repeatable): {', '.join(PASSES)}")
@@ -173,11 +202,12 @@ def _seed(text: str) -> int:
 
 
 def _formulation(text: str) -> tuple[str, str]:
-    point, eq, option = text.partition("=")
-    if not eq or point not in CHOICES or option not in CHOICES[point]:
+    key, eq, option = text.partition("=")
+    point = key.partition("@")[0]  # POINT@LAYER: that layer only (as `dslc tune` prints them)
+    if not eq or point not in CHOICES or option not in CHOICES[point] or key.endswith("@"):
         raise argparse.ArgumentTypeError(f"expected POINT=OPTION, one of "
                                          f"{', '.join(f'{k}={o}' for k, v in CHOICES.items() for o in v)}; got {text!r}")
-    return point, option
+    return key, option
 
 
 def _options(args) -> dict:
@@ -288,7 +318,16 @@ def _train(args) -> int:
         return _launch(args)
     api.train(args.file, target=args.target, data=args.data, epochs=args.epochs, batch=args.batch, seed=args.seed,
               device=args.device, out=args.out, resume=args.resume, max_steps=args.max_steps,
-              import_path=args.import_path, collective_timeout=args.collective_timeout)
+              import_path=args.import_path, collective_timeout=args.collective_timeout, tune=args.tune)
+    return 0
+
+
+def _tune(args) -> int:
+    tuning = api.tune(args.file, args.target, batch=args.batch, budget=args.budget, threads=args.threads,
+                      seed=args.seed, cache=not args.no_cache, import_path=args.import_path)
+    print(tuning.table())
+    picks = " ".join(f"--formulation {k}={v}" for k, v in tuning.formulations().items())
+    print(f"compile with these picks: {picks}" if picks else "the static picks stay")
     return 0
 
 
@@ -332,6 +371,13 @@ def _export(args) -> int:
     from .runtime.trainer import export_checkpoint
     for path in export_checkpoint(args.file, args.out, args.checkpoint, args.target, args.import_path):
         print(f"wrote {path}")
+    return 0
+
+
+def _generate(args) -> int:
+    text = api.generate(args.file, args.prompt, length=args.length, temperature=args.temperature,
+                        checkpoint=args.checkpoint, target=args.target, seed=args.seed, import_path=args.import_path)
+    print(args.prompt + text)
     return 0
 
 

@@ -466,14 +466,18 @@ def test_text_sequence_model_scores_every_position(tmp_path, topics, capsys, wid
     assert 0 < rows(tmp_path / "out")[0]["val_bits_per_character"] < 5
 
 
-@pytest.mark.parametrize("target", ["pydoc", "pydoc_lstm"])
-def test_spec_chars_smoke(tmp_path, topics, capsys, target):
-    """specs/chars.dsl on the start of CPython's documentation: a few steps, then an evaluation."""
-    code, stdout, err = train(capsys, ROOT / "specs" / "chars.dsl", topics, tmp_path / "out", "--target", target,
-                              "--epochs", 1)
+@pytest.mark.parametrize("spec, target", [("chars.dsl", "pydoc"), ("lstm.dsl", "pydoc_lstm")])
+def test_spec_chars_smoke(tmp_path, topics, capsys, spec, target):
+    """specs/chars.dsl (scores [N, V]) and specs/lstm.dsl (scores [N, 32, V]) on the start of CPython's
+    documentation: a few steps, an evaluation, a sample, then text from a prompt."""
+    from dslc.api import generate
+    dsl = ROOT / "specs" / spec
+    code, stdout, err = train(capsys, dsl, topics, tmp_path / "out", "--target", target, "--epochs", 1)
     assert code == 0, err
-    assert (tmp_path / "out" / "vocabulary.json").is_file() and "wrote" in stdout
+    assert (tmp_path / "out" / "vocabulary.json").is_file() and "wrote" in stdout and "sample: " in stdout
     assert 0 < rows(tmp_path / "out")[0]["val_bits_per_character"] < 7
+    text = generate(dsl, "def ", length=50, checkpoint=tmp_path / "out", target=target)
+    assert len(text) == 50 and set(text) <= set(topics.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":  # python tests/test_training_features.py DIR: DIR/topics.txt, for specs/chars.dsl

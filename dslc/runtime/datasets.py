@@ -317,12 +317,13 @@ def _check_npz_array(path: Path, name: str, a: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------ image folders
-def _load_images(root: Path, split: str) -> dict[str, np.ndarray]:
-    """root/SPLIT/<class>/*.png|jpg: the class folders of train/, sorted by name, are labels 0, 1, ...
-    Grey images stay [h, w]; if any is in colour, all become RGB [h, w, 3]. Images of different sizes
-    come back as an object array (one array each) that a `resize(h, w)` pipe makes one block."""
+def _load_images(root: Path, split: str, folder: Path | None = None) -> dict[str, np.ndarray]:
+    """root/SPLIT/<class>/*.png|jpg (or `folder`/<class>/...): the class folders of train/, sorted by
+    name, are labels 0, 1, ... Grey images stay [h, w]; if any is in colour, all become RGB [h, w, 3].
+    Images of different sizes come back as an object array (one array each) that a `resize(h, w)` pipe
+    makes one block."""
     classes = _image_classes(root / "train")
-    folder = root / split
+    folder = folder or root / split
     if not folder.is_dir():
         raise DslError(f"{root} has no {split}/ folder" if not os.path.lexists(folder) else f"{folder} is not a folder",
                        hint=f"expected {folder / '<class>' / '*.png'}")
@@ -449,6 +450,29 @@ def _number(cell: str) -> float | None:
     except ValueError:
         return None
     return v if math.isfinite(v) else None
+
+
+def validation_folder(name: str, data, folder: str | None) -> Path | None:
+    """The folder of an image folder's validation split: `validation = "path"` (relative to the data
+    root), else root/val/ where it exists; None for other data or without one."""
+    source = resolve_source(name, data)
+    if source.kind != "images":
+        return None
+    if folder is None:
+        return source.path / "val" if (source.path / "val").is_dir() else None
+    path = Path(folder).expanduser()
+    path = path if path.is_absolute() else source.path / path
+    if not path.is_dir():
+        raise DslError(f"the validation folder {path} " + ("is not a folder" if os.path.lexists(path)
+                                                           else "does not exist"),
+                       hint=f"give a folder of class folders, e.g. {source.path / 'val'} (a relative path is "
+                            f"read from the data root {source.path})")
+    return path
+
+
+def load_validation(name: str, data, folder: Path) -> dict[str, np.ndarray]:
+    """An image folder's validation split from `folder`/<class>/*.png (the classes of root/train/)."""
+    return _load_images(resolve_source(name, data).path, "val", folder)
 
 
 # Format -> reader(path, split) -> {field: array}; resolve_source picks the format.

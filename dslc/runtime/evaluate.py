@@ -90,19 +90,29 @@ def class_count(graphs: Graphs, model: str, widest: bool = False) -> int | None:
 
 def accuracy(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
     """The share of examples whose label is the argmax prediction (with k > 1: among the k highest)."""
+    return accuracy_and_confusion(m, graphs, fields, weights)[0]
+
+
+def accuracy_and_confusion(m: Measure, graphs: Graphs, fields, weights: dict) -> tuple[float, np.ndarray | None]:
+    """(accuracy, counts[true, predicted] of the argmax prediction), in one pass; the counts are
+    None where the scores are not [N, classes]."""
     sess = graphs.session(m.call.name)
-    correct = 0
+    correct, counts = 0, None
     for idx in in_batches(fields.n):
         feeds = {p: fields.get(src, idx) for p, src in m.call.args}
         pred = run(sess, feeds, weights)[0]
         labels = fields.get(m.label, idx)
-        labels = labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1)
+        labels = (labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1)).astype(np.int64)
         if m.k == 1:
             correct += int((pred.argmax(-1) == labels).sum())
         else:  # top-k: fewer than k scores above the label's (a tie counts for the label)
-            score = np.take_along_axis(pred, labels.astype(np.int64)[:, None], axis=-1)
+            score = np.take_along_axis(pred, labels[:, None], axis=-1)
             correct += int(((pred > score).sum(-1) < m.k).sum())
-    return correct / fields.n
+        if pred.ndim == 2 and len(labels) == len(pred):
+            k = pred.shape[1]
+            counts = np.zeros((k, k), np.int64) if counts is None else counts
+            np.add.at(counts, (labels, pred.argmax(-1)), 1)
+    return correct / fields.n, counts
 
 
 def bits_per_character(m: Measure, graphs: Graphs, fields, weights: dict) -> float:

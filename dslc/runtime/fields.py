@@ -41,15 +41,18 @@ class Fields:
             f = self.plan.fields[f.source]
         return f.source
 
-    def get(self, name: str, idx: np.ndarray, upto: int | None = None) -> np.ndarray:
-        """The field for examples `idx` (its first `upto` pipes only, when given)."""
+    def get(self, name: str, idx: np.ndarray, upto: int | None = None, key=...) -> np.ndarray:
+        """The field for examples `idx` (its first `upto` pipes only, when given). `key`: the (seed,
+        global step) augmentation draws from, None for none; by default `rng_key`. (Given, it leaves
+        this object untouched: the prefetching thread makes batches while evaluation reads it.)"""
+        key = self.rng_key if key is ... else key
         f = self.plan.fields.get(name)
         if f is None:
             if self.arrays[name].dtype == object:  # a step fed the images of mixed sizes as they are
                 raise self._mixed_sizes(name)
             return self.arrays[name][idx]
         base = self.arrays[f.source][idx] if f.source == name or f.source not in self.plan.fields \
-            else self.get(f.source, idx)
+            else self.get(f.source, idx, key=key)
         for i, (pipe, args) in enumerate(f.pipes[:upto]):
             if base.dtype == object and pipe != "resize":
                 raise self._mixed_sizes(self._root(f))
@@ -57,8 +60,7 @@ class Fields:
                 mean, std = self.fitted._statistics(name, i)
                 base = ((np.asarray(base, np.float32) - mean) / std).astype(np.float32)
             elif pipe in ("random_crop", "random_flip"):
-                rng = None if self.rng_key is None else \
-                    np.random.default_rng([*self.rng_key, zlib.crc32(name.encode()), i])
+                rng = None if key is None else np.random.default_rng([*key, zlib.crc32(name.encode()), i])
                 base = _PIPE[pipe](base, *args, rng=rng)
             else:
                 base = _PIPE[pipe](base, *args)
@@ -66,12 +68,8 @@ class Fields:
 
     def _statistics(self, name: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature mean and standard deviation of the field before its pipe i, over this split."""
-        if (name, i) not in self._stats:
-            key, self.rng_key = self.rng_key, None  # fitted on the data, not on one batch's augmentation
-            try:
-                x = np.asarray(self.get(name, np.arange(self.n), upto=i), np.float64)
-            finally:
-                self.rng_key = key
+        if (name, i) not in self._stats:  # fitted on the data, not on one batch's augmentation
+            x = np.asarray(self.get(name, np.arange(self.n), upto=i, key=None), np.float64)
             if not len(x):
                 raise DslError(f"standardize: {self.where} holds no examples to fit on")
             std = x.std(0)

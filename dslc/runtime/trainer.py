@@ -10,11 +10,17 @@ evaluation per epoch, history.json (with each step's reports), curves and pictur
 events, and after every epoch the `export` models as inference .onnx files and a weights .npz (the
 best epoch's too, by `monitor`; `early_stopping` ends the run). `dslc export` does the same from any
 checkpoint.
+
+Batches are made ahead of the steps by a background thread (prefetch.py), each a pure function of
+(examples, global step): the same arrays in the same order as made in the loop. With
+`reduce_lr_on_plateau` the steps take an `lr_scale` input, kept in the state like any other and
+decided from the history after each epoch, so a resumed run scales as the uninterrupted one did.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -24,7 +30,7 @@ import tempfile
 import time
 import zipfile
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,20 +41,25 @@ from ..emit.onnx_emit import to_onnx
 from ..fileio import check_regular, remove_stale_temps, save_npz, save_onnx, write_bytes
 from ..lower.program import load_program
 from ..train import plan as P
+from ..train.optimizers import LR_SCALE, scaled_learning_rate
 from . import distributed
 from . import evaluate as E
 from .accumulate import AccumulatingStepRunner
-from .datasets import batches, describe_source, epoch_order, has_split, load_dataset, load_text, resolve_source
+from .datasets import (batches, describe_source, epoch_order, has_split, load_dataset, load_text, load_validation,
+                       resolve_source, validation_folder)
 from .fields import Fields
-from .plots import plot_curves
+from .plots import plot_confusion, plot_curves
+from .prefetch import Prefetch
 from .progress import EpochProgress, ProgressLines, epoch_line, read_history, write_history
 from .runner import StepRunner, host
 from .session import _dims, cuda_available, type_str
 from .tensorboard import EventWriter
+from ..tune.training import tune_training_steps
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_SECONDS = 30.0  # also one at the end of every epoch, on Ctrl-C and at the end
 PROGRESS_SECONDS = 30.0  # without a terminal (and without `log_every`), a progress line this often
+SAMPLE_LENGTH = 200  # characters a text run generates after each epoch (sample.txt)
 VALIDATION_SEED = 0x5EED  # which examples `validation = 0.1` holds out: the same for every --seed
 
 
@@ -68,6 +79,8 @@ class Options:
     log: object = print
     comm: object = None  # MPI: several ranks train data-parallel (distributed.py); found by train()
     collective_timeout: float = 120.0
+    prefetch: int = 32  # batches made ahead by a background thread while steps run (0: in the loop)
+    tune: bool | None = None  # measure formulations (dslc/tune); None: the train declaration's `tune`, else auto
 
 
 def train(path, **options) -> list[dict]:
@@ -116,6 +129,7 @@ class Trainer:
             self.log = functools.partial(print, flush=True)
         self.device = self._device(o.device)
         self.interrupted = False
+        self.epoch_timings: list[dict] = []  # per epoch: its seconds, and those inside the steps' sessions
         self.saved_step = None  # the global step of the last checkpoint this run wrote or resumed from
         self.rank = o.comm.Get_rank() if o.comm else 0  # only rank 0 writes files and prints
         self.tensorboard = EventWriter(out) if plan.tensorboard and not self.rank else None
@@ -137,6 +151,12 @@ class Trainer:
         if self.plan.accumulate > 1 and self.o.comm:
             raise DslError("`accumulate` and several workers both split the batch: use one of them",
                            self.plan.span, "each rank's share is already a micro-batch")
+        # (reduce_lr_on_plateau: every step takes the input `lr_scale`, kept in the state)
+        with scaled_learning_rate() if self.plan.plateau else nullcontext():
+            self._compile_steps()
+        self.fingerprint = {s: hashlib.sha256(m.SerializeToString()).hexdigest()[:16] for s, m in self.models.items()}
+
+    def _compile_steps(self) -> None:
         for s in self.plan.steps:
             model = E.compile_target(self.program, s.name, seed=self.plan.seed)
             self.models[s.name] = model
@@ -146,7 +166,6 @@ class Trainer:
                                                            self.plan.accumulate)
                 if self.plan.accumulate > 1 else StepRunner(model, self.device))
             self.input_dtypes[s.name] = {i.name: _NP_OF.get(i.type.tensor_type.elem_type) for i in model.graph.input}
-        self.fingerprint = {s: hashlib.sha256(m.SerializeToString()).hexdigest()[:16] for s, m in self.models.items()}
 
     def _initial_state(self) -> dict[str, np.ndarray]:
         from onnx import numpy_helper
@@ -170,7 +189,12 @@ class Trainer:
             self.log(f"vocabulary: {len(self.vocabulary)} characters")
         else:
             arrays, held = load_dataset(p.dataset, "train", self.o.data, p.label_column), None
-        if p.validation and held is None and any(len(a) for a in arrays.values()):  # (none at all: said below)
+        folder = None if isinstance(p.validation, float) and p.validation else \
+            validation_folder(p.dataset, self.o.data, p.validation or None)
+        if folder is not None:  # an image folder's own validation split (root/val/, or `validation = "..."`)
+            held = load_validation(p.dataset, self.o.data, folder)
+            self.log(f"validation: {folder}")
+        elif p.validation and held is None and any(len(a) for a in arrays.values()):  # (none at all: said below)
             arrays, held = _hold_out(arrays, p.validation, source)
         self.train_fields = Fields(p, arrays, f"the training split of {source}")
         if self.train_fields.n == 0:
@@ -179,7 +203,8 @@ class Trainer:
             any(m.kind == "reconstructions" for m in p.show)
         self.eval_fields = {}  # split -> Fields, in the order the history reports them
         if needs_eval and held is not None:
-            self.eval_fields["val"] = Fields(p, held, f"the validation share of {source}", fitted=self.train_fields)
+            where = f"the validation split {folder}" if folder else f"the validation share of {source}"
+            self.eval_fields["val"] = Fields(p, held, where, fitted=self.train_fields)
         if needs_eval and (held is None or has_split(p.dataset, "test", self.o.data)):
             self.eval_fields["test"] = Fields(p, load_dataset(p.dataset, "test", self.o.data, p.label_column),
                                               f"the test split of {source}", fitted=self.train_fields)
@@ -287,7 +312,8 @@ class Trainer:
         return {"global_step": global_step, "epoch": epoch, "batch_index": batch_index, "sums": sums or {},
                 "per_step": per_step or {}, **({"vocabulary": self.vocabulary} if self.vocabulary else {}),
                 "settings": self.plan.settings(), "graphs": self.fingerprint,
-                "data": describe_source(self.plan.dataset, self.o.data)}
+                "data": describe_source(self.plan.dataset, self.o.data),
+                **({"tuning": self.tuning} if getattr(self, "tuning", None) else {})}  # the picks (dslc/tune/training.py)
 
     def _save_checkpoint(self, state: dict, meta: dict) -> None:
         if self.rank:
@@ -397,6 +423,7 @@ class Trainer:
         self._compile()
         self.graphs = E.Graphs(self.program, self.device, p.seed)
         self._load_data()
+        self.tuning = tune_training_steps(self)  # formulations measured on this machine (dslc/tune)
         history_path = self.out / "history.json"
         if o.resume:
             arrays, meta = self._load_checkpoint()
@@ -424,9 +451,13 @@ class Trainer:
         isatty = getattr(sys.stdout, "isatty", None)
         lines = None if self.rank or isatty and isatty() else \
             ProgressLines(self.log, per_epoch * p.epochs, p.log_every, PROGRESS_SECONDS)
-        with self._catch_interrupt():
+        # every batch of the run, in order, made ahead of the steps by a background thread (prefetch.py)
+        todo = ((b, idx, epoch * per_epoch + b) for epoch in range(start_epoch, p.epochs)
+                for b, idx in enumerate(batches(n, p.batch, epoch_order(n, p.seed, epoch)))
+                if epoch > start_epoch or b >= start_batch)
+        with self._catch_interrupt(), Prefetch(todo, lambda item: self._batch(item[1], item[2]), o.prefetch) as ahead:
+            made = iter(ahead)
             for epoch in range(start_epoch, p.epochs):
-                order = epoch_order(n, p.seed, epoch)
                 restored = epoch == start_epoch and start_sums is not None
                 sums: dict[str, float] = dict(start_sums) if restored else {}
                 # each report, step by step (the history's per-step curves; a resumed epoch's so far)
@@ -437,13 +468,12 @@ class Trainer:
                 bar = EpochProgress(per_epoch, epoch + 1, p.epochs, enabled=False if self.rank else None)
                 if first:
                     bar.update(first)
-                for b, idx in enumerate(batches(n, p.batch, order)):
-                    if b < first:
-                        continue
+                self.step_seconds = 0.0  # inside the steps' sessions (bench/epoch_overlap.py)
+                for (b, idx, _), feeds in itertools.islice(made, per_epoch - first):
                     if self.interrupted or o.max_steps is not None and global_step >= o.max_steps:
                         stopped = True
                         break
-                    reports = self._one_batch(idx, state, global_step, seeds)
+                    reports = self._one_batch(feeds, state, global_step, seeds)
                     global_step, next_batch = global_step + 1, b + 1
                     for k, v in reports.items():
                         sums[k] = sums.get(k, 0.0) + v * len(idx)
@@ -458,6 +488,8 @@ class Trainer:
                         self._save_checkpoint(state, self._meta(global_step, epoch, next_batch, sums, per_step))
                         last_save = time.monotonic()
                 bar.close()
+                self.epoch_timings.append({"epoch": epoch + 1, "seconds": time.monotonic() - started,
+                                           "step_seconds": self.step_seconds, "steps": next_batch - first})
                 if not self._tuned:  # (after the bar: a line printed under a live bar splits it)
                     self._report_tuning()
                 if stopped:
@@ -469,6 +501,7 @@ class Trainer:
                 row.update(self._evaluate(state, epoch + 1))
                 row.update({f"step_{k}": v for k, v in per_step.items()})
                 history.append(row)
+                cut = self._reduce_on_plateau(history, state) if p.plateau else None
                 if self.tensorboard:
                     self.tensorboard.scalars(global_step, {k: v for k, v in row.items() if k not in ("epoch", "steps")})
                 self._save_checkpoint(state, self._meta(global_step, epoch + 1, 0))
@@ -478,6 +511,8 @@ class Trainer:
                 latest_written = True
                 shown = {k: v for k, v in row.items() if k not in ("epoch", "steps", "seconds")}
                 self.log(epoch_line(epoch + 1, p.epochs, shown, row["seconds"], per_epoch - first))
+                if cut:
+                    self.log(cut)
                 if p.monitor and self._best_and_patience(history, state):
                     break
         if self.interrupted:  # the CLI prints the message on stderr and exits 130
@@ -487,6 +522,20 @@ class Trainer:
             self._export(state)
         self._say_exported()
         return history
+
+    def _reduce_on_plateau(self, history: list[dict], state: dict) -> str | None:
+        """The learning-rate scale for the next epoch, from the history (Plan.Plateau.scales): set in
+        the state (the steps' input `lr_scale`, saved with the checkpoint) and in the epoch's row; what
+        to say when it changed."""
+        p = self.plan
+        scale = p.plateau.scales([h.get(p.monitor) for h in history], p.lower_is_better())[-1]
+        if self.o.comm:  # rank 0 alone evaluates: every rank takes its scale
+            scale = self.o.comm.bcast(scale, root=0)
+        changed = scale != float(host(state[LR_SCALE]))
+        state[LR_SCALE] = self.runners[0].device_value(np.array(scale, np.float32))
+        history[-1]["lr_scale"] = scale
+        return f"reduce_lr_on_plateau: {p.monitor} has not improved for {p.plateau.patience} epoch(s): " \
+               f"learning rate x {scale:g} from now on" if changed else None
 
     def _patience_spent(self, history: list[dict]) -> bool:
         """Whether `monitor` has not improved for `early_stopping` epochs (said once, when it has)."""
@@ -523,13 +572,20 @@ class Trainer:
             self.o.comm.bcast(stop, root=0)
         return stop
 
-    def _one_batch(self, idx: np.ndarray, state: dict, global_step: int, seeds: dict) -> dict[str, float]:
+    def _batch(self, idx: np.ndarray, global_step: int) -> list[dict[str, np.ndarray]]:
+        """Each step's inputs for this batch: a pure function of (examples, global step), so the
+        prefetching thread makes exactly what the loop would (random_crop, random_flip draw from
+        (seed, global step))."""
+        key = (self.plan.seed, global_step)
+        return [{param: self._feed(s.name, param, src, idx, key) for param, src in s.args} for s in self.plan.steps]
+
+    def _one_batch(self, feeds: list[dict], state: dict, global_step: int, seeds: dict) -> dict[str, float]:
         reports = {}
-        self.train_fields.rng_key = (self.plan.seed, global_step)  # random_crop, random_flip draw from it
-        for s, runner in zip(self.plan.steps, self.runners):
-            data = {param: self._feed(s.name, param, src, idx) for param, src in s.args}
+        for s, runner, data in zip(self.plan.steps, self.runners, feeds):
             counters = {"step": np.array(global_step, np.int64), "seed": np.array(seeds[s.name], np.int64)}
+            started = time.perf_counter()
             out, new = runner.run(data, state, counters)
+            self.step_seconds += time.perf_counter() - started
             bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
             if bad:
                 raise DslError(f"step {s.name}: {bad[0]} became {float(np.asarray(out[bad[0]]).reshape(-1)[0])} at "
@@ -555,12 +611,13 @@ class Trainer:
                 self.log(f"session settings for {s.name}: {r.tuning} ({ms})")
         self._tuned = True
 
-    def _feed(self, step: str, param: str, src, idx: np.ndarray) -> np.ndarray:
+    def _feed(self, step: str, param: str, src, idx: np.ndarray, key=None) -> np.ndarray:
         """A step input for this batch: a field (class numbers widened to the input's integer type) or
-        a count such as 2 * batch."""
+        a count such as 2 * batch. `key`: (seed, global step) of a training batch, which augmentation
+        draws from (None: train_fields.rng_key)."""
         if not isinstance(src, str):
             return np.array(P.count(src, len(idx)), np.int64)
-        value = self.train_fields.get(src, idx)
+        value = self.train_fields.get(src, idx, key=key or self.train_fields.rng_key)
         want = self.input_dtypes[step][param]
         return value.astype(want) if value.dtype != want and value.dtype.kind in "iu" and np.dtype(want).kind == "i" \
             else value
@@ -580,17 +637,49 @@ class Trainer:
                 key = f"{split}_{m.kind}" if m.k == 1 else f"{split}_top{m.k}_{m.kind}"
                 key = key if key not in row else f"{key}_{m.call.name}"  # two models measured alike
                 if m.kind == "accuracy":
-                    row[key] = E.accuracy(m, self.graphs, fields, weights)
+                    row[key], counts = E.accuracy_and_confusion(m, self.graphs, fields, weights)
+                    if fields is self.test_fields and counts is not None and m.k == 1:
+                        self._confusion(m, counts)
                 elif m.kind == "bits_per_character":
                     row[key] = E.bits_per_character(m, self.graphs, fields, weights)
                 elif m.kind == "loss":
                     row[key] = E.loss(m, self.graphs, fields, weights, eval_seed)
                 else:
                     row[key] = E.regression(m, self.graphs, fields, weights)
+        if self.vocabulary:
+            self._sample_text(weights, epoch)
         for picture in p.show:
             E.draw(picture, self.graphs, self.test_fields, weights, self.out, epoch, p, eval_seed,
                    classes=self._step_classes(p.steps[0].name)[0])
         return row
+
+    def _sample_text(self, weights: dict, epoch: int) -> None:
+        """A text run's sample after each epoch: SAMPLE_LENGTH characters after the first window of the
+        evaluated text, drawn at temperature 1 (seeded), into sample.txt and one line of the log."""
+        from .generate import Generator, model_of
+        chars = self.test_fields.arrays["chars"]
+        prompt = "".join(self.vocabulary[c] for c in chars[0]) if len(chars) else ""
+        try:
+            text = Generator(self.graphs, model_of(self.plan), weights, self.vocabulary).continue_text(
+                prompt, SAMPLE_LENGTH, 1.0, self.plan.seed + epoch)
+        except DslError as e:  # (a model that does not read characters and score the next: no sample)
+            if not getattr(self, "_said_no_sample", False):
+                self.log(f"sample: none ({e.message})")
+                self._said_no_sample = True
+            return
+        write_bytes(self.out / "sample.txt", f"epoch {epoch}\n--- prompt\n{prompt}\n--- generated\n{text}\n".encode())
+        self.log(f"sample: {prompt[-20:] + text[:60]!r}")
+
+    def _confusion(self, m: P.Measure, counts: np.ndarray) -> None:
+        """confusion_matrix.png (of the split pictures read; a second model measured: one per model),
+        each epoch; a text's classes are named by their characters."""
+        first = next(e for e in self.plan.evaluations if e.kind == "accuracy" and e.k == 1)
+        name = "confusion_matrix.png" if m.call.name == first.call.name else f"confusion_matrix_{m.call.name}.png"
+        names = None if not self.vocabulary else \
+            ["space" if c == " " else repr(c)[1:-1] for c in self.vocabulary[:len(counts)]] + \
+            [str(i) for i in range(len(self.vocabulary), len(counts))]
+        split = "test" if "test" in self.eval_fields else "validation"
+        plot_confusion(counts, self.out / name, f"{m.call.name} on the {split} split", names)
 
     def _judge(self, m: P.Measure):
         if not hasattr(self, "judge"):
@@ -766,7 +855,7 @@ def _check_meta(path: Path, meta) -> None:
     """Each field of a checkpoint's meta record has the type the trainer reads it as."""
     if not isinstance(meta, dict):
         raise _damaged(path, f"its `meta` record is a JSON {type(meta).__name__}, not an object")
-    unknown = sorted(meta.keys() - _META.keys() - {"sums", "per_step", "vocabulary"})
+    unknown = sorted(meta.keys() - _META.keys() - {"sums", "per_step", "vocabulary", "tuning"})
     if unknown:
         raise _damaged(path, f"its `meta` record holds `{unknown[0]}`, which dslc train does not write")
     kinds = {"a count": _count, "an object": lambda v: isinstance(v, dict), "a string": lambda v: isinstance(v, str)}

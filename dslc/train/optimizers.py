@@ -16,15 +16,22 @@ Update equations (t = step + 1):
            mom' = momentum * mom + lr * g / sqrt(ms' + eps);  w' = w - mom'              (TF.js:
            eps inside the sqrt; torch.optim.RMSprop divides by sqrt(ms') + eps)
   adamw    adam, after w <- w - lr * weight_decay * w
+
+A run that reduces its learning rate on a plateau (the train declaration's `reduce_lr_on_plateau`)
+compiles its steps inside `scaled_learning_rate()`: the rate (schedule and all) is then multiplied
+by the graph input `lr_scale` (f32 scalar, default 1), which the trainer keeps in its state, feeds
+by name each step and stores in the checkpoint. Without it the graphs are as they always were.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..ir.core import Value
+from ..ir.core import TensorType, Value
 from ..ir.formulations import choose, forced
 from ..ir.builder import Builder
 from ..ir.ops import DTYPE_CODE
@@ -36,6 +43,18 @@ NONNEG = (lambda v: v >= 0, "a number >= 0")
 BOOL = (lambda v: isinstance(v, bool), "true or false")
 # Options every optimizer takes (0 = off).
 COMMON = {"clip_norm": (0.0, NONNEG), "clip_value": (0.0, NONNEG), "weight_decay": (0.0, NONNEG)}
+LR_SCALE = "lr_scale"  # the graph input that scales the learning rate, inside scaled_learning_rate()
+_scaled: contextvars.ContextVar[bool] = contextvars.ContextVar("scaled_learning_rate", default=False)
+
+
+@contextlib.contextmanager
+def scaled_learning_rate():
+    """Steps compiled within take the input `lr_scale` that multiplies their learning rate."""
+    token = _scaled.set(True)
+    try:
+        yield
+    finally:
+        _scaled.reset(token)
 
 
 @dataclass(frozen=True)
@@ -119,11 +138,16 @@ def apply_updates(b: Builder, name: str, options: dict, weights: list[Value], gr
     rates: dict[str, tuple[Value, Value]] = {}  # per float dtype: (lr, t)
     slots = [{s: state_input(state_name(name, s, w.name), w) for s in opt.slots(options)} for w in weights]
     updated: list = [None] * len(weights)  # (w', {slot: value'}) per weight
+    scale = b.input(LR_SCALE, TensorType("f32", ()), default=np.ones((), np.float32)) if _scaled.get() else None
     for group in _groups(weights):
         w, g, s = _joined(b, [weights[i] for i in group], [grads[i] for i in group], [slots[i] for i in group])
         if w.dtype not in rates:
             t = b.op("Cast", [b.op("Add", [step, b.const(1, "i64")])], {"to": DTYPE_CODE[w.dtype]})
-            rates[w.dtype] = (learning_rate(b, options["lr"], step, w.dtype), t)
+            lr = learning_rate(b, options["lr"], step, w.dtype)
+            if scale is not None:
+                cast = scale if w.dtype == "f32" else b.op("Cast", [scale], {"to": DTYPE_CODE[w.dtype]})
+                lr = b.op("Mul", [lr, cast])
+            rates[w.dtype] = (lr, t)
         lr, t = rates[w.dtype]
         if options["weight_decay"] and name != "adamw":  # L2, coupled: the decay goes through the optimizer
             g = b.op("Add", [g, _mul(b, w, _c(b, options["weight_decay"], w))])

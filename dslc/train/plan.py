@@ -16,8 +16,8 @@ arguments are fields, or integers computed from `batch` (the size of the batch a
 `train_generator(2 * batch)`). `data = npz | images | csv | text` names the format of the files
 --data gives (a text: windows of `seq` characters); `validation = 0.1` holds out a share of the
 training split, evaluated beside the test split.
-Around the steps: `export = [Encoder, Decoder]`, `log_every`, `monitor` / `early_stopping`,
-`accumulate` (micro-batches), `tensorboard` (SETTINGS says what each does).
+Around the steps: `export = [Encoder, Decoder]`, `log_every`, `monitor` / `early_stopping` /
+`reduce_lr_on_plateau`, `accumulate` (micro-batches), `tensorboard` (SETTINGS says what each does).
 """
 from __future__ import annotations
 
@@ -43,14 +43,19 @@ SETTINGS = {
     "show": "[picture(...), ...]: pictures written after each epoch",
     "export": "a model or a list [Encoder, Decoder]: written as MODEL.onnx after each epoch "
               "(default: the first model the first step updates)",
-    "validation": "a share of the training split held out and evaluated each epoch (e.g. 0.1)",
+    "validation": "a share of the training split held out and evaluated each epoch (e.g. 0.1), or a folder "
+                  '(data = images: "path/to/val" of <class>/ folders; default: root/val/ where it exists)',
     "label_column": 'the CSV column read as `label` (e.g. "quality")',
     "log_every": "without a terminal, a progress line every N steps (default: every 30 s)",
     "monitor": "the history key that picks the best epoch (e.g. val_accuracy, val_loss): "
                "MODEL.best.onnx and weights.best.npz; lower is better for loss, mse, mae",
     "early_stopping": "stop when `monitor` has not improved for N epochs",
+    "reduce_lr_on_plateau": "N, or plateau(patience=N, factor=0.1, min_scale=0): multiply the learning rate by "
+                            "`factor` when `monitor` has not improved for N epochs (as Keras' ReduceLROnPlateau)",
     "accumulate": "split each batch into N micro-batches: gradients run on each, averaged, one update",
     "tensorboard": "true: TensorBoard event files beside history.json (per-step reports, each epoch's row)",
+    "tune": "true: time the formulations on this machine before the first step (cached); false: the static "
+            "picks (default: the cache's picks, measured only for runs of 500+ steps; README, \"Tuning\")",
     "seq": "data = text: characters per window (the fields chars, next [N, seq] and next_char [N])",
     "stride": "data = text: a window starts every N characters (default: seq, windows side by side)",
 }
@@ -108,6 +113,30 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class Plateau:
+    """reduce_lr_on_plateau: the learning rate times `factor` after `patience` epochs without a better
+    `monitor` (the wait starts again after each cut), never below `min_scale` times the step's own."""
+    patience: int
+    factor: float = 0.1
+    min_scale: float = 0.0
+
+    def scales(self, values: list, lower_is_better: bool) -> list[float]:
+        """The learning-rate scale after each epoch, from `monitor`'s value of each epoch (Keras'
+        ReduceLROnPlateau, cooldown 0): a pure function of the history, so a resumed run agrees."""
+        sign = 1 if lower_is_better else -1
+        best, wait, scale, out = None, 0, 1.0, []
+        for v in values:
+            if v is not None and (best is None or sign * v < sign * best):
+                best, wait = v, 0
+            else:
+                wait += 1
+                if wait >= self.patience:
+                    scale, wait = max(scale * self.factor, self.min_scale), 0
+            out.append(scale)
+        return out
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     file: str
@@ -122,7 +151,7 @@ class Plan:
     export: str  # the model written as the trained inference .onnx
     span: Span = field(compare=False, repr=False)
     evaluations: tuple[Measure, ...] = ()  # all of `evaluate` (a list or one); `evaluate` is the first
-    validation: float = 0.0  # the share of the training split held out, evaluated each epoch
+    validation: float | str = 0.0  # the share of the training split held out, or a folder (data = images)
     label_column: str | None = None  # a CSV's column read as `label` (default: `label`, else `target`)
     exports: tuple[str, ...] = ()  # every model written as an inference .onnx (`export` is the first)
     log_every: int | None = None  # progress lines every N steps when stdout is not a terminal
@@ -132,6 +161,8 @@ class Plan:
     tensorboard: bool = False
     seq: int | None = None  # data = text: characters per window
     stride: int | None = None  # data = text: characters between window starts
+    plateau: "Plateau | None" = None  # reduce_lr_on_plateau
+    tune: bool | None = None  # measure formulations before the first step (dslc/tune); None: auto
 
     def lower_is_better(self) -> bool:
         """Whether `monitor` improves downwards: losses and errors do, accuracies and R^2 do not."""
@@ -152,7 +183,10 @@ class Plan:
         # (each only when set: checkpoints written before they existed still resume)
         settings.update({k: v for k, v in (("validation", self.validation), ("label_column", self.label_column),
                                            ("accumulate", self.accumulate if self.accumulate > 1 else None),
-                                           ("seq", self.seq), ("stride", self.stride)) if v})
+                                           ("seq", self.seq), ("stride", self.stride),
+                                           ("reduce_lr_on_plateau", self.plateau and [
+                                               self.plateau.patience, self.plateau.factor, self.plateau.min_scale]))
+                         if v})
         return settings
 
 
@@ -203,10 +237,12 @@ class _Reader:
         exports = self._export(steps)
         early = self._int("early_stopping", 0) or None
         monitor = self._monitor(evaluations, early)
+        plateau = self._plateau(monitor)
         return Plan(d.name, self.program.file, dataset, fields, batch, epochs, seed, steps,
                     evaluations[0] if evaluations else None, show, exports[0], d.span, evaluations, self._validation(),
                     self._column(), exports, self._int("log_every", 0) or None, monitor, early,
-                    self._int("accumulate", 1), self._bool("tensorboard"), *self._text())
+                    self._int("accumulate", 1), self._bool("tensorboard"), *self._text(), plateau,
+                    self._bool("tune") if "tune" in self.values else None)
 
     # ---- settings
     def _word(self, key: str, allowed) -> str:
@@ -229,13 +265,20 @@ class _Reader:
                                'e.g. label_column = "quality"')
         return e.value if isinstance(e, A.String) else e.id
 
-    def _validation(self) -> float:
+    def _validation(self) -> float | str:
         if "validation" not in self.values:
             return 0.0
         e = self.values["validation"].value
+        if isinstance(e, A.String):  # a folder of class folders, beside train/ (relative: to the data root)
+            if self.dataset != "images":
+                raise DslTypeError(f"a validation folder is for image folders, and `data` is {self.dataset}", e.span,
+                                   "hold out a share instead, e.g. validation = 0.1")
+            if not e.value.strip():
+                raise DslTypeError("`validation` names a folder: it is empty", e.span, 'e.g. validation = "val"')
+            return e.value
         if not isinstance(e, A.Number) or not 0 < e.value < 1:
             raise DslTypeError("`validation` is the share of the training split held out, a number "
-                               "between 0 and 1", e.span, "e.g. validation = 0.1")
+                               "between 0 and 1, or a folder", e.span, 'e.g. validation = 0.1, or "val"')
         return float(e.value)
 
     def _monitor(self, evaluations: tuple[Measure, ...], early: int | None) -> str | None:
@@ -250,6 +293,43 @@ class _Reader:
         if not isinstance(e, (A.Name, A.String)):
             raise DslTypeError("`monitor` names a key of the history, e.g. val_accuracy or loss", e.span)
         return e.value if isinstance(e, A.String) else e.id
+
+    def _plateau(self, monitor: str | None) -> Plateau | None:
+        """`reduce_lr_on_plateau = 2` or `= plateau(patience=2, factor=0.5, min_scale=0.01)`."""
+        if "reduce_lr_on_plateau" not in self.values:
+            return None
+        st = self.values["reduce_lr_on_plateau"]
+        e, usage = st.value, "e.g. reduce_lr_on_plateau = plateau(patience=2, factor=0.5)"
+        if monitor is None:
+            raise DslError("`reduce_lr_on_plateau` needs `monitor`: the history key to watch", st.span,
+                           "e.g. monitor = val_loss")
+        if isinstance(e, A.Number):
+            args, kwargs = (e,), {}
+        elif isinstance(e, A.Call) and isinstance(e.func, A.Name) and e.func.id == "plateau":
+            args, kwargs = e.args, {k.name: k.value for k in e.kwargs}
+            for k in e.kwargs:
+                if k.name not in ("patience", "factor", "min_scale"):
+                    raise DslTypeError(f"plateau has no option `{k.name}`", k.span,
+                                       did_you_mean(k.name, ("patience", "factor", "min_scale")) or usage)
+        else:
+            raise DslTypeError("`reduce_lr_on_plateau` is a patience (epochs) or plateau(patience=N, factor=F)",
+                               e.span, usage)
+        if len(args) > 1:
+            raise DslTypeError("plateau takes the patience, then options by name", args[1].span, usage)
+        given = dict(kwargs, **({"patience": args[0]} if args else {}))
+        if "patience" not in given:
+            raise DslTypeError("plateau needs `patience`: epochs without improvement before each cut", e.span, usage)
+        p = given["patience"]
+        if not isinstance(p, A.Number) or not isinstance(p.value, int) or isinstance(p.value, bool) or p.value < 1:
+            raise DslTypeError("`patience` must be an integer >= 1", p.span)
+        numbers = {}
+        for key, default, ok, wants in (("factor", 0.1, lambda v: 0 < v < 1, "a number between 0 and 1"),
+                                        ("min_scale", 0.0, lambda v: 0 <= v <= 1, "a number in [0, 1]")):
+            v = given.get(key)
+            if v is not None and (not isinstance(v, A.Number) or isinstance(v.value, bool) or not ok(v.value)):
+                raise DslTypeError(f"`{key}` must be {wants}", v.span, usage)
+            numbers[key] = float(v.value) if v is not None else default
+        return Plateau(p.value, **numbers)
 
     def _text(self) -> tuple[int | None, int | None]:
         """(seq, stride): a text's windows; `seq` is what `data = text` needs, and only it."""
