@@ -402,3 +402,33 @@ def test_prefetch_gives_the_batches_of_the_loop(tmp_path, capsys):
         T.train(dsl, data=str(data), out=str(tmp_path / f"d{depth}"), device="cpu", prefetch=depth,
                 log=lambda *a, **k: None)
     assert same_arrays(npz(tmp_path / "d0" / "weights.npz"), npz(tmp_path / "d8" / "weights.npz"))
+
+
+# ------------------------------------------------------------------ accuracy over sequence positions
+def test_accuracy_of_a_sequence_model_counts_every_position(tmp_path, capsys):
+    """Scores [N, T, V] against labels [N, T]: each position is an example (it was a broadcast crash)."""
+    from dslc.runtime import evaluate as E
+    from dslc.runtime.trainer import Options, P, Trainer
+    topics = write_topics(tmp_path / "topics.txt", 20_000)
+    dsl = tmp_path / "bigram.dsl"
+    dsl.write_text(SEQUENCE.format(width=128).replace(
+        "evaluate = bits_per_character(Bigram(chars), next)", "evaluate = accuracy(Bigram(chars), next)"))
+    out = tmp_path / "out"
+    assert train(capsys, dsl, topics, out, "--epochs", 1)[0] == 0
+    w = npz(out / "weights.npz")
+    program = dslc.load(dsl)
+    plan = P.plan(program)
+    trainer = Trainer(program, plan, Options(data=str(topics), device="cpu", log=lambda *a, **k: None), out)
+    trainer._compile()
+    trainer.graphs = E.Graphs(program, "cpu", 0)
+    trainer._load_data()
+    fields = trainer.eval_fields["val"]
+    chars, nxt = fields.get("chars", np.arange(fields.n)), fields.get("next", np.arange(fields.n))
+    emb = next(v for v in w.values() if v.shape == (128, 8))
+    kernel = next(v for v in w.values() if v.shape == (8, 128))
+    bias = next(v for v in w.values() if v.shape == (128,))
+    pred = (emb[chars] @ kernel + bias).argmax(-1)  # [N, T] by hand
+    acc, counts = E.accuracy_and_confusion(plan.evaluate, trainer.graphs, fields, w)
+    assert acc == pytest.approx((pred == nxt).mean(), abs=1e-12)
+    assert counts.sum() == nxt.size and np.trace(counts) == (pred == nxt).sum()
+    assert rows(out)[-1]["val_accuracy"] == pytest.approx(acc, abs=1e-6)

@@ -97,12 +97,11 @@ def accuracy_and_confusion(m: Measure, graphs: Graphs, fields, weights: dict) ->
     """(accuracy, counts[true, predicted] of the argmax prediction), in one pass; the counts are
     None where the scores are not [N, classes]."""
     sess = graphs.session(m.call.name)
-    correct, counts = 0, None
+    correct, total, counts = 0, 0, None
     for idx in in_batches(fields.n):
         feeds = {p: fields.get(src, idx) for p, src in m.call.args}
-        pred = run(sess, feeds, weights)[0]
-        labels = fields.get(m.label, idx)
-        labels = (labels.argmax(-1) if labels.ndim == 2 else labels.reshape(-1)).astype(np.int64)
+        pred, labels = _positions(run(sess, feeds, weights)[0], fields.get(m.label, idx))
+        total += len(labels)
         if m.k == 1:
             correct += int((pred.argmax(-1) == labels).sum())
         else:  # top-k: fewer than k scores above the label's (a tie counts for the label)
@@ -112,7 +111,15 @@ def accuracy_and_confusion(m: Measure, graphs: Graphs, fields, weights: dict) ->
             k = pred.shape[1]
             counts = np.zeros((k, k), np.int64) if counts is None else counts
             np.add.at(counts, (labels, pred.argmax(-1)), 1)
-    return correct / fields.n, counts
+    return correct / max(total, 1), counts
+
+
+def _positions(pred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [positions, classes] and class indices [positions]: one position per example, or per
+    sequence element for scores [N, T, classes] against labels [N, T] (or one-hot [N, T, classes])."""
+    if labels.shape == pred.shape:  # one-hot
+        labels = labels.argmax(-1)
+    return pred.reshape(-1, pred.shape[-1]), labels.reshape(-1).astype(np.int64)
 
 
 def bits_per_character(m: Measure, graphs: Graphs, fields, weights: dict) -> float:
