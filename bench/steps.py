@@ -3,6 +3,7 @@
     python bench/steps.py                    # every case and section (~20 minutes on 2 cores)
     python bench/steps.py --quick            # smoke: small batches, 2 rounds, short sections
     python bench/steps.py --case convnet --case vae --rounds 8 --calls 3
+    python bench/steps.py --case charlm --case lstm --case resnet --only steps   # issue 21's families
     python bench/steps.py --only steps       # sections: steps, e2e, compile, forward, scaling
 
 Every contender runs in its own process (`--worker KIND`), commanded block by block by the
@@ -72,6 +73,20 @@ CASES = {
                     loss_fn="fn bench_loss(z: f32[M, 100], cls: i64[M]) {\n"
                             "    p, c = Discriminator(Generator(z, cls, training=true), training=true)\n"
                             "    return binary_crossentropy(p, 0.95) + sparse_categorical_crossentropy(c, cls)\n}\n"),
+    "charlm": dict(spec="charlm.dsl", step="train_charlm", batch=32, quick=8, opt=("adam", 2e-3, 0.9), clip=1.0,
+                   model="CharTransformer", desc="CharTransformer (2 blocks, d 64, 4 heads, context 64), batch 32, Adam",
+                   loss_fn="fn bench_loss(chars: i64[N, 64], next: i64[N, 64]) {\n    return "
+                           "sparse_categorical_crossentropy(CharTransformer(chars, training=true), next, from_logits=true)"
+                           "\n}\n"),
+    "lstm": dict(spec="lstm.dsl", step="train_lstm", batch=64, quick=8, opt=("adam", 5e-3, 0.9), clip=1.0,
+                 model="CharLSTM", desc="CharLSTM (LSTM 128 over 32 characters, unrolled), batch 64, Adam",
+                 loss_fn="fn bench_loss(chars: i64[N, 32], next: i64[N, 32]) {\n    return "
+                         "sparse_categorical_crossentropy(CharLSTM(chars, training=true), next, from_logits=true)\n}\n"),
+    "resnet": dict(spec="resnet.dsl", step="train_resnet", batch=32, quick=8, opt=("adam", 1e-3, 0.9),
+                   model="DigitsResNet", desc="DigitsResNet (3 residual blocks, batch norms, 8x8 digits), batch 32, Adam",
+                   loss_fn="fn bench_loss(image: f32[N, 1, 8, 8], label: i64[N]) {\n    return "
+                           "sparse_categorical_crossentropy(DigitsResNet(image, training=true), label, from_logits=true)"
+                           "\n}\n"),
 }
 
 
@@ -109,6 +124,12 @@ def make_data(case: str, n: int, seed: int = 0) -> dict:
         return {"real": rng.random((n, 1, 28, 28), dtype=np.float32) * 2 - 1, "real_class": rng.integers(0, 10, n)}
     if case == "acgan_g":
         return {"n": np.array(n, np.int64)}
+    if case in ("charlm", "lstm"):  # character classes of the 103 in CPython's documentation
+        seq = 64 if case == "charlm" else 32
+        text = rng.integers(0, 103, (n, seq + 1))
+        return {"chars": text[:, :-1], "next": text[:, 1:]}
+    if case == "resnet":
+        return {"image": rng.random((n, 1, 8, 8), dtype=np.float32), "label": rng.integers(0, 10, n)}
     raise KeyError(case)
 
 
@@ -164,6 +185,15 @@ def torch_models(case: str):
         p = p.clamp(1e-7, 1 - 1e-7)
         return -(t * p.log() + (1 - t) * (1 - p).log()).mean()
 
+    if case in ("charlm", "lstm", "resnet"):  # bench/twins.py's twins, in torch's own layers
+        import twins
+        m, names = twins.twin_resnet(keras_batch_norm=False) if case == "resnet" else getattr(twins, f"twin_{case}")()
+        key, target = ("image", "label") if case == "resnet" else ("chars", "next")
+
+        def loss(b):
+            out = m(b[key])
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), b[target].reshape(-1))
+        return m, [], names, loss
     if case == "convnet":
         class ConvNet(nn.Module):
             def __init__(self):
@@ -304,6 +334,9 @@ def load_into_torch(names: dict, weights: dict):
     import torch
     from torch import nn  # noqa: F401
 
+    if any(isinstance(v, tuple) for v in names.values()):  # bench/twins.py's (tensor, layout) pairs
+        import twins
+        return twins.load_weights(names, weights)
     with torch.no_grad():
         for k, t in names.items():
             w = weights[k]
@@ -395,6 +428,9 @@ class TorchWorker(Worker):
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss(self.batch)
         loss.backward()
+        if CASES[self.spec["case"]].get("clip"):  # the spec's clip_norm (dslc clips by the global norm too)
+            import torch
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), CASES[self.spec["case"]]["clip"])
         self.opt.step()
         return loss.item()
 
@@ -627,6 +663,8 @@ def check_case(case: str, batch: int) -> str:
                         s_.mul_(0.9).add_(0.1 * p.grad * p.grad)
                         p.sub_(c["opt"][1] * p.grad / (s_ + 1e-7).sqrt())
             else:
+                if c.get("clip"):
+                    torch.nn.utils.clip_grad_norm_(params, c["clip"])
                 opt.step()
             torch_losses.append(loss.item())
     finally:
