@@ -220,11 +220,7 @@ def measure_step(program, step: str, batch: int, machine: dict, budget: float = 
         except DslError as e:
             trial.verdict = f"failed: {e.message[:60]}"
             continue
-        tb, tc = interleaved(base, timed, repeats, clock + budget)
-        trial.base_ms, trial.ms = median_ms(tb), median_ms(tc)
-        margin = max(MIN_MARGIN, 2 * max(noise(tb), noise(tc)))
-        ratio = trial.ms / trial.base_ms
-        trial.verdict = "faster" if ratio < 1 - margin else "not faster"
+        ratio = _race(trial, base, timed, repeats, clock + budget)
         if trial.verdict == "faster":
             wins.append((ratio, picks, trial.base_ms, trial.ms))
         del timed
@@ -246,10 +242,7 @@ def measure_step(program, step: str, batch: int, machine: dict, budget: float = 
         except DslError as e:
             trial.verdict = f"failed: {e.message[:60]}"
             continue
-        tb, tc = interleaved(base, timed, repeats, clock + budget)
-        trial.base_ms, trial.ms = median_ms(tb), median_ms(tc)
-        margin = max(MIN_MARGIN, 2 * max(noise(tb), noise(tc)))
-        trial.verdict = "faster" if trial.ms / trial.base_ms < 1 - margin else "not faster"
+        _race(trial, base, timed, repeats, clock + budget)
         del timed
         if trial.verdict == "faster":
             tuning.picks, tuning.tuned_ms = picks, trial.ms * tuning.static_ms / trial.base_ms
@@ -285,3 +278,14 @@ def step_counts(call, batch: int) -> dict[str, int]:
     """The integer arguments a train declaration passes a step (`train_generator(2 * batch)`)."""
     from ..train import plan as P
     return {param: int(P.count(src, batch)) for param, src in call.args if not isinstance(src, str)}
+
+
+def _race(trial: Trial, base, timed, repeats: int, deadline: float) -> float:
+    """Time `timed` alternately with the static step; the trial records both medians and whether the
+    candidate is faster by more than the noise of the runs (and MIN_MARGIN). Returns the ratio."""
+    tb, tc = interleaved(base, timed, repeats, deadline)
+    trial.base_ms, trial.ms = median_ms(tb), median_ms(tc)
+    margin = max(MIN_MARGIN, 2 * max(noise(tb), noise(tc)))
+    ratio = trial.ms / trial.base_ms
+    trial.verdict = "faster" if ratio < 1 - margin else "not faster"
+    return ratio
