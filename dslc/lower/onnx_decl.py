@@ -12,7 +12,6 @@ from pathlib import Path
 from ..diagnostics import DslTypeError, did_you_mean
 from ..frontend import ast as A
 from ..frontend.onnx_file import OnnxFile, read_onnx
-from .program import resolve_import
 
 OPTIONS = {"frozen": "true or false: no weight of the file is trained",
            "freeze": "a list of weight names (or their prefixes, such as \"encoder\") not to train"}
@@ -30,9 +29,9 @@ class Imported:
     frozen: set[str] = field(default_factory=set)  # weight names not trained
 
 
-def load_onnx_model(d: A.OnnxModel, here: Path, roots: list[Path]) -> A.OnnxModel:
+def load_onnx_model(d: A.OnnxModel, target: Path, roots: list[Path]) -> A.OnnxModel:
+    """The declaration with the file `target` (the path it names, resolved and confined) read."""
     frozen_all, freeze = _options(d)
-    target = resolve_import(A.Import(d.path, d.path_span or d.span), here, roots, suffix=".onnx")
     f = read_onnx(target, d.path, roots, d.path_span or d.span)
     span = d.path_span or d.span
     taken: set[str] = set()

@@ -87,7 +87,9 @@ def _add_module(prog: Program, module: A.Module, roots: list[Path], seen: set[st
     for d in module.decls:
         if isinstance(d, A.OnnxModel):  # the file it names, read now: a bad one fails `dslc check` too
             from .onnx_decl import load_onnx_model
-            d = load_onnx_model(d, Path(module.file).parent, roots)
+            target = resolve_import(A.Import(d.path, d.path_span or d.span), Path(module.file).parent, roots,
+                                    suffix=".onnx")
+            d = load_onnx_model(d, target, roots)
         if d.name in prog.decls and prog.decls[d.name] is not d:
             first = prog.decls[d.name]
             raise DslNameError(f"`{d.name}` is declared twice", d.name_span or d.span,

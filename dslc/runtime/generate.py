@@ -24,12 +24,12 @@ from ..diagnostics import DslError
 from ..lower.program import load_program
 from ..train import plan as P
 from . import evaluate as E
+from .checkpoint import CHECKPOINT, check_meta, read_checkpoint
 
 
 def generate_text(path, prompt: str, length: int = 200, temperature: float = 1.0, checkpoint=None,
                   target: str | None = None, seed: int = 0, import_path=None) -> str:
     """`length` characters that follow `prompt` (the prompt not included)."""
-    from .trainer import CHECKPOINT, _check_meta, read_checkpoint
     if length < 0:
         raise DslError(f"--length must be >= 0, got {length}")
     if not temperature >= 0 or not np.isfinite(temperature):
@@ -44,7 +44,7 @@ def generate_text(path, prompt: str, length: int = 200, temperature: float = 1.0
     if not ckpt.exists():
         raise DslError(f"no checkpoint at {ckpt}", hint="train first (dslc train), or name one with --checkpoint")
     meta, state = read_checkpoint(ckpt)
-    _check_meta(ckpt, meta)
+    check_meta(ckpt, meta)
     if meta["settings"].get("train") != plan.name or not meta.get("vocabulary"):
         raise DslError(f"the checkpoint {ckpt} was not written by train `{plan.name}` on a text",
                        hint="choose the train declaration with --target, the run with --checkpoint")

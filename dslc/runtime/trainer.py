@@ -28,7 +28,6 @@ import signal
 import sys
 import tempfile
 import time
-import zipfile
 import zlib
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,13 +37,14 @@ import numpy as np
 
 from ..diagnostics import DslError, did_you_mean
 from ..emit.onnx_emit import to_onnx
-from ..fileio import check_regular, remove_stale_temps, save_npz, save_onnx, write_bytes
+from ..fileio import remove_stale_temps, save_npz, save_onnx, write_bytes
 from ..lower.program import load_program
 from ..train import plan as P
 from ..train.optimizers import LR_SCALE, scaled_learning_rate
 from . import distributed
 from . import evaluate as E
 from .accumulate import AccumulatingStepRunner
+from .checkpoint import CHECKPOINT, check_meta, damaged, is_count, read_checkpoint
 from .datasets import (batches, describe_source, epoch_order, has_split, load_dataset, load_text, load_validation,
                        resolve_source, validation_folder)
 from .fields import Fields
@@ -56,7 +56,6 @@ from .session import _dims, cuda_available, type_str
 from .tensorboard import EventWriter
 from ..tune.training import tune_training_steps
 
-CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_SECONDS = 30.0  # also one at the end of every epoch, on Ctrl-C and at the end
 PROGRESS_SECONDS = 30.0  # without a terminal (and without `log_every`), a progress line this often
 SAMPLE_LENGTH = 200  # characters a text run generates after each epoch (sample.txt)
@@ -334,7 +333,7 @@ class Trainer:
         if not os.path.lexists(path):
             raise DslError(f"--resume: no checkpoint in {self.out}", hint="run without --resume to start afresh")
         meta, state = read_checkpoint(path)  # (a folder, a FIFO or a dangling link there: said so)
-        _check_meta(path, meta)
+        check_meta(path, meta)
         changed = []
         for k, v in self.plan.settings().items():
             if meta["settings"].get(k) != v:
@@ -359,7 +358,7 @@ class Trainer:
         per_epoch = math.ceil(self.train_fields.n / self.plan.batch)
         step, epoch, b = meta["global_step"], meta["epoch"], meta["batch_index"]
         if b > per_epoch or step != epoch * per_epoch + b:
-            raise _damaged(path, f"global step {step} is not epoch {epoch}, batch {b} of {per_epoch} batches "
+            raise damaged(path, f"global step {step} is not epoch {epoch}, batch {b} of {per_epoch} batches "
                                  f"an epoch ({self.train_fields.n:,} examples, batch {self.plan.batch})",
                            hint="it is damaged, or the data file changed since: start afresh without --resume")
         if epoch > self.plan.epochs or epoch == self.plan.epochs and b:
@@ -369,7 +368,7 @@ class Trainer:
         names = {(f"{s}/" if len(reports) > 1 else "") + r for s, rs in reports.items() for r in rs}
         unknown = sorted(set(meta.get("sums") or ()) - names)
         if unknown:
-            raise _damaged(path, f"its running sums name `{unknown[0]}`, which no step reports")
+            raise damaged(path, f"its running sums name `{unknown[0]}`, which no step reports")
 
     def _check_state(self, path: Path, state: dict) -> None:
         """Exactly the state the compiled steps hold: every name, with its shape and dtype, finite."""
@@ -378,14 +377,14 @@ class Trainer:
         if missing or extra:
             what = f"it lacks `{missing[0]}`" if missing else f"it holds `{extra[0]}`, which no step uses"
             more = len(missing) + len(extra) - 1
-            raise _damaged(path, what + (f" (and {more} more difference(s))" if more else ""))
+            raise damaged(path, what + (f" (and {more} more difference(s))" if more else ""))
         for name, w in want.items():
             v = state[name]
             if v.dtype != w.dtype or v.shape != w.shape:
-                raise _damaged(path, f"`{name}` is {v.dtype.name}{list(v.shape)}, the step expects "
+                raise damaged(path, f"`{name}` is {v.dtype.name}{list(v.shape)}, the step expects "
                                      f"{w.dtype.name}{list(w.shape)}")
             if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-                raise _damaged(path, f"`{name}` holds NaN or infinite values")
+                raise damaged(path, f"`{name}` holds NaN or infinite values")
 
     def _resumed_history(self, path: Path, start_epoch: int) -> list[dict]:
         """The rows of the epochs the checkpoint has done; each must carry its epoch number."""
@@ -393,7 +392,7 @@ class Trainer:
             return []
         rows = read_history(path)
         for i, h in enumerate(rows):
-            if not _count(h.get("epoch")) or h["epoch"] < 1:
+            if not is_count(h.get("epoch")) or h["epoch"] < 1:
                 raise DslError(f"cannot resume: {path} is damaged: row {i + 1} has no epoch number",
                                hint="delete it to resume without the earlier epochs' rows")
         return [h for h in rows if h["epoch"] <= start_epoch]
@@ -744,7 +743,7 @@ def export_checkpoint(path, out, checkpoint=None, target=None, import_path=None)
     if not os.path.lexists(ckpt):
         raise DslError(f"no checkpoint at {ckpt}", hint="name one with --checkpoint PATH")
     meta, state = read_checkpoint(ckpt)
-    _check_meta(ckpt, meta)
+    check_meta(ckpt, meta)
     if meta["settings"].get("train") != plan.name:
         raise DslError(f"the checkpoint {ckpt} was written by train `{meta['settings'].get('train')}`, "
                        f"not `{plan.name}`", hint="choose the train declaration with --target")
@@ -758,7 +757,7 @@ def export_checkpoint(path, out, checkpoint=None, target=None, import_path=None)
             continue
         v = state.get(name)
         if v is None or v.shape != shape or v.dtype != dtype:
-            raise _damaged(ckpt, f"`{name}` is " + ("missing" if v is None else f"{v.dtype.name}{list(v.shape)}")
+            raise damaged(ckpt, f"`{name}` is " + ("missing" if v is None else f"{v.dtype.name}{list(v.shape)}")
                            + f", the .dsl's steps expect {np.dtype(dtype).name}{list(shape)}",
                            hint="the .dsl changed since the checkpoint, or it is another run's")
     weights = {k: v for k, v in state.items() if k.split(".")[0] in program.decls}
@@ -809,81 +808,6 @@ def _hold_out(arrays: dict[str, np.ndarray], share: float, source: str) -> tuple
     order = np.random.default_rng(VALIDATION_SEED).permutation(n)
     held, kept = np.sort(order[:k]), np.sort(order[k:])
     return {f: a[kept] for f, a in arrays.items()}, {f: a[held] for f, a in arrays.items()}
-
-
-# ------------------------------------------------------------------ reading a checkpoint
-def read_checkpoint(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(meta, state) of a checkpoint file; a file that is not one (truncated, foreign, holding
-    pickled objects) is a DslError that says so, never numpy's advice to unpickle it."""
-    check_regular(path, "the checkpoint")
-    if not zipfile.is_zipfile(path):
-        raise _damaged(path, "it is not an .npz archive (truncated, or another kind of file)", True)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise _damaged(path, "it has no `meta` record")
-            other = [k for k in z.files if k != "meta" and not k.startswith("state/")]
-            if other:
-                raise _damaged(path, f"it holds `{other[0]}`, which dslc train does not write")
-            raw = z["meta"]
-            state = {k[len("state/"):]: z[k] for k in z.files if k.startswith("state/")}
-            # (np.load hands back a member that is not an .npy file as raw bytes)
-            odd = [k for k, v in [("meta", raw), *state.items()] if not isinstance(v, np.ndarray)]
-            if odd:
-                raise _damaged(path, f"its member `{odd[0]}` is not a numpy array", True)
-    except DslError:
-        raise
-    except Exception as e:  # zipfile, zlib, numpy and memory errors: a damaged file, never a traceback
-        why = "it holds Python objects, which dslc never unpickles" if "pickle" in str(e) else \
-            f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        raise _damaged(path, why, unreadable=True) from None
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise _damaged(path, f"its `meta` record is {raw.dtype.name}{list(raw.shape)}, not JSON text")
-    try:
-        meta = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _damaged(path, f"its `meta` record is not JSON ({e})") from None
-    return meta, state
-
-
-# meta key -> what it must be; sums may be absent (written before they were kept)
-_META = {"global_step": "a count", "epoch": "a count", "batch_index": "a count", "settings": "an object",
-         "graphs": "an object", "data": "a string"}
-
-
-def _check_meta(path: Path, meta) -> None:
-    """Each field of a checkpoint's meta record has the type the trainer reads it as."""
-    if not isinstance(meta, dict):
-        raise _damaged(path, f"its `meta` record is a JSON {type(meta).__name__}, not an object")
-    unknown = sorted(meta.keys() - _META.keys() - {"sums", "per_step", "vocabulary", "tuning"})
-    if unknown:
-        raise _damaged(path, f"its `meta` record holds `{unknown[0]}`, which dslc train does not write")
-    kinds = {"a count": _count, "an object": lambda v: isinstance(v, dict), "a string": lambda v: isinstance(v, str)}
-    for key, kind in _META.items():
-        if key not in meta:
-            raise _damaged(path, f"its `meta` record has no `{key}`")
-        if not kinds[kind](meta[key]):
-            raise _damaged(path, f"`{key}` in its `meta` record is {json.dumps(meta[key])[:40]}, not {kind}")
-    sums = meta.get("sums")
-    if sums is not None and not (isinstance(sums, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sums.values())):
-        raise _damaged(path, "`sums` in its `meta` record is not an object of finite numbers")
-    if not isinstance(meta.get("vocabulary", ""), str):
-        raise _damaged(path, "`vocabulary` in its `meta` record is not a string")
-    per_step = meta.get("per_step")
-    if per_step is not None and not (isinstance(per_step, dict) and all(
-            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-                                        for x in v) for v in per_step.values())):
-        raise _damaged(path, "`per_step` in its `meta` record is not an object of lists of finite numbers")
-
-
-def _count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _damaged(path: Path, why: str, unreadable: bool = False, hint: str | None = None) -> DslError:
-    return DslError(f"cannot {'read' if unreadable else 'resume from'} the checkpoint {path}: {why}",
-                    hint=hint or "it is damaged or was not written by dslc train: start afresh without --resume")
 
 
 def _feed_hint(value: np.ndarray, dims: list, dtype) -> str | None:

@@ -20,6 +20,7 @@ import math
 import os
 from contextlib import nullcontext
 
+from ..runtime.checkpoint import CHECKPOINT, read_checkpoint
 from ..runtime.runner import StepRunner
 from ..runtime.session import make_session
 from . import tune_step
@@ -101,7 +102,6 @@ def _apply(trainer, i: int, name: str, tuning: Tuning) -> None:
 
 def _recorded(trainer) -> dict:
     """The checkpoint's `tuning` field, where there is a readable one (its checks come later)."""
-    from ..runtime.trainer import CHECKPOINT, read_checkpoint  # (trainer.py calls this module)
     path = trainer.out / CHECKPOINT
     if not os.path.isfile(path):
         return {}
