@@ -39,6 +39,12 @@ def custom(name, op, fn, specs, **tol) -> Case:
     return Case(name, op, fn, specs, **tol)
 
 
+def _layer_normalization_f32(b, xs):
+    x, g, bias = [b.op("Cast", [v], {"to": DTYPE_CODE["f32"]}) for v in xs]
+    outs = b.op("LayerNormalization", [x, g, bias], {"axis": -1, "epsilon": 1e-3}, n_out=3)
+    return [b.op("Cast", [v], {"to": DTYPE_CODE["f64"]}) for v in outs]
+
+
 def cast_round_trip(dtype):
     def fn(b, xs):
         y = b.op("Cast", [xs[0]], {"to": DTYPE_CODE[dtype]})
@@ -170,6 +176,10 @@ CASES = [case(op, [S((2, 3), kind)]) for op, kind in UNARY.items()] + [
     case("ScatterND", [S((4, 3)), S((2, 3))], consts={1: ints([[3], [1]])}),
     case("ScatterND", [S((4, 3)), S((3,))], consts={1: ints([[1, 2], [1, 2], [0, 0]])},
          attrs={"reduction": "add"}, name="ScatterND-add"),
+    # all three outputs (the Mean and InvStdDev cotangents too), in float32 (ONNX keeps the statistics
+    # in float32; dslc's float64 graphs write the op out in float64 ops): float32 steps and tolerance
+    custom("LayerNormalization", "LayerNormalization", _layer_normalization_f32, [S((2, 3, 4)), S((4,)), S((4,))],
+           eps=1e-3, rtol=3e-4),
     case("Tan", [S((2, 3), lambda rng, shape: rng.uniform(-1.2, 1.2, shape))]),  # away from pi/2
     case("Atan", [S((2, 3))]),
     case("Pow", [S((2, 3), "away")], consts={1: f64(0.0)}, name="Pow-zero-exponent"),

@@ -12,13 +12,17 @@ from dslc.ir.formulations import CHOICES, PASSES, recording
 from dslc.runtime.session import TUNINGS, make_session
 
 # one step that reaches every choice point: a conv (weight and input gradients), a transposed conv,
-# a max pool with tiling windows, and an optimizer over several small weights
+# a max pool with tiling windows, an optimizer over several small weights, and a causal attention
+# over the result's rows (dense layers over a sequence, a layer norm)
 SOURCE = """
 model Net(x: f32[N, 2, 8, 8]) -> y {
     h = conv2d(x, 4, kernel=3, padding=same) |> relu
     p = max_pool2d(h, pool=2)
     u = conv2d_transpose(p, 3, kernel=2, strides=2)
-    y = conv2d(u, 2, kernel=3)
+    c = reshape(conv2d(u, 2, kernel=3), [-1, 6, 12])
+    n = layer_norm(c)
+    a = c + multi_head_attention(n, n, n, 2, causal=true)
+    y = reshape(a, [-1, 2, 6, 6])
 }
 step train(x: f32[N, 2, 8, 8], t: f32[N, 2, 6, 6]) updates Net using rmsprop(lr=0.01, momentum=0.5) {
     minimize mse(Net(x), t)

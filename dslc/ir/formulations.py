@@ -36,6 +36,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "max_pool_grad": ("tiles", "windows"),
     # the optimizer's update: small weights of a dtype concatenated and updated as one, or each alone
     "optimizer_update": ("grouped", "per_weight"),
+    # dW of a MatMul of rows [..., T, K] by a matrix: a MatMul per leading index summed by the driver,
+    # or the leading axes folded into one GEMM (patterns.matmul_weight_grad)
+    "matmul_weight_grad": ("batched", "flattened"),
+    # multi_head_attention's mask: Where on the scores, or a 0 / -inf bias added (sequence._masked_scores)
+    "attention_mask": ("where", "additive"),
+    # layer_norm: ReduceMean / Sub / Mul ops, or ONNX LayerNormalization with its own rule
+    # (layers._layer_norm_form; last axis, float32 or float64)
+    "layer_norm": ("ops", "onnx"),
 }
 
 # passes that change the graph but not its numbers, each of which can be turned off

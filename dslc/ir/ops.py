@@ -679,6 +679,18 @@ def _reduce(inputs, attrs):
 _register("ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd", _reduce)
 
 
+def _layer_normalization(inputs, attrs):
+    """Y like x; Mean and InvStdDev with the normalized axes [axis, rank) kept as 1 (float32 stash)."""
+    x = inputs[0]
+    _float_only(x, "layer normalization")
+    axis = _norm_axis(attrs.get("axis", -1), x.rank)
+    stats = TensorType(x.dtype, tuple(1 if i >= axis else d for i, d in enumerate(x.shape)))
+    return [x.type, stats, stats]
+
+
+_register("LayerNormalization", _layer_normalization)
+
+
 def _argmax(inputs, attrs):
     x = inputs[0]
     _numeric(x, "argmax")

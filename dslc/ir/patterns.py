@@ -532,3 +532,22 @@ def _bilinear_last_axis(b: Builder, x: Value, n: Value, s: int) -> Value:
     blocks = b.op("MatMul", [windows, b.const(bilinear_taps(s).T, x.dtype)])  # [..., n, s]
     head = slice_axes(b, b.op("Shape", [x]), [0], [r - 1], [0])
     return b.op("Reshape", [blocks, b.op("Concat", [head, b.op("Mul", [n, b.ints([s])])], {"axis": 0})])
+
+
+# ------------------------------------------------------------------ sequence models (issue 23)
+def matmul_weight_grad(a: Value, w: Value, dy: Value) -> str:
+    """dW of MatMul(a [..., T, K], w [K, U]) (a dense layer over a sequence or any batch of rows):
+    `batched` is the rule's plain form, a MatMul per leading index then the driver's ReduceSum over
+    them; `flattened` folds the leading axes into the rows, one GEMM [K, rows] x [rows, U] (on 2 cores,
+    the transformer's dense layers at [32, 64, 64]: see bench/README.md). The point exists only where
+    both apply: a has the same leading axes as dy, and w is a matrix."""
+    possible = (w.rank == 2 and a.rank >= 3 and a.rank == dy.rank and tuple(a.shape[:-1]) == tuple(dy.shape[:-1])
+                and isinstance(a.shape[-1], int) and isinstance(dy.shape[-1], int))
+    return choose("matmul_weight_grad", "flattened") if possible else "batched"
+
+
+def weight_grad_flattened(b: Builder, a: Value, dy: Value) -> Value:
+    """sum over the leading axes of a^T dy as one GEMM: [K, rows] x [rows, U] -> [K, U]."""
+    rows_a = b.op("Reshape", [a, b.ints([-1, a.shape[-1]])])
+    rows_dy = b.op("Reshape", [dy, b.ints([-1, dy.shape[-1]])])
+    return b.op("MatMul", [b.op("Transpose", [rows_a], {"perm": [1, 0]}), rows_dy])

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..diagnostics import DslShapeError
 from ..ir.core import Graph, TensorType, Value
+from ..ir.formulations import choose
 from . import init as I
 from .builtins import BUILTINS, _float_tensor, _init, _record, _t, _weighted
 from .calls import Ctx
@@ -75,8 +76,17 @@ def _sequence_input(ctx: Ctx, x, arg: str = "x") -> Value:
     return x
 
 
+def _gates(b, z: Value, n: int, units: int) -> tuple:
+    """z's last axis as n gate blocks [.., units]: one Split, whose gradient is one Concat (a Slice
+    per gate made each gate's gradient a Pad into zeros of all n blocks, and Adds to join them:
+    the same numbers, 4 Pads and 3 Adds of [N, 4U] per LSTM step)."""
+    return b.op("Split", [z, b.ints([units] * n)], {"axis": -1}, n_out=n)
+
+
 def _gate(b, z: Value, k: int, units: int) -> Value:
-    """Gate k's [.., units] block of z's last axis."""
+    """Gate k's [.., units] block of z's last axis alone (where another gate goes unused: a Split
+    output without a reader gets zeros in its gradient, and onnxruntime-training's Split gradient
+    fails on it)."""
     return b.op("Slice", [z, b.ints([k * units]), b.ints([(k + 1) * units]), b.ints([-1])])
 
 
@@ -85,18 +95,23 @@ def _gate(b, z: Value, k: int, units: int) -> Value:
 def _lstm_cell(b, xz: Value, states: list, recurrent: Value, units: int) -> list:
     h, c = states
     z = xz if h is None else b.op("Add", [xz, b.op("MatMul", [h, recurrent])])
-    i, f = b.op("Sigmoid", [_gate(b, z, 0, units)]), b.op("Sigmoid", [_gate(b, z, 1, units)])
-    g, o = b.op("Tanh", [_gate(b, z, 2, units)]), b.op("Sigmoid", [_gate(b, z, 3, units)])
-    c2 = b.op("Mul", [i, g]) if c is None else b.op("Add", [b.op("Mul", [f, c]), b.op("Mul", [i, g])])
+    if c is None:  # the zero state's first step: no forget gate
+        zi, zg, zo = (_gate(b, z, k, units) for k in (0, 2, 3))
+    else:
+        zi, zf, zg, zo = _gates(b, z, 4, units)
+    i, g, o = b.op("Sigmoid", [zi]), b.op("Tanh", [zg]), b.op("Sigmoid", [zo])
+    c2 = b.op("Mul", [i, g]) if c is None else b.op("Add", [b.op("Mul", [b.op("Sigmoid", [zf]), c]),
+                                                            b.op("Mul", [i, g])])
     return [b.op("Mul", [o, b.op("Tanh", [c2])]), c2]
 
 
 def _gru_cell(b, xz: Value, states: list, recurrent: Value, units: int, recurrent_bias: Value) -> list:
     (h,) = states
     hz = recurrent_bias if h is None else b.op("Add", [b.op("MatMul", [h, recurrent]), recurrent_bias])
-    z = b.op("Sigmoid", [b.op("Add", [_gate(b, xz, 0, units), _gate(b, hz, 0, units)])])
-    r = b.op("Sigmoid", [b.op("Add", [_gate(b, xz, 1, units), _gate(b, hz, 1, units)])])
-    cand = b.op("Tanh", [b.op("Add", [_gate(b, xz, 2, units), b.op("Mul", [r, _gate(b, hz, 2, units)])])])
+    (xz_z, xz_r, xz_h), (hz_z, hz_r, hz_h) = _gates(b, xz, 3, units), _gates(b, hz, 3, units)
+    z = b.op("Sigmoid", [b.op("Add", [xz_z, hz_z])])
+    r = b.op("Sigmoid", [b.op("Add", [xz_r, hz_r])])
+    cand = b.op("Tanh", [b.op("Add", [xz_h, b.op("Mul", [r, hz_h])])])
     # z h + (1 - z) h~ = h~ + z (h - h~); with h = 0, h~ - z h~
     if h is None:
         return [b.op("Sub", [cand, b.op("Mul", [z, cand])])]
@@ -262,13 +277,25 @@ def multi_head_attention(ctx: Ctx, q: "T", k: "T", v: "T", heads: "count", mask:
         lower = b.op("LessOrEqual", [cols, rows])  # [Tq, Tk]: key j <= query i
         allowed = lower if allowed is None else b.op("And", [allowed, lower])
     if allowed is not None:
-        scores = b.op("Where", [allowed, scores, b.const(np.asarray(-np.inf), q.dtype)])
+        scores = _masked_scores(b, scores, allowed)
     attn = b.op("Softmax", [scores], {"axis": -1})
     out = b.op("MatMul", [attn, vh])  # [N, H, Tq, D]
     out = b.op("Reshape", [b.op("Transpose", [out], {"perm": [0, 2, 1, 3]}), b.ints([0, 0, e])])
     y = _projection(ctx, path, "output", out, e, use_bias)
     n = (q.shape[2] + k.shape[2] + v.shape[2] + e) * e + (4 * e if use_bias else 0)
     return _record(ctx, path, y, n)
+
+
+def _masked_scores(b, scores: Value, allowed: Value) -> Value:
+    """-inf where a key may not be attended (patterns.attention_mask): `where` selects in the scores
+    [N, H, Tq, Tk] (and its gradient selects again); `additive` adds a 0 / -inf bias made at the
+    mask's own size ([Tq, Tk]: a constant for a static causal mask), whose gradient is the identity
+    (the softmax's backward is already an exact 0 where its output is). Same numbers, except a
+    score of +inf at a masked place (NaN instead of -inf)."""
+    minus_inf = b.const(np.asarray(-np.inf), scores.dtype)
+    if choose("attention_mask", "additive") == "where":
+        return b.op("Where", [allowed, scores, minus_inf])
+    return b.op("Add", [scores, b.op("Where", [allowed, b.const(np.asarray(0.0), scores.dtype), minus_inf])])
 
 
 def _length(b, x: Value) -> Value:

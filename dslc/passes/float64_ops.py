@@ -1,7 +1,7 @@
 """Float64 nodes that onnxruntime's CPU provider has no kernel for, rewritten as standard ops it has.
 
 onnxruntime 1.31 (CPU) runs Softplus, Elu, LeakyRelu, Erf, Tan, Atan, Conv, ConvTranspose,
-AveragePool, GlobalAveragePool, Resize and OneHot (to float64 values) in float32 only: a float64
+AveragePool, GlobalAveragePool, Resize, OneHot (to float64 values) and LayerNormalization in float32 only: a float64
 model using them fails to load ("Could not find an implementation for Softplus(1)"), and so does a
 float64 Clip fed by a Relu (its FuseReluClip rewrite fails). Each float64 node of those ops becomes an
 equivalent made of ops every runtime has in float64 (found by trying each op, tests/test_float64_ops.py):
@@ -224,6 +224,19 @@ def _clip(b, n):
     return _op(b, "Min", y, hi) if hi is not None else _op(b, "Identity", y)
 
 
+def _layer_normalization(b, n):
+    """Y, Mean and InvStdDev (layer_norm's `onnx` form: no float64 kernel, and ONNX would keep the
+    statistics in float32): the mean, the biased variance of the centred values, 1 / sqrt(var + eps)."""
+    x, scale, bias = n.inputs[0], n.inputs[1], _input(n, 2)
+    axes = b.ints(list(range(n.attrs.get("axis", -1) % x.rank, x.rank)))
+    mean = _op(b, "ReduceMean", x, axes, keepdims=1)
+    centered = _op(b, "Sub", x, mean)
+    var = _op(b, "ReduceMean", _op(b, "Mul", centered, centered), axes, keepdims=1)
+    inv = _op(b, "Reciprocal", _op(b, "Sqrt", _op(b, "Add", var, _c(b, n.attrs.get("epsilon", 1e-5)))))
+    y = _op(b, "Mul", _op(b, "Mul", centered, inv), scale)
+    return (y if bias is None else _op(b, "Add", y, bias)), mean, inv
+
+
 def _input(n: Node, i: int):
     return n.inputs[i] if len(n.inputs) > i else None
 
@@ -241,12 +254,13 @@ REWRITES = {
     "GlobalAveragePool": (None, _global_average_pool),
     "Resize": (_resizable, _resize),
     "OneHot": (lambda n: n.attrs.get("axis", -1) == -1 and n.inputs[1].const is not None, _one_hot),
+    "LayerNormalization": (None, _layer_normalization),
 }
 
 
 def rewrite_float64_ops(graph: Graph) -> bool:
-    """Replace each float64 node of REWRITES' ops (here and in Loop bodies); its output keeps its
-    name and Value (an Identity of the replacement), so consumers and graph outputs stay wired."""
+    """Replace each float64 node of REWRITES' ops (here and in Loop bodies); each of its outputs keeps
+    its name and Value (an Identity of the replacement's), so consumers and graph outputs stay wired."""
     changed = False
     nodes = []
     for n in graph.nodes:
@@ -259,10 +273,12 @@ def rewrite_float64_ops(graph: Graph) -> bool:
         scratch = Graph(f"{graph.name}/{n.name}")
         b = Builder(scratch, itertools.count(), n.span, scope=f"{n.name}/f64")
         replacement = entry[1](b, n)
-        out = n.outputs[0]
-        keep = Node("Identity", [replacement], [out], {}, n.span, name=f"{n.name}/f64/Identity")
-        out.producer = keep
-        nodes.extend(scratch.nodes + [keep])
+        replacement = replacement if isinstance(replacement, tuple) else (replacement,)
+        keeps = []
+        for k, (new, out) in enumerate(zip(replacement, n.outputs)):
+            keeps.append(Node("Identity", [new], [out], {}, n.span, name=f"{n.name}/f64/Identity" + (f"_{k}" if k else "")))
+            out.producer = keeps[-1]
+        nodes.extend(scratch.nodes + keeps)
         graph.exact.update(scratch.exact)
         changed = True
     graph.nodes = nodes

@@ -8,7 +8,8 @@ Rewrites (each rewires the node's consumers, in this graph and in its Loop bodie
 - Reshape of a Reshape reads the first one's input (when the target holds no 0: "copy this dim");
 - x * 1, 1 * x, x / 1, x + 0, 0 + x, x - 0 when the constant does not broadcast x to a larger shape
   (except on a fed random draw: see `_fed_draw`);
-- Neg(Neg(x)).
+- Neg(Neg(x));
+- an Expand feeding Add / Sub / Mul / Div is skipped where the op's own broadcasting gives the same shape.
 
 A node that makes an output of its graph (or of a subgraph that reads it) keeps its output: the output
 must keep its name. An Identity that only renames an inner value into an output hands the name to
@@ -121,13 +122,30 @@ def _rewrite(n: Node) -> tuple[Value | None, bool]:
         inner = _producer(x, "Neg")
         return (inner.inputs[0] if inner is not None else None), False
     if op in ("Mul", "Add", "Div", "Sub") and len(n.inputs) == 2:
+        changed = _drop_expands(n)
         a, b = n.inputs
         unit = 1.0 if op in ("Mul", "Div") else 0.0
         if _is_const(b, unit) and a.type == out.type and not _fed_draw(a):
             return a, False
         if op in ("Mul", "Add") and _is_const(a, unit) and b.type == out.type and not _fed_draw(b):
             return b, False
+        return None, changed
     return None, False
+
+
+def _drop_expands(n: Node) -> bool:
+    """An operand of an elementwise Add / Sub / Mul / Div that is an Expand reads the Expand's input
+    instead where the node's broadcasting gives the same output type: the same numbers, without
+    the full-size copy (the reductions' gradients spread dy with an Expand that a Mul by the
+    full-size operand would broadcast anyway: a batch or layer norm's backward, the loss's)."""
+    changed = False
+    for k in range(2):
+        inner = _producer(n.inputs[k], "Expand")
+        if inner is not None:
+            inputs = list(n.inputs)
+            inputs[k] = inner.inputs[0]
+            changed |= _retarget(n, inputs, n.attrs)
+    return changed
 
 
 def simplify(graph: Graph) -> bool:

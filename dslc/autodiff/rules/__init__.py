@@ -8,7 +8,7 @@ differentiated again (second derivatives, Hessian-vector products).
 
 Each family lives in a module of its own and ends with its table: elementwise.py (and MatMul),
 conv_pool.py (with conv_pool_nd.py for 1-D / 3-D and conv_pool_symbolic.py for run-time spatial
-dims), shape.py, indexing.py, reductions.py; common.py holds the small builders they share. VJP is
+dims), shape.py, indexing.py, reductions.py, norms.py; common.py holds the small builders they share. VJP is
 the union of their tables.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .common import Rule, _c, _input, _ints, _mask, _op  # noqa: F401
 from .conv_pool import CONV_POOL
 from .elementwise import DERIVATIVES, ELEMENTWISE, _elementwise  # noqa: F401
 from .indexing import INDEXING, slice_grad, slice_grad_at_run_time  # noqa: F401
+from .norms import NORMS
 from .reductions import REDUCTIONS
 from .shape import SHAPE
 
@@ -36,4 +37,4 @@ NON_DIFFERENTIABLE = {
 OWN_RULE = {"Loop"}  # loops.py
 
 
-VJP: dict[str, Rule] = {**ELEMENTWISE, **CONV_POOL, **SHAPE, **INDEXING, **REDUCTIONS}
+VJP: dict[str, Rule] = {**ELEMENTWISE, **CONV_POOL, **SHAPE, **INDEXING, **REDUCTIONS, **NORMS}

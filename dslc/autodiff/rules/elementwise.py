@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ...ir import patterns as P
 from ...ir.builder import Builder
 from ...ir.core import Value
 from ...ir.ops import DTYPE_CODE
@@ -93,6 +94,24 @@ def _log_softmax(b, node, dys):
     return [_op(b, "Sub", dy, _op(b, "Mul", _op(b, "Exp", y), total))]
 
 
+def _sub(b, node, dys):
+    """dy and -dy; where the subtrahend is broadcast (x - mean), -dy summed down to its shape first,
+    so the Neg runs at its size (the driver's sum-down then has nothing left to do; same numbers)."""
+    dy, c = dys[0], node.inputs[1]
+    axes = _broadcast_axes(c, dy)
+    if not axes:
+        return [dy, _op(b, "Neg", dy)]
+    return [dy, _op(b, "Neg", _op(b, "ReduceSum", dy, b.ints(axes), keepdims=1))]
+
+
+def _broadcast_axes(x: Value, g: Value) -> list[int]:
+    """g's axes that x (same rank) has at a static size 1 and g not: what the driver's sum-down of g
+    to x reduces (it then reshapes where symbolic dims differ)."""
+    if x.rank != g.rank:
+        return []
+    return [i for i, (d, e) in enumerate(zip(x.shape, g.shape)) if d == 1 and e != 1]
+
+
 def _div(b, node, dys):
     (_, den), y, dy = node.inputs, node.outputs[0], dys[0]
     return [_op(b, "Div", dy, den), _op(b, "Neg", _op(b, "Div", _op(b, "Mul", dy, y), den))]
@@ -158,7 +177,10 @@ def _swap_last(b: Builder, v: Value) -> Value:
 
 def _matmul(b, node, dys):
     (a, w), dy = node.inputs, dys[0]
-    return [_op(b, "MatMul", dy, _swap_last(b, w)), _op(b, "MatMul", _swap_last(b, a), dy)]
+    da = _op(b, "MatMul", dy, _swap_last(b, w))
+    if P.matmul_weight_grad(a, w, dy) == "flattened":
+        return [da, P.weight_grad_flattened(b, a, dy)]
+    return [da, _op(b, "MatMul", _swap_last(b, a), dy)]
 
 
 ELEMENTWISE: dict[str, Rule] = {
@@ -168,7 +190,7 @@ ELEMENTWISE: dict[str, Rule] = {
     "Softmax": _softmax,
     "LogSoftmax": _log_softmax,
     "Add": lambda b, node, dys: [dys[0], dys[0]],
-    "Sub": lambda b, node, dys: [dys[0], _op(b, "Neg", dys[0])],
+    "Sub": _sub,
     "Mul": lambda b, node, dys: [_op(b, "Mul", dys[0], node.inputs[1]),
                                  _op(b, "Mul", dys[0], node.inputs[0])],
     "Div": _div,

@@ -40,8 +40,12 @@ def _reduce_sum(b, node, dys):
 
 
 def _reduce_mean(b, node, dys):
-    (dx,) = _reduce_sum(b, node, dys)
-    return [dx if _is_noop(node) else _op(b, "Div", dx, _count_ratio(b, node.inputs[0], node.outputs[0]))]
+    """dy / count, spread over the reduced axes: the division at the reduced size, before the Expand
+    (the same numbers; a batch norm's divided its whole [N, C, H, W] gradient twice)."""
+    if _is_noop(node):
+        return [dys[0]]
+    scaled = _op(b, "Div", _keep(b, node, dys[0]), _count_ratio(b, node.inputs[0], node.outputs[0]))
+    return [_op(b, "Expand", scaled, P.shape_of(b, node.inputs[0]))]
 
 
 def _reduce_extreme(b, node, dys):

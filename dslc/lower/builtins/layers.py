@@ -5,6 +5,7 @@ import numpy as np
 
 from ...diagnostics import DslShapeError, source_text
 from ...ir import patterns
+from ...ir.formulations import choose
 from ...ir.core import Value
 from ...ir.ops import DTYPE_CODE
 from .. import init as I
@@ -65,7 +66,9 @@ def _channel_shift(b, x: Value, axes: list[int]) -> tuple[Value, Value | None]:
 
 def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     """Keras BatchNormalization on the channel axis 1: batch statistics while training (and the
-    running statistics' update, returned by the step), running statistics at inference."""
+    running statistics' update, returned by the step), running statistics at inference. (Not ONNX
+    BatchNormalization in training mode: onnxruntime 1.31's kernel writes its running mean into the
+    buffer of the running mean fed, a graph input or a constant shared by several batch norms.)"""
     x = _float_tensor(ctx, x, "x")
     if x.rank < 2 or not isinstance(x.shape[1], int):
         raise ctx.error(f"batch_norm needs a static channel axis 1, got {x.type}", "x", cls=DslShapeError)
@@ -161,9 +164,25 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
     lw, b = ctx.lw, ctx.b
     gamma = lw.weight(f"{path}.gamma", (d,), I.ones, span=ctx.span, dtype=x.dtype)
     beta = lw.weight(f"{path}.beta", (d,), I.zeros, span=ctx.span, dtype=x.dtype)
+    if _layer_norm_form(x, axis) == "onnx":
+        y = b.op("LayerNormalization", [x, gamma, beta], {"axis": -1, "epsilon": float(eps)}, n_out=3)[0]
+        return _record(ctx, path, y, 2 * d)
     along = b.ints([d] + [1] * (x.rank - 1 - axis % x.rank))  # gamma, beta lined up with the axis
     y = b.op("Mul", [_standardize(b, x, axis, eps), b.op("Reshape", [gamma, along])])
     return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
+
+
+def _layer_norm_form(x: Value, axis: int) -> str:
+    """`ops`: ReduceMean, Sub, Mul, Sqrt, Reciprocal (their rules give the backward); `onnx`: ONNX's
+    LayerNormalization (opset 17), one kernel forward, whose rule (autodiff/rules/norms.py) builds the
+    backward from the op's Mean and InvStdDev outputs (7 ops on the full tensor instead of ~17).
+    Only over the last axis, in float32 or float64 (float64 graphs get the op written out again in
+    float64 ops by passes/float64_ops.py: onnxruntime has no kernel, ONNX keeps the statistics in
+    float32; the rule's backward stays). Max |error| against float64 of onnxruntime's float32
+    kernel and of the float32 ops, x of mean 0, 10, 100, 1000 and spread 1: 2.7e-7 / 1.8e-7,
+    4.8e-7 / 6.0e-7, 2.9e-6 / 3.9e-6, 2.6e-5 / 2.6e-5. The point exists only where both apply."""
+    possible = axis % x.rank == x.rank - 1 and x.dtype in ("f32", "f64")
+    return choose("layer_norm", "onnx") if possible else "ops"
 
 
 def _standardize(b, x: Value, axis: int, eps: float) -> Value:
