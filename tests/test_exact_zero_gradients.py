@@ -5,7 +5,7 @@ before it, or the beta of a batch norm before another) cancels exactly: BN(y + s
 gradient is exactly zero, but differentiating x - mean(x) piece by piece gives sum(g - mean(g)), a
 float32 round-off of ~1e-8 whose sign each runtime picks for itself; Adam, which moves an element by
 about lr whatever its gradient's size once its moments are round-off too, turned that into weights
-that drift apart across runtimes. Units dead for the whole batch (relu) and embedding rows no index
+that drift apart across runtimes. Attention's key bias cancels in the softmax the same way. Units dead for the whole batch (relu) and embedding rows no index
 reads must stay exact zeros too. Expected values come from the mathematics (the zeros, the moving
 mean) or from PyTorch autograd in float64."""
 from __future__ import annotations
@@ -62,15 +62,23 @@ step fit_relu(x: f32[N, 5], t: f32[N, 4]) updates DenseReluBN using adam(lr=0.01
 step fit_dead(x: f32[N, 5], k: i64[N], t: f32[N, 2]) updates Dead using adam(lr=0.01) {
     minimize mse(Dead(x, k), t)
 }
+model Attn(x: f32[N, 4, 8]) -> y {
+    y = multi_head_attention(x, x, x, 2, causal=true)
+}
+step fit_attn(x: f32[N, 4, 8], t: f32[N, 4, 8]) updates Attn using adam(lr=0.01) {
+    minimize mse(Attn(x), t)
+}
 """
 
 N = 6
 SHAPES = {"fit_dense": ((N, 5), (N, 4)), "fit_conv": ((N, 2, 6, 6), (N, 3, 6, 6)),
           "fit_up": ((N, 2, 3, 3), (N, 3, 6, 6)), "fit_two": ((N, 3, 4, 4), (N, 3, 4, 4)),
-          "fit_relu": ((N, 5), (N, 4))}
+          "fit_relu": ((N, 5), (N, 4)), "fit_attn": ((N, 4, 8), (N, 4, 8))}
 # The term that cancels in each step: (weight, the batch norm whose statistics remove it)
 CANCELLED = {"fit_dense": "DenseBN.h.bias", "fit_conv": "ConvBN.h.bias", "fit_up": "UpBN.h.bias",
-             "fit_two": "TwoBN.a.beta"}
+             "fit_two": "TwoBN.a.beta",
+             # attention's key bias adds q . bias to all of a query's scores: the softmax removes it
+             "fit_attn": "Attn.y.key.bias"}
 
 
 @pytest.fixture(scope="module")

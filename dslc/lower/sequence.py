@@ -218,14 +218,17 @@ def gru(ctx: Ctx, x: "T", units: "count", return_sequences: "bool" = False,
     return _record(ctx, path, y, 3 * units * (f + units + 2))
 
 
-def _projection(ctx: Ctx, path: str, name: str, x: Value, width: int, use_bias: bool) -> Value:
+def _projection(ctx: Ctx, path: str, name: str, x: Value, width: int, use_bias: bool,
+                zero_bias_gradient: bool = False) -> Value:
+    """x @ weight + bias (with zero_bias_gradient, the bias through StopGradient: its gradient is 0)."""
     lw, b = ctx.lw, ctx.b
     fan_in = x.shape[-1]
     w = lw.weight(f"{path}.{name}.weight", (fan_in, width), I.kernel("glorot_uniform", fan_in, width),
                   span=ctx.span, dtype=x.dtype)
     y = b.op("MatMul", [x, w])
     if use_bias:
-        y = b.op("Add", [y, lw.weight(f"{path}.{name}.bias", (width,), I.zeros, span=ctx.span, dtype=x.dtype)])
+        bias = lw.weight(f"{path}.{name}.bias", (width,), I.zeros, span=ctx.span, dtype=x.dtype)
+        y = b.op("Add", [y, b.op("StopGradient", [bias]) if zero_bias_gradient else bias])
     return y
 
 
@@ -258,7 +261,10 @@ def multi_head_attention(ctx: Ctx, q: "T", k: "T", v: "T", heads: "count", mask:
     scaled = b.op("Mul", [_projection(ctx, path, "query", q, e, use_bias), b.const(1 / math.sqrt(d), q.dtype)])
     b = ctx.b
     qh = split(scaled, [0, 2, 1, 3])
-    kh = split(_projection(ctx, path, "key", k, e, use_bias), [0, 2, 3, 1])
+    # The key bias adds q . bias to every score of a query: the same along the keys, which the softmax
+    # removes, so its gradient is exactly zero. Differentiated, it would be each runtime's round-off
+    # (~1e-9, which Adam's first steps amplify to ~lr); through StopGradient it is an exact zero.
+    kh = split(_projection(ctx, path, "key", k, e, use_bias, zero_bias_gradient=True), [0, 2, 3, 1])
     vh = split(_projection(ctx, path, "value", v, e, use_bias), [0, 2, 1, 3])
     b = ctx.b
     scores = b.op("MatMul", [qh, kh])  # [N, H, Tq, Tk]
