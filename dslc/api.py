@@ -90,7 +90,9 @@ def compile(source: Program | str | Path, target: str, *, opset: int | None = No
     option applies) and passes_off (pass names not to run): see dslc/ir/formulations.py; opset (21,
     the default, or 17) and target_runtime ('tract', 'onnx2torch', ...: that runtime's opset and
     rewrites; see dslc/passes/portable.py)."""
-    opset, rules, hoisted = emission(opset, target_runtime)  # first: a bad option costs no compile time
+    opset, rules, hoisted, needed = emission(opset, target_runtime)  # first: a bad option costs no compile time
+    if needed:  # what the runtime cannot take, unless the caller forces it
+        options["formulations"] = {**needed, **(options.get("formulations") or {})}
     graph = lower(source, target, **options).graph
     rewrite(graph, rules)
     size = sum(p.init.nbytes for p in graph.params if p.init is not None)

@@ -127,6 +127,21 @@ def test_target_runtime_onnx2torch_hoists_constant_kernels():
     assert kernels <= inits | {i.name for i in model.graph.input} and not kernels & consts
 
 
+def test_target_runtime_onnx2torch_writes_layer_norm_out():
+    """onnx2torch 1.5 takes a three-output LayerNormalization's Y for its first row: its files use
+    layer_norm's written-out formulation, the same numbers; forcing the op still gives it."""
+    feeds = {"chars": np.random.default_rng(0).integers(0, 100, (2, 64))}
+    default = dslc.compile(SPECS / "charlm.dsl", "CharTransformer")
+    model = dslc.compile(SPECS / "charlm.dsl", "CharTransformer", target_runtime="onnx2torch")
+    check(model)
+    assert "LayerNormalization" in {n.op_type for n in default.graph.node}
+    assert "LayerNormalization" not in {n.op_type for n in model.graph.node}
+    _close(_ort(model, feeds), _ort(default, feeds))
+    forced = dslc.compile(SPECS / "charlm.dsl", "CharTransformer", target_runtime="onnx2torch",
+                          formulations={"layer_norm": "onnx"})
+    assert "LayerNormalization" in {n.op_type for n in forced.graph.node}
+
+
 def test_bad_emission_options_are_errors(tmp_path, capsys):
     with pytest.raises(DslError, match="opset 17 or 21"):
         dslc.compile(SPECS / "convnet.dsl", "ConvNet", opset=18)

@@ -383,16 +383,19 @@ DEFAULT_RULES: dict[str, Rule] = {"ConstantOfShape": _constant_of_shape}
 
 RUNTIMES: dict[str, dict] = {
     "onnxruntime": {"opset": 21, "rules": {}},
-    "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll, "Split": _split_as_slices}, "initializers": ("Conv", "ConvTranspose")},
+    # (onnx2torch 1.5 converts a three-output LayerNormalization into one whose "Y" is the real Y's
+    # first row: layer_norm's formulation written out in ReduceMean / Sub / Mul ops instead)
+    "onnx2torch": {"opset": 17, "rules": {"Loop": _unroll, "Split": _split_as_slices}, "initializers": ("Conv", "ConvTranspose"),
+                   "formulations": {"layer_norm": "ops"}},
     "tract": {"opset": 21, "rules": {"Loop": _unroll}},
     "openvino": {"opset": 21, "rules": {"ConvTranspose": _conv_transpose_as_conv, "Constant": _u32_constant_as("i32"),
                                         "Cast": _i32_cast, "BitShift": _i32_shift_right}},
 }
 
 
-def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[str, Rule], tuple[str, ...]]:
-    """The opset, the table of rewrites and the ops whose constant inputs become initializers, for these
-    options (a DslError for unknown ones)."""
+def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[str, Rule], tuple[str, ...], dict]:
+    """The opset, the table of rewrites, the ops whose constant inputs become initializers and the
+    formulations the runtime needs, for these options (a DslError for unknown ones)."""
     if target_runtime is not None and target_runtime not in RUNTIMES:
         raise DslError(f"unknown target runtime `{target_runtime}`: use one of {', '.join(RUNTIMES)}")
     wanted = RUNTIMES.get(target_runtime, {"opset": DEFAULT_OPSET, "rules": {}})
@@ -401,7 +404,8 @@ def emission(opset: int | None, target_runtime: str | None) -> tuple[int, dict[s
     if opset is not None and target_runtime is not None and opset != wanted["opset"]:
         raise DslError(f"--target-runtime {target_runtime} emits opset {wanted['opset']}: leave out --opset {opset}")
     opset = wanted["opset"] if opset is None else opset
-    return opset, {**DEFAULT_RULES, **(OPSET17 if opset < 18 else {}), **wanted["rules"]}, wanted.get("initializers", ())
+    return (opset, {**DEFAULT_RULES, **(OPSET17 if opset < 18 else {}), **wanted["rules"]}, wanted.get("initializers", ()),
+            wanted.get("formulations", {}))
 
 
 def rewrite(graph: Graph, rules: dict[str, Rule], names: itertools.count | None = None) -> bool:
