@@ -268,9 +268,10 @@ def load_model(path: str | Path) -> onnx.ModelProto:
 
 
 def export_web(path: str | Path, out: str | Path, *, target: str | None = None, ort_dist: str | Path | None = None,
-               npm_cache: str | Path | None = None, log=print) -> Path:
+               npm_cache: str | Path | None = None, data: str | Path | None = None, log=print) -> Path:
     """A static folder that trains the file's first `train` declaration (or `target`) in the browser with
     onnxruntime-web (WASM): page, train-step and inference .onnx, a dataset slice, onnxruntime-web's
-    files (from `ort_dist`, else npm-installed into `npm_cache`). See dslc/web/export.py."""
+    files (from `ort_dist`, else npm-installed into `npm_cache`); `data` as `dslc train --data` takes
+    it. See dslc/web/export.py."""
     from .web.export import export_web as export
-    return export(path, out, target=target, ort_dist=ort_dist, npm_cache=npm_cache, log=log)
+    return export(path, out, target=target, ort_dist=ort_dist, npm_cache=npm_cache, data=data, log=log)

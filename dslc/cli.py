@@ -158,6 +158,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("file")
     w.add_argument("--out", required=True, help="the folder to write (serve it with python -m http.server)")
     w.add_argument("--target", default=None, help="the train declaration (default: the file's first)")
+    w.add_argument("--data", default=None, metavar="DIR|FILE",
+                   help="the dataset, as dslc train --data takes it (default: $DSLC_DATA, else the embedded subset)")
     w.add_argument("--ort-dist", default=None, metavar="DIR",
                    help="onnxruntime-web's dist/ folder (default: npm install it into the npm cache)")
     w.add_argument("--npm-cache", default=None, metavar="DIR",
@@ -382,7 +384,8 @@ def _generate(args) -> int:
 
 
 def _export_web(args) -> int:
-    api.export_web(args.file, args.out, target=args.target, ort_dist=args.ort_dist, npm_cache=args.npm_cache)
+    api.export_web(args.file, args.out, target=args.target, ort_dist=args.ort_dist, npm_cache=args.npm_cache,
+                   data=args.data)
     return 0
 
 

@@ -83,14 +83,13 @@ def _image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return (np.stack(images).astype(np.float32) / np.float32(255))[:, None], np.array(labels)
 
 
-def test_export_web_takes_the_step(digits, tmp_path, monkeypatch):
+def test_export_web_takes_the_step(digits, tmp_path):
     """The folder `dslc export-web` writes: its train step (the imported backbone inside) run 5 steps on
     the page's first batch in onnxruntime, and in onnxruntime-web (WASM, under Node) where installed."""
     from dslc.web.export import export_web
     from dslc.web.npm import find_package
     import runtimes as R
 
-    monkeypatch.setenv("DSLC_DATA", str(digits))
     web = find_package("onnxruntime-web")
     dist = tmp_path / "dist"
     if web is not None:
@@ -99,7 +98,7 @@ def test_export_web_takes_the_step(digits, tmp_path, monkeypatch):
         dist.mkdir()
         for f in ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs"):
             (dist / f).write_bytes(b"")
-    site = export_web(SPEC, tmp_path / "site", ort_dist=dist, log=lambda *_: None)
+    site = export_web(SPEC, tmp_path / "site", ort_dist=dist, data=digits, log=lambda *_: None)
     manifest = json.loads((site / "manifest.json").read_text())
     assert (manifest["step"], manifest["export"]) == ("finetune", "Classifier")
     blob = (site / "state.bin").read_bytes()

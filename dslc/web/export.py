@@ -67,7 +67,7 @@ def _dims(vi) -> list:
 
 
 def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache=None, train_images: int = 2000,
-               test_images: int = 500, seed: int | None = None, log=print) -> Path:
+               test_images: int = 500, seed: int | None = None, data=None, log=print) -> Path:
     from ..lower.program import load_program
     from ..runtime.datasets import load_dataset
     from ..runtime.evaluate import compile_target
@@ -108,7 +108,7 @@ def export_web(path, out, *, target: str | None = None, ort_dist=None, npm_cache
         offset += a.nbytes
     files["state.bin"] = b"".join(blobs)
 
-    train_split, test_split = load_dataset(p.dataset, "train"), load_dataset(p.dataset, "test")
+    train_split, test_split = (load_dataset(p.dataset, split, data, p.label_column) for split in ("train", "test"))
     n_train, n_test = min(train_images, len(train_split["label"])), min(test_images, len(test_split["label"]))
     blocks = [("train_image", train_split["image"][:n_train]), ("train_label", train_split["label"][:n_train]),
               ("test_image", test_split["image"][:n_test]), ("test_label", test_split["label"][:n_test])]
