@@ -387,7 +387,8 @@ class DslcWorker(Worker):
         import dslc
 
         s = self.spec
-        model = dslc.compile(str(ROOT / "specs" / CASES[s["case"]]["spec"]), CASES[s["case"]]["step"])
+        model = dslc.compile(str(ROOT / "specs" / CASES[s["case"]]["spec"]), CASES[s["case"]]["step"],
+                             formulations=s.get("formulations"))
         so = ort.SessionOptions()
         so.intra_op_num_threads = THREADS
         so.inter_op_num_threads = 1
@@ -770,6 +771,13 @@ def bench_case(case: str, args, tmp: Path, out: list[str], session_table: list) 
               ("dslc ORT CPU, -Nchwc +denormal_as_zero", me, "dslc", dict(device="cpu", no_nchwc=True, daz=True)),
               ("PyTorch eager", me, "torch", {})]
     skipped = []
+    if args.tune:  # the tuner's picks for this machine (dslc tune), a contender beside the static rules
+        import dslc
+        t = dslc.tune(ROOT / "specs" / c["spec"], c["step"], batch=batch, budget=args.tune, cache=False)
+        picks = ", ".join(f"{k}={v}" for k, v in t.picks.items()) or "the static picks"
+        wanted.insert(1, ("dslc ORT CPU, tuned", me, "dslc", dict(device="cpu", no_nchwc=t.session() == "no-nchwc",
+                                                                   daz=False, formulations=t.formulations())))
+        notes.append(f"tuned ({t.seconds:.0f} s, budget {args.tune:.0f} s): {picks}")
     if cuda_ok():
         wanted.insert(3, ("dslc ORT CUDA", me, "dslc", dict(device="cuda", no_nchwc=False, daz=False)))
     else:
@@ -1121,6 +1129,8 @@ def main(argv=None) -> int:
                     help="only these sections (repeatable; compile includes forward inference)")
     ap.add_argument("--ortt-python", default=DEFAULT_ORTT_PYTHON)
     ap.add_argument("--no-onnxsim", action="store_true")
+    ap.add_argument("--tune", type=float, default=0, metavar="SECONDS",
+                    help="also time dslc with `dslc tune`'s picks, tuned this long per case (default: off)")
     ap.add_argument("--report", metavar="FILE", help="also write the tables (markdown) to FILE")
     ap.add_argument("--worker", nargs=3, metavar=("KIND", "DIR", "SPEC"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -1162,12 +1172,13 @@ def main(argv=None) -> int:
             bench_scaling(args, tmp, out)
     if session_table:
         out.append("\n### Session options for dslc's step graphs (ratio to PyTorch, same rounds; lower is better)\n")
-        out.append("| case | default | -NchwcTransformer | -Nchwc +denormal_as_zero | fastest |")
-        out.append("|---|---|---|---|---|")
+        columns = list(dict.fromkeys(name for _, rows in session_table for name in rows))
+        out.append("| case | " + " | ".join(c.replace("dslc ORT CPU, ", "") for c in columns) + " | fastest |")
+        out.append("|---|" + "---|" * (len(columns) + 1))
         for case, rows in session_table:
-            vals = list(rows.values())
             best = min(rows, key=rows.get).replace("dslc ORT CPU, ", "")
-            out.append(f"| {case} | " + " | ".join(f"{v:.2f}x" for v in vals) + f" | {best} |")
+            out.append(f"| {case} | " + " | ".join(f"{rows[c]:.2f}x" if c in rows else "-" for c in columns)
+                       + f" | {best} |")
         print("\n".join(out[-(len(session_table) + 4):]))
         print("note: denormals only appear once losses get tiny (late in training); these short runs from "
               "fresh weights cannot show set_denormal_as_zero's benefit, only its cost.")
