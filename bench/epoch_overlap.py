@@ -1,7 +1,7 @@
 """Whole-run throughput: is an epoch of `dslc train` the sum of its steps?
 
 For each case, `dslc train` runs EPOCHS epochs twice, alternating: with the batches made in the loop
-(`prefetch = 0`, as before the prefetching thread) and made ahead by it (`prefetch = 8`, the
+(`prefetch = 0`, as before the prefetching thread) and made ahead by it (`prefetch = 32`, the
 default). The trainer times each epoch's loop and, inside it, the steps' session runs
 (Trainer.epoch_timings); the table gives the last epoch of each (the first includes choosing
 session settings) and its overhead, epoch / steps - 1. The weights of both runs are compared: the

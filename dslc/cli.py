@@ -99,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_train_settings())
     t.add_argument("file")
     t.add_argument("--target", default=None, help="the train declaration to run (default: the file's first)")
-    t.add_argument("--data", default=None, metavar="DIR|FILE.npz",
-                   help="IDX files or an .npz (default: $DSLC_DATA, else the embedded subset)")
+    t.add_argument("--data", default=None, metavar="DIR|FILE",
+                   help="IDX files, an .npz, an image folder, a CSV or a text file "
+                        "(default: $DSLC_DATA, else the embedded subset)")
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--batch", type=int, default=None)
     t.add_argument("--seed", type=_seed, default=None, help="weights, data order and noise all follow it (0 or more)")

@@ -1,5 +1,5 @@
 """Reshape's gradient reshapes dy back with a constant shape (-1 for x's one symbolic dim) rather
-than Shape(x), which kept x alive until the backward (autodiff/rules._reshape_back); and the IR's
+than Shape(x), which kept x alive until the backward (autodiff/rules/shape._reshape_back); and the IR's
 -1 inference cancelling factors of product dims ([N*49, 192] -> [-1, 7, 7, 192] is [N, 7, 7, 192]).
 Values: the old formulation (Reshape to Shape(x)) and the new one agree in onnxruntime and
 onnx.reference, and the gradient matches finite differences."""

@@ -2,7 +2,7 @@
 
 The backward nodes go into the same graph as the forward ones, so a gradient can itself be
 differentiated (grad of grad). Only nodes on a path from a `wrt` value to an output are visited;
-the rules (rules.py) build each node's backward, and this module adds the bookkeeping: summing the
+the rules (rules/) build each node's backward, and this module adds the bookkeeping: summing the
 gradients of a value used several times, summing a broadcast gradient down to its input's shape,
 and dropping backward nodes whose results turn out unused. A Builder may be building a Loop body:
 values from outer scopes simply have no producer in `b.graph`.

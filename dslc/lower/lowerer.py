@@ -1,6 +1,6 @@
 """AST -> IR: statements, expressions and calls of user declarations.
 
-Built-in functions and layers live in `builtins.py` (one table); this module owns names, scopes,
+Built-in functions and layers live in `builtins/` (one table); this module owns names, scopes,
 model/layer/fn inlining, indexing, `repeat` loops and target graphs.
 """
 from __future__ import annotations
