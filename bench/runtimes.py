@@ -156,31 +156,77 @@ class Tract:
         except ImportError:
             return "not installed (pip install tract)"
 
-    def run(self, path: Path, feeds: dict, reps: int = 0):
-        import tract
-        from tract.transform import SetSymbols
-        model = tract.onnx().load(str(path))
-        order = [model.input_name(i) for i in range(model.input_count())]
-        for i, name in enumerate(order):
-            if name not in feeds:
-                raise Failure(f"tract wants input {name} fed")
-        # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
-        outs = _output_names(path)  # in order (dslc names the node of each output after it, so tract keeps the names)
-        typed = model.into_model()
-        # A count input that sizes a shape (`n` of random_normal([n, 100])) names a dim of the graph's
-        # value_info; tract cannot read a dim from a value at run time, so the symbol is bound to it.
-        graph = onnx.load(str(path), load_external_data=False).graph
-        dims = {d.dim_param for vi in [*graph.input, *graph.value_info, *graph.output]
-                for d in vi.type.tensor_type.shape.dim}
-        bound = {n: int(v) for n, v in feeds.items() if np.ndim(v) == 0 and v.dtype.kind in "iu" and n in dims}
-        if bound:
-            typed.transform(SetSymbols(bound))
-        runnable = typed.into_runnable()
-        args = [feeds[n] for n in order]
+    seconds = 60.0  # tract optimises a graph when loading it: more than 5 minutes for a ResNet's train step
 
-        def go():
-            return {n: v.to_numpy() for n, v in zip(outs, runnable.run(args))}
+    def run(self, path: Path, feeds: dict, reps: int = 0):
+        return _in_child(_tract_run, (path, feeds, reps, 1), self.seconds)
+
+    def run_steps(self, path: Path, feeds: dict, steps: int) -> list[dict] | Failure:
+        """A train step run `steps` times on one loaded model, each `X.next` fed back into `X`."""
+        try:
+            return _in_child(_tract_run, (path, feeds, 0, steps), self.seconds)
+        except Failure as e:
+            return e
+
+
+def _tract_run(path: Path, feeds: dict, reps: int, steps: int):
+    """(outputs, ms) of one run, or with steps > 1 every step's outputs (in the child process)."""
+    import tract
+    from tract.transform import SetSymbols
+    model = tract.onnx().load(str(path))
+    order = [model.input_name(i) for i in range(model.input_count())]
+    for name in order:
+        if name not in feeds:
+            raise Failure(f"tract wants input {name} fed")
+    # (the inputs keep their declared facts: fixing N to the batch clashes with value_info's N)
+    outs = _output_names(path)  # in order (dslc names the node of each output after it, so tract keeps the names)
+    typed = model.into_model()
+    # A count input that sizes a shape (`n` of random_normal([n, 100])) names a dim of the graph's
+    # value_info; tract cannot read a dim from a value at run time, so the symbol is bound to it.
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {d.dim_param for vi in [*graph.input, *graph.value_info, *graph.output]
+            for d in vi.type.tensor_type.shape.dim}
+    bound = {n: int(v) for n, v in feeds.items() if np.ndim(v) == 0 and v.dtype.kind in "iu" and n in dims}
+    if bound:
+        typed.transform(SetSymbols(bound))
+    runnable = typed.into_runnable()
+
+    def go():
+        return {n: v.to_numpy() for n, v in zip(outs, runnable.run([feeds[n] for n in order]))}
+    if steps == 1:
         return _timed(go, reps)
+    feeds, every = dict(feeds), []
+    for _ in range(steps):
+        every.append(go())
+        feeds.update({n[:-len(".next")]: v for n, v in every[-1].items() if n.endswith(".next") and n[:-len(".next")] in feeds})
+    return every
+
+
+def _in_child(fn, args, seconds: float):
+    """fn(*args) in a forked process, its result (or its refusal) back through a pipe; a Failure if it
+    takes longer than `seconds` (the child is killed)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def work():
+        try:
+            with quiet():
+                child.send(("ok", fn(*args)))
+        except Exception as e:  # noqa: BLE001 - sent back as this run's refusal
+            child.send(("failed", short(e)))
+    proc = ctx.Process(target=work, daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(seconds):
+            raise Failure(f"not done in {seconds:.0f} s (tract's optimisation of this graph)")
+        kind, value = parent.recv()
+    finally:
+        proc.kill()
+        proc.join()
+    if kind == "failed":
+        raise Failure(value)
+    return value
 
 
 def _import_onnx2torch():
