@@ -1,7 +1,7 @@
 """Convolution gradient formulations on the seed models' layer shapes, timed side by side.
 
 The per-shape rules in dslc/ir/patterns.py (conv_weight_grad, conv_transpose_as_matmuls) come from
-these numbers, on one CPU; `dslc tune` (dslc/tune/, bench/tune.py) measures the same choices per layer
+these numbers, on one CPU; `dslc tune` (dslc/tuner/, bench/tune.py) measures the same choices per layer
 inside the whole step on the user's machine. Each row builds the same gradient several ways as standalone graphs and times them
 interleaved in onnxruntime (CPU, 2 threads, -NchwcTransformer as dslc's step graphs mostly run),
 after checking every formulation against the first one (max |diff| / max |value| <= 1e-5).

@@ -1,4 +1,4 @@
-"""The seed steps with the static rules' formulations against the tuner's picks (dslc/tune), timed
+"""The seed steps with the static rules' formulations against the tuner's picks (dslc/tuner), timed
 side by side.
 
     python bench/tune.py                          # every case, a 60 s tuning budget each
@@ -28,9 +28,9 @@ from steps import CASES, make_data  # noqa: E402
 
 import dslc  # noqa: E402
 from dslc.runtime.session import make_session  # noqa: E402
-from dslc.tune import tune_step  # noqa: E402
-from dslc.tune.measure import synthetic_feeds  # noqa: E402
-from dslc.tune.search import compile_with, step_counts  # noqa: E402
+from dslc.tuner import tune_step  # noqa: E402
+from dslc.tuner.measure import synthetic_feeds  # noqa: E402
+from dslc.tuner.search import compile_with, step_counts  # noqa: E402
 from dslc.train import plan as P  # noqa: E402
 
 SEED_CASES = ("convnet", "node_convnet", "vae", "acgan_d", "acgan_g")

@@ -221,11 +221,11 @@ def train(path: str | Path, *, target: str | None = None, data: str | None = Non
 
 def tune(source: Program | str | Path, target: str, *, batch: int | None = None, budget: float | None = None,
          threads: int | None = None, seed: int | None = None, cache: bool = True, import_path=None):
-    """Time the formulations a step reaches on this machine (dslc/tune); returns a Tuning: `.table()`
+    """Time the formulations a step reaches on this machine (dslc/tuner); returns a Tuning: `.table()`
     per choice point, `.formulations()` the forcing that compiles the picks (formulations=), `.session()`.
     `batch` defaults to that of the first train declaration running the step, else 64; the picks are
     cached per (graph, batch, CPU, onnxruntime version, threads)."""
-    from .tune import tune_declared_step
+    from .tuner import tune_declared_step
     program = source if isinstance(source, Program) else load_program(source, import_path)
     return tune_declared_step(program, target, batch, budget, threads, seed, cache)
 

@@ -1,4 +1,4 @@
-"""dslc tune (dslc/tune/): per-layer forcing, the cache's safety rules, that every pick the tuner
+"""dslc tune (dslc/tuner/): per-layer forcing, the cache's safety rules, that every pick the tuner
 can make computes what the static picks compute (to float32 round-off), the CLI's table, and
 `dslc train` with tuning on, off and resumed. No timing is asserted: which option wins depends on
 the machine."""
@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 import dslc
-import dslc.tune as TU
-import dslc.tune.training as TT
+import dslc.tuner as TU
+import dslc.tuner.training as TT
 from dslc.cli import main
 from dslc.diagnostics import DslError
 from dslc.ir import formulations as F
 from dslc.runtime.session import make_session
 from dslc.runtime.trainer import read_checkpoint
-from dslc.tune import cache
-from dslc.tune.machine import machine_key
-from dslc.tune.search import SESSION, Trial, Tuning, compile_with, fingerprint, static_step
+from dslc.tuner import cache
+from dslc.tuner.machine import machine_key
+from dslc.tuner.search import SESSION, Trial, Tuning, compile_with, fingerprint, static_step
 
 TINY = """
 model Tiny(image: f32[N, 1, 28, 28]) -> logits {
@@ -300,3 +300,12 @@ def test_dslc_tune_fills_the_cache_that_dslc_train_reads(spec, tmp_path, monkeyp
     monkeypatch.setattr(TU, "measure_step", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
     lines = train(spec, tmp_path / "run", max_steps=1, seed=5)  # another seed: other weights, the same graph
     assert any(line.startswith("tune train_tiny: picks") and "from the cache" in line for line in lines)
+
+
+def test_dslc_tune_stays_the_function_after_a_call():
+    """The package is dslc.tuner: a package named dslc.tune, imported by the first call, replaced the
+    function `dslc.tune` with itself ("'module' object is not callable" at the second call)."""
+    spec = Path(__file__).resolve().parent.parent / "specs" / "chain_rule.dsl"
+    first = dslc.tune(spec, "fit_scale", budget=1, cache=False)
+    assert callable(dslc.tune)
+    assert dslc.tune(spec, "fit_scale", budget=1, cache=False).step == first.step == "fit_scale"

@@ -54,7 +54,7 @@ from .progress import EpochProgress, ProgressLines, epoch_line, read_history, wr
 from .runner import StepRunner, host
 from .session import _dims, cuda_available, type_str
 from .tensorboard import EventWriter
-from ..tune.training import tune_training_steps
+from ..tuner.training import tune_training_steps
 
 CHECKPOINT_SECONDS = 30.0  # also one at the end of every epoch, on Ctrl-C and at the end
 PROGRESS_SECONDS = 30.0  # without a terminal (and without `log_every`), a progress line this often
@@ -79,7 +79,7 @@ class Options:
     comm: object = None  # MPI: several ranks train data-parallel (distributed.py); found by train()
     collective_timeout: float = 120.0
     prefetch: int = 32  # batches made ahead by a background thread while steps run (0: in the loop)
-    tune: bool | None = None  # measure formulations (dslc/tune); None: the train declaration's `tune`, else auto
+    tune: bool | None = None  # measure formulations (dslc/tuner); None: the train declaration's `tune`, else auto
 
 
 def train(path, **options) -> list[dict]:
@@ -312,7 +312,7 @@ class Trainer:
                 "per_step": per_step or {}, **({"vocabulary": self.vocabulary} if self.vocabulary else {}),
                 "settings": self.plan.settings(), "graphs": self.fingerprint,
                 "data": describe_source(self.plan.dataset, self.o.data),
-                **({"tuning": self.tuning} if getattr(self, "tuning", None) else {})}  # the picks (dslc/tune/training.py)
+                **({"tuning": self.tuning} if getattr(self, "tuning", None) else {})}  # the picks (dslc/tuner/training.py)
 
     def _save_checkpoint(self, state: dict, meta: dict) -> None:
         if self.rank:
@@ -422,7 +422,7 @@ class Trainer:
         self._compile()
         self.graphs = E.Graphs(self.program, self.device, p.seed)
         self._load_data()
-        self.tuning = tune_training_steps(self)  # formulations measured on this machine (dslc/tune)
+        self.tuning = tune_training_steps(self)  # formulations measured on this machine (dslc/tuner)
         history_path = self.out / "history.json"
         if o.resume:
             arrays, meta = self._load_checkpoint()

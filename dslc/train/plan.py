@@ -162,7 +162,7 @@ class Plan:
     seq: int | None = None  # data = text: characters per window
     stride: int | None = None  # data = text: characters between window starts
     plateau: "Plateau | None" = None  # reduce_lr_on_plateau
-    tune: bool | None = None  # measure formulations before the first step (dslc/tune); None: auto
+    tune: bool | None = None  # measure formulations before the first step (dslc/tuner); None: auto
 
     def lower_is_better(self) -> bool:
         """Whether `monitor` improves downwards: losses and errors do, accuracies and R^2 do not."""
