@@ -64,6 +64,12 @@ def _channel_shift(b, x: Value, axes: list[int]) -> tuple[Value, Value | None]:
     return x, None
 
 
+
+def _gamma_beta(ctx: Ctx, path: str, n: int, dtype: str):
+    """A norm's per-feature scale (ones) and shift (zeros), in this order."""
+    gamma = ctx.lw.weight(f"{path}.gamma", (n,), I.ones, span=ctx.span, dtype=dtype)
+    return gamma, ctx.lw.weight(f"{path}.beta", (n,), I.zeros, span=ctx.span, dtype=dtype)
+
 def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     """Keras BatchNormalization on the channel axis 1: batch statistics while training (and the
     running statistics' update, returned by the step), running statistics at inference. (Not ONNX
@@ -75,8 +81,7 @@ def batch_norm(ctx: Ctx, x: "T", momentum: "float" = 0.99, eps: "float" = 1e-3):
     c = x.shape[1]
     path = _weighted(ctx)
     lw, b = ctx.lw, ctx.b
-    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span, dtype=x.dtype)
-    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span, dtype=x.dtype)
+    gamma, beta = _gamma_beta(ctx, path, c, x.dtype)
     mean_w = lw.weight(f"{path}.moving_mean", (c,), I.zeros, trainable=False, span=ctx.span, dtype=x.dtype)
     var_w = lw.weight(f"{path}.moving_variance", (c,), I.ones, trainable=False, span=ctx.span, dtype=x.dtype)
     bshape = b.ints([1, c] + [1] * (x.rank - 2))
@@ -161,9 +166,8 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
     if eps <= 0:
         raise ctx.error(f"layer_norm eps must be positive, got {eps}", "eps")
     path = _weighted(ctx)
-    lw, b = ctx.lw, ctx.b
-    gamma = lw.weight(f"{path}.gamma", (d,), I.ones, span=ctx.span, dtype=x.dtype)
-    beta = lw.weight(f"{path}.beta", (d,), I.zeros, span=ctx.span, dtype=x.dtype)
+    b = ctx.b
+    gamma, beta = _gamma_beta(ctx, path, d, x.dtype)
     if _layer_norm_form(x, axis) == "onnx":
         y = b.op("LayerNormalization", [x, gamma, beta], {"axis": -1, "epsilon": float(eps)}, n_out=3)[0]
         return _record(ctx, path, y, 2 * d)
@@ -208,9 +212,8 @@ def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
     if eps <= 0:
         raise ctx.error(f"group_norm eps must be positive, got {eps}", "eps")
     path = _weighted(ctx)
-    lw, b = ctx.lw, ctx.b
-    gamma = lw.weight(f"{path}.gamma", (c,), I.ones, span=ctx.span, dtype=x.dtype)
-    beta = lw.weight(f"{path}.beta", (c,), I.zeros, span=ctx.span, dtype=x.dtype)
+    b = ctx.b
+    gamma, beta = _gamma_beta(ctx, path, c, x.dtype)
     grouped = b.op("Reshape", [x, b.ints([0, groups, -1])])  # [N, G, C/G * spatial]
     normed = _standardize(b, grouped, 2, eps)
     if all(isinstance(d, int) for d in x.shape[1:]):
