@@ -22,17 +22,8 @@ from dslc.train.plan import Plateau
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_data_formats import COLOUR, spec, write_images  # noqa: E402
 from test_train_cli import ROOT, checkpoint, npz, one_error, same_arrays, train, write_npz  # noqa: E402
+from test_train_step import SMALL, B, W  # noqa: E402
 from test_training_features import SEQUENCE, write, write_topics  # noqa: E402
-
-SMALL = """
-model M(x: f32[N, 3]) -> y {{
-    y = dense(x, 2)
-}}
-step fit(x: f32[N, 3], t: f32[N, 2]) updates M using {opt} {{
-    minimize mse(M(x), t)
-}}
-"""
-W, B = "M.y.weight", "M.y.bias"
 
 
 def rows(out: Path) -> list[dict]:
