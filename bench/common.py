@@ -1,10 +1,12 @@
-"""What the benchmarks share: silencing the contenders alike while they are timed, and the
-PyTorch twin of the convnet they compare against."""
+"""What the benchmarks share: silencing the contenders alike while they are timed, timing them
+interleaved, and the PyTorch twin of the convnet they compare against."""
 from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -57,3 +59,18 @@ def torch_convnet():
             return self.fc2(self.drop(x))
 
     return ConvNet()
+
+
+def interleaved_ms(contenders: dict, rounds: int, calls: int) -> dict[str, float]:
+    """Median ms per call of each contender (a callable), interleaved round by round (the machine's
+    speed drifts): each round one untimed call, then `calls` timed ones; the one that starts rotates."""
+    names = list(contenders)
+    times = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            contenders[n]()
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                contenders[n]()
+                times[n].append((time.perf_counter() - t0) * 1e3)
+    return {n: statistics.median(t) for n, t in times.items()}

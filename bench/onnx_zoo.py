@@ -37,7 +37,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import zoo_models as Z  # noqa: E402
-from common import DEFAULT_ORTT_PYTHON, quiet  # noqa: E402
+from common import DEFAULT_ORTT_PYTHON, interleaved_ms, quiet  # noqa: E402
 
 BATCH = 4
 STEPS = 10
@@ -254,18 +253,8 @@ def torch_stepper(module, x):
 
 
 def step_times(contenders: dict, rounds: int = 7, calls: int = 5) -> dict[str, float]:
-    """Median ms per call of each contender, interleaved round by round (the machine's speed drifts):
-    each round one untimed call, then `calls` timed ones; the contender that starts rotates."""
-    names = list(contenders)
-    times = {n: [] for n in names}
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            contenders[n]()
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                contenders[n]()
-                times[n].append((time.perf_counter() - t0) * 1e3)
-    return {n: statistics.median(t) for n, t in times.items()}
+    """Median ms per call of each contender, interleaved (common.interleaved_ms)."""
+    return interleaved_ms(contenders, rounds, calls)
 
 
 # onnxruntime-training, in its own venv: artifacts from the export with the loss appended, timed.

@@ -22,10 +22,8 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import steps as S  # noqa: E402
+from common import interleaved_ms  # noqa: E402
 
 THREADS = 2
 
@@ -66,11 +65,7 @@ class DslcStep:
         self.outs = [o.name for o in self.sess.get_outputs()]
 
     def __call__(self):
-        values = self.sess.run(self.outs, {**self.data, **self.state})
-        for name, v in zip(self.outs, values):
-            if name.endswith(".next"):
-                self.state[name[:-5]] = v
-        return float(values[self.outs.index("loss")])
+        return S.run_and_feed_back(self.sess, self.outs, self.data, self.state)
 
 
 class TorchStep:
@@ -141,19 +136,6 @@ def torch_profile(step, steps: int, top: int) -> list[str]:
     return out
 
 
-def wall(steps: dict, rounds: int, calls: int) -> dict:
-    times = {k: [] for k in steps}
-    names = list(steps)
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            steps[k]()
-            for _ in range(calls):
-                t = time.perf_counter()
-                steps[k]()
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def ab(case: str, variants: list[str], rounds: int) -> None:
     data = S.make_data(case, S.CASES[case]["batch"])
     steps = {}
@@ -177,18 +159,9 @@ def ab(case: str, variants: list[str], rounds: int) -> None:
         worst = max(float(np.max(np.abs(got[n] - u))) for n, u in ref.items() if u.size) / scale
         print(f"  {v}: {len(st.model.graph.node)} nodes; against the first: loss {abs(loss - ref_loss) / abs(ref_loss):.1e} "
               f"relative, weight updates differ by at most {worst:.1e} of the largest update", flush=True)
-    times = {k: [] for k in steps}
-    names = list(steps)
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            steps[k]()
-            for _ in range(5):
-                t = time.perf_counter()
-                steps[k]()
-                times[k].append((time.perf_counter() - t) * 1e3)
-    base = statistics.median(times[names[0]])
-    for k in names:
-        med = statistics.median(times[k])
+    ms = interleaved_ms(steps, rounds, 5)
+    base = ms[next(iter(steps))]
+    for k, med in ms.items():
         print(f"  {case} {k}: {med:.2f} ms/step ({med / base:.2f}x the first)", flush=True)
 
 
@@ -230,7 +203,7 @@ def main(argv=None) -> int:
         if not args.no_torch_profile:
             print("\n".join(torch_profile(t, args.steps, args.top)), flush=True)
         fast = DslcStep(case, data, forced)
-        w = wall({"dslc": fast, "torch": t}, args.rounds, 3)
+        w = interleaved_ms({"dslc": fast, "torch": t}, args.rounds, 3)
         print(f"wall (median ms/step, interleaved {args.rounds} rounds x 3): dslc {w['dslc']:.2f}  torch "
               f"{w['torch']:.2f}  ratio {w['dslc'] / w['torch']:.2f}", flush=True)
     return 0

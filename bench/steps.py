@@ -405,11 +405,16 @@ class DslcWorker(Worker):
         self.outs = [o.name for o in self.sess.get_outputs()]
 
     def call(self):
-        values = self.sess.run(self.outs, {**self.data, **self.state})
-        for name, v in zip(self.outs, values):
-            if name.endswith(".next"):
-                self.state[name[:-5]] = v
-        return float(values[self.outs.index("loss")])
+        return run_and_feed_back(self.sess, self.outs, self.data, self.state)
+
+
+def run_and_feed_back(sess, outs: list[str], data: dict, state: dict) -> float:
+    """One compiled step: each output `X.next` replaces `X` in `state`; returns the loss."""
+    values = sess.run(outs, {**data, **state})
+    for name, v in zip(outs, values):
+        if name.endswith(".next"):
+            state[name[:-5]] = v
+    return float(values[outs.index("loss")])
 
 
 class TorchWorker(Worker):
