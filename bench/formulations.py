@@ -15,21 +15,21 @@ Weight gradient dW of Conv(x, W) from dy:
   chan-last    x channels-last, one strided Slice per tap, Concat = [N*L, k], one MatMul (dslc, L <= 64)
 Input gradient dx (a ConvTranspose of dy):
   convT        onnxruntime's ConvTranspose
-  flip-conv    Conv of dy with the flipped, transposed kernel (stride 1 only)
+  flip-conv    patterns.conv_input_grad_flipped: Conv of dy with the flipped, transposed kernel (stride 1;
+               dslc's rule where the MatMuls are not picked)
   matmuls      patterns.conv_transpose2d_matmuls: one GEMM over the batch, 0/1 col2im MatMuls
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import interleaved_ms  # noqa: E402
 from dslc.emit.onnx_emit import to_onnx  # noqa: E402
 from dslc.ir import patterns as P  # noqa: E402
 from dslc.ir.builder import Builder  # noqa: E402
@@ -89,9 +89,7 @@ def input_gradient(xs, o, k, s, p):
         return b.op("ConvTranspose", [dy, w], {"strides": [s, s], "pads": [p] * 4, "output_padding": out_pad})
 
     def flip_conv(b, dy, w):
-        wf = b.op("Slice", [b.op("Transpose", [w], {"perm": [1, 0, 2, 3]}), b.ints([-1, -1]), b.ints([-k - 1, -k - 1]),
-                            b.ints([2, 3]), b.ints([-1, -1])])
-        return b.op("Conv", [dy, wf], {"pads": [k - 1 - p] * 4})
+        return P.conv_input_grad_flipped(b, dy, w, [p] * 4, [1, 1])
 
     def matmuls(b, dy, w):
         return P.conv_transpose2d_matmuls(b, dy, w, None, [s, s], [p] * 4, [1, 1], (h, wd))
@@ -122,14 +120,8 @@ def time_forms(shapes, graphs, rounds, calls) -> dict[str, float]:
         err = float(np.abs(out - first).max() / np.abs(first).max())
         if err > 1e-5:
             raise SystemExit(f"{name} differs from the first formulation by {err:.1e}")
-    times = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for _ in range(calls):
-                start = time.perf_counter()
-                sess.run(None, feeds)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return interleaved_ms({name: lambda sess=sess: sess.run(None, feeds) for name, sess in sessions.items()},
+                          rounds, calls)
 
 
 def main(argv=None) -> int:

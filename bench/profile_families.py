@@ -167,7 +167,7 @@ def ab(case: str, variants: list[str], rounds: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--case", action="append", choices=["charlm", "lstm", "resnet"])
+    ap.add_argument("--case", action="append", choices=sorted(S.CASES))
     ap.add_argument("--steps", type=int, default=20, help="profiled steps per contender")
     ap.add_argument("--top", type=int, default=18)
     ap.add_argument("--rounds", type=int, default=6, help="interleaved rounds for the wall figure")

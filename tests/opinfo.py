@@ -283,6 +283,7 @@ IMG = (2, 3, 5, 5)
 # options that do not apply to a sample's shapes (forcing them must leave the rule's option everywhere)
 TILES = frozenset({("max_pool_grad", "tiles")})        # windows that do not tile the input
 CIG = frozenset({("conv_input_grad", "matmuls")})      # groups, or the output phases do not tile dx
+FLIP = frozenset({("conv_input_grad", "flipped_conv")})  # a stride above 1
 CT = frozenset({("conv_transpose", "matmuls")})        # the output phases do not tile the output
 
 # ------------------------------------------------------------------ the table
@@ -772,12 +773,16 @@ NOT_APPLICABLE = {
     **{n: TILES for n in ("max_pool2d-blank", "max_pool2d-overlap-pad-ties", "max_pool2d-overlap",
                           "max_pool2d-stride-gt-pool", "max_pool2d-same-odd", "max_pool2d-symbolic-overlap",
                           "max_pool1d", "max_pool3d-overlap-ties", "max_pool2d-asymmetric-pads")},
-    # conv_input_grad=matmuls needs group 1 and dx's stride phases to tile it evenly, each with a tap
-    **{n: CIG for n in ("conv2d-stride-gt-kernel", "conv2d-stride2-pad1", "conv2d-groups-rect",
-                        "conv1d-same-stride2-groups")},
+    # conv_input_grad=matmuls needs group 1 and dx's stride phases to tile it evenly, each with a
+    # tap, and static sizes; flipped_conv needs stride 1
+    **{n: CIG | FLIP for n in ("conv2d-stride-gt-kernel", "conv2d-stride2-pad1", "conv2d-groups-rect",
+                               "conv1d-same-stride2-groups")},
+    **{n: FLIP for n in ("conv2d-even-k2-s2", "conv2d-same-stride2-odd-total", "conv2d_transpose-same",
+                         "conv2d_transpose-output_padding")},
+    **{n: CIG for n in ("conv2d-symbolic-same-even-kernel", "conv2d-symbolic-valid-dilation")},
     # conv_transpose=matmuls (and its input gradient, a Conv): the same phase condition on the output
-    **{n: CIG | CT for n in ("conv2d_transpose-k3-s2-p1", "conv2d_transpose-stride-gt-kernel",
-                             "conv2d_transpose-4-pads")},
+    **{n: CIG | CT | FLIP for n in ("conv2d_transpose-k3-s2-p1", "conv2d_transpose-stride-gt-kernel",
+                                    "conv2d_transpose-4-pads")},
 }
 for _name, _na in NOT_APPLICABLE.items():
     [_s for _s in SAMPLES if _s.name == _name][0].not_applicable = _na

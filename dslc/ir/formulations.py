@@ -27,8 +27,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # of the whole batch (patterns.conv_weight_grad; group 1 only)
     "conv_weight_grad": ("per_sample", "channels_last"),
     # dx of a 2-D convolution: ONNX ConvTranspose, or GEMMs and constant col2im matrices
-    # (patterns.conv_transpose2d_matmuls; group 1, static sizes)
-    "conv_input_grad": ("conv_transpose", "matmuls"),
+    # (patterns.conv_transpose2d_matmuls; group 1, static sizes), or a Conv with the kernels flipped
+    # (patterns.conv_input_grad_flipped; stride 1)
+    "conv_input_grad": ("conv_transpose", "matmuls", "flipped_conv"),
     # the forward conv2d_transpose layer: ONNX ConvTranspose, or the same GEMMs
     "conv_transpose": ("native", "matmuls"),
     # dx of a max pool: windows that tile the input (kernel = stride, no padding, no dilation) as one

@@ -284,11 +284,55 @@ def conv_transpose_as_matmuls(x: Value, w_shape, strides, pads, dilations, out_h
 def transposed_conv_form(point: str, x: Value, w_shape, strides, pads, dilations, out_hw, group: int = 1) -> str:
     """`matmuls` where conv_transpose2d_matmuls is chosen for this ConvTranspose (by the rule above or
     forced, where its preconditions hold), else the point's native form (formulations.CHOICES)."""
-    native, matmuls = CHOICES[point]
+    return choose(point, *_transposed_conv_options(point, x, w_shape, strides, pads, dilations, out_hw, group))
+
+
+def _transposed_conv_options(point: str, x: Value, w_shape, strides, pads, dilations, out_hw, group: int):
+    """(the rule's option, the options that apply) of a point whose forms are ConvTranspose and its MatMuls."""
+    native, matmuls = CHOICES[point][:2]
     possible = (group == 1 and all(isinstance(d, int) for d in (w_shape[0], *x.shape[2:4], *out_hw))
                 and transposed_conv_phases(tuple(w_shape[2:]), strides, pads, dilations, out_hw) is not None)
     rule = matmuls if possible and conv_transpose_as_matmuls(x, w_shape, strides, pads, dilations, out_hw, group) else native
-    return choose(point, rule, (native, matmuls) if possible else (native,))
+    return rule, (native, matmuls) if possible else (native,)
+
+
+def conv_input_grad_form(dy: Value, w_shape, strides, pads, dilations, x_hw, group: int = 1) -> str:
+    """How dx of a 2-D Conv is written: as its ConvTranspose (transposed_conv_form's forms), or at
+    stride 1 as `flipped_conv` (conv_input_grad_flipped), which no rule picks: it won (1.15x) and lost
+    (0.75x) by layer on one CPU (bench/formulations.py), so `dslc tune` decides it per layer."""
+    rule, applicable = _transposed_conv_options("conv_input_grad", dy, w_shape, strides, pads, dilations, x_hw, group)
+    if flipped_conv_applies(w_shape, strides, pads, dilations):
+        applicable += ("flipped_conv",)
+    return choose("conv_input_grad", rule, applicable)
+
+
+def flipped_conv_pads(w_shape, pads, dilations) -> list[int]:
+    """The pads that make Conv(dy, flipped W) as long as x: d*(k-1) - p at each end."""
+    n = len(w_shape) - 2
+    full = [d * (k - 1) for k, d in zip(w_shape[2:], dilations)]
+    return [f - p for f, p in zip(full + full, pads[:n] + pads[n:])]
+
+
+def flipped_conv_applies(w_shape, strides, pads, dilations) -> bool:
+    return all(s == 1 for s in strides) and all(q >= 0 for q in flipped_conv_pads(w_shape, pads, dilations))
+
+
+def conv_input_grad_flipped(b: Builder, dy: Value, w: Value, pads, dilations, group: int = 1) -> Value:
+    """dx of a stride-1 Conv(x, W) as Conv(dy, W'): W' is W with its kernels flipped and, per group,
+    its input and output channels swapped; padded by d*(k-1) - p at each end. The same sums as
+    ConvTranspose(dy, W)."""
+    o, cg, *kernel = w.shape
+    n = len(kernel)
+    spatial = list(range(2, 2 + n))
+    if group == 1:
+        wt = b.op("Transpose", [w], {"perm": [1, 0, *spatial]})
+    else:
+        wt = b.op("Reshape", [w, b.ints([group, o // group, cg, *kernel])])
+        wt = b.op("Transpose", [wt], {"perm": [0, 2, 1, *range(3, 3 + n)]})
+        wt = b.op("Reshape", [wt, b.ints([group * cg, o // group, *kernel])])
+    wt = slice_axes(b, wt, [-1] * n, [INT64_MIN] * n, spatial, [-1] * n)
+    return b.op("Conv", [dy, wt], {"kernel_shape": kernel, "pads": flipped_conv_pads(w.shape, pads, dilations),
+                                   "dilations": list(dilations), "group": group})
 
 
 def conv_transpose2d_matmuls(b: Builder, x: Value, w: Value, bias: Value | None, strides, pads, dilations,

@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 from ..runtime.session import _dims, make_session
 
 MIN_REPEATS = 3
+RUNS_PER_TURN = 2  # timed runs of one side after its untimed one
 OTHER_DIM = 16  # a symbolic dim that is not the batch (a sequence length): any size the graph takes
 
 
@@ -57,18 +58,19 @@ class Timed:
 
 
 def interleaved(a: Timed, b: Timed, repeats: int, deadline: float | None = None) -> tuple[list[float], list[float]]:
-    """`repeats` runs of each, alternating which goes first, in seconds; past `deadline` (a
-    perf_counter time) it stops after MIN_REPEATS."""
+    """`repeats` timed runs of each, in seconds, in turns that alternate which goes first; past
+    `deadline` (a perf_counter time) it stops after MIN_REPEATS. Each turn starts with an untimed run:
+    onnxruntime's threads spin a while after a run, and the other session's spinning threads slowed the
+    first run after a switch by up to 2x on 2 cores (alternating single runs buried wins in that noise)."""
     ta, tb = [], []
-    for r in range(repeats):
-        if deadline is not None and r >= MIN_REPEATS and time.perf_counter() > deadline:
+    turn = 0
+    while len(ta) < repeats:
+        if deadline is not None and len(ta) >= MIN_REPEATS and time.perf_counter() > deadline:
             break
-        if r % 2:
-            tb.append(b.once())
-            ta.append(a.once())
-        else:
-            ta.append(a.once())
-            tb.append(b.once())
+        for side, times in ((b, tb), (a, ta)) if turn % 2 else ((a, ta), (b, tb)):
+            side.once()
+            times.extend(side.once() for _ in range(min(RUNS_PER_TURN, repeats - len(times))))
+        turn += 1
     return ta, tb
 
 

@@ -194,7 +194,7 @@ def measure_step(program, step: str, batch: int, machine: dict, budget: float = 
         budget = min(budget, share * planned_steps * step_s)
     tuning.budget = budget
     repeats = max(REPEATS[0], min(REPEATS[1], int(0.5 / max(step_s, 1e-6))))
-    cost = (compile_s + open_s + (2 * repeats + 2) * step_s) * 1.2  # of one candidate, a guess
+    cost = (compile_s + open_s + (3 * repeats + 2) * step_s) * 1.2  # of one candidate (measure.interleaved), a guess
 
     def time_left(need: float) -> bool:
         return time.perf_counter() - clock + need <= budget

@@ -36,8 +36,11 @@ def _conv(b, node, dys):
     s, p, d = _window(b, node)
     g = node.attrs.get("group", 1)
     x_hw = tuple(x.shape[2:])
-    if P.transposed_conv_form("conv_input_grad", dy, w.shape, s, p, d, x_hw, g) == "matmuls":
+    form = P.conv_input_grad_form(dy, w.shape, s, p, d, x_hw, g)
+    if form == "matmuls":
         dx = P.conv_transpose2d_matmuls(b, dy, w, None, s, p, d, x_hw)
+    elif form == "flipped_conv":
+        dx = P.conv_input_grad_flipped(b, dy, w, p, d, g)
     else:
         out_pad = _output_padding(x, dy, w.shape[2:], s, p, d)
         dx = _op(b, "ConvTranspose", dy, w, strides=s, pads=p, dilations=d, group=g, output_padding=out_pad)

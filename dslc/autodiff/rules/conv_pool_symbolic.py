@@ -121,9 +121,13 @@ def _windows_input_grad(b, x, w, dy, s, p, d, g) -> Value:
 def _transposed_input_grad(b, x, w, dy, s, p, d, g) -> Value:
     """dx of a 2-D Conv as ConvTranspose(dy, W), as the static rule. At stride 1 it has x's size;
     else output_padding (how far x reaches past the last window) is known only at run time: keep
-    the end padding and the most output_padding (stride - 1), then cut at x's size."""
+    the end padding and the most output_padding (stride - 1), then cut at x's size. At stride 1 it
+    may be a Conv of the flipped kernels, where that is forced (`dslc tune`)."""
     if all(st == 1 for st in s):
-        dx = _op(b, "ConvTranspose", dy, w, strides=s, pads=p, dilations=d, group=g)
+        if P.conv_input_grad_form(dy, w.shape, s, p, d, x.shape[2:], g) == "flipped_conv":
+            dx = P.conv_input_grad_flipped(b, dy, w, p, d, g)
+        else:
+            dx = _op(b, "ConvTranspose", dy, w, strides=s, pads=p, dilations=d, group=g)
     else:
         n = x.rank - 2
         full = _op(b, "ConvTranspose", dy, w, strides=s, pads=p[:n] + [0] * n, dilations=d, group=g,
