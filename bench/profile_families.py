@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import steps as S  # noqa: E402
+from dslc.train.optimizers import OPTIMIZERS  # noqa: E402
 from common import interleaved_ms  # noqa: E402
 
 THREADS = 2
@@ -96,7 +97,7 @@ def layer_of(node: str) -> str:
     parts = node.split("/")
     if parts[0] == "grad" and len(parts) > 1:
         return parts[1] + " (bwd)"
-    if parts[0] in ("opt", "adam", "update") or node.startswith("adam"):
+    if parts[0] in OPTIMIZERS or node.startswith("adam"):  # the update's nodes: `adam/...`
         return "optimizer"
     return parts[0] if len(parts) > 1 else "(other)"
 

@@ -170,6 +170,7 @@ def _update(lw: Lowerer, b, spec, weights: list[Value], grads: list[Value]) -> N
         return b.input(name, like.type, default=np.zeros(like.shape, DTYPES[like.dtype]))
 
     step = lw.counter("step")
+    b.scope = spec.name  # its nodes are `adam/...`, not the loss's (profiles sum time by this prefix)
     new_weights, new_state = apply_updates(b, spec.name, spec.options, weights, grads, step, state_input)
     for w, nw in zip(weights, new_weights):
         _output(b, f"{w.name}.next", nw)

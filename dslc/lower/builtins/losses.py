@@ -1,7 +1,10 @@
 """Losses, each averaged over the batch (Keras' definitions)."""
 
+import numpy as np
+
 from ...diagnostics import DslShapeError
 from ...ir.core import Value
+from ...ir.ops import DTYPE_CODE
 from ..calls import Ctx
 from .common import _float_tensor, _t
 
@@ -90,7 +93,10 @@ def sparse_categorical_crossentropy(ctx: Ctx, pred: "T", labels: "T", from_logit
     depth = p.shape[-1]
     if not isinstance(depth, int) or y.rank != p.rank - 1:
         raise ctx.error(f"labels {y.type} do not fit predictions {p.type}", "labels", cls=DslShapeError)
-    t = b.op("OneHot", [y, b.const(depth, "i64"), b.const([0.0, 1.0], p.dtype)], {"axis": -1})
+    # one-hot rows as labels == 0..depth-1: onnxruntime's Equal and Cast took 0.36 ms where its OneHot
+    # took 0.81 (charlm's [32, 64, 128]); the same 0/1 values, a label outside the classes a row of 0s
+    classes = b.const(np.arange(depth), y.dtype)
+    t = b.op("Cast", [b.op("Equal", [b.op("Unsqueeze", [y, b.ints([-1])]), classes])], {"to": DTYPE_CODE[p.dtype]})
     per = b.op("ReduceSum", [b.op("Mul", [t, _class_logprob(ctx, p, from_logits)]), b.ints([-1])], {"keepdims": 0})
     return b.op("Neg", [_mean(ctx, per)])
 
