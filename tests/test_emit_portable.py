@@ -27,6 +27,7 @@ GRAPHS = [
     ("vae.dsl", "VAE", None),                              # random_normal: Box-Muller over the hash
     ("acgan.dsl", "Generator", None),                      # ConvTranspose with uneven pads
     ("visualize_filters.dsl", "ascend", None),             # Gather's gradient: ScatterND add
+    ("charlm.dsl", "CharTransformer", None),               # Gelu (opset 20)
 ]
 TOL = 1e-5
 
@@ -58,7 +59,7 @@ def test_opset17_checks_and_agrees_with_the_default(spec, target, emit):
     check(old)  # full checker and strict shape inference, at opset 17
     assert [o.version for o in old.opset_import] == [17]
     ops = {n.op_type for n in old.graph.node}
-    assert not ops & {"BitwiseXor", "Size", "GreaterOrEqual", "LessOrEqual", "OneHot"}
+    assert not ops & {"BitwiseXor", "Size", "GreaterOrEqual", "LessOrEqual", "OneHot", "Gelu"}
     assert all(t.data_type != onnx.TensorProto.UINT32 for t in old.graph.initializer)
     feeds = random_feeds(default, np.random.default_rng(0))
     # each runtime against itself on the default emission: the rewrite changes no number (a train step's
@@ -172,3 +173,19 @@ def test_default_emission_makes_computed_zeros_with_expand():
     assert all(made.get(n.input[0]) == "Constant" or n.input[0] in consts
                for n in model.graph.node if n.op_type == "ConstantOfShape")
     assert "Expand" in made.values()
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_opset17_writes_gelu_out(tmp_path, approximate):
+    """Gelu is opset 20: an imported one (either form) becomes Erf or Tanh ops at opset 17, same numbers."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 6])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Gelu", ["x"], ["y"], approximate=approximate)], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)]), tmp_path / "m.onnx")
+    (tmp_path / "t.dsl").write_text('model Net = onnx("m.onnx")\n')
+    default = dslc.compile(tmp_path / "t.dsl", "Net")
+    old = dslc.compile(tmp_path / "t.dsl", "Net", opset=17)
+    check(old)
+    assert "Gelu" in {n.op_type for n in default.graph.node} and "Gelu" not in {n.op_type for n in old.graph.node}
+    feeds = {"x": np.linspace(-4, 4, 18, dtype=np.float32).reshape(3, 6)}
+    _close(_ort(old, feeds), _ort(default, feeds))

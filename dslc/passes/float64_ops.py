@@ -1,6 +1,6 @@
 """Float64 nodes that onnxruntime's CPU provider has no kernel for, rewritten as standard ops it has.
 
-onnxruntime 1.31 (CPU) runs Softplus, Elu, LeakyRelu, Erf, Tan, Atan, Conv, ConvTranspose,
+onnxruntime 1.31 (CPU) runs Softplus, Elu, LeakyRelu, Erf, Gelu, Tan, Atan, Conv, ConvTranspose,
 AveragePool, GlobalAveragePool, Resize, OneHot (to float64 values) and LayerNormalization in float32 only: a float64
 model using them fails to load ("Could not find an implementation for Softplus(1)"), and so does a
 float64 Clip fed by a Relu (its FuseReluClip rewrite fails). Each float64 node of those ops becomes an
@@ -105,9 +105,12 @@ def _tan(b, n):
 
 
 def _erf(b, n):
+    return _erf_of(b, n.inputs[0])
+
+
+def _erf_of(b, x: Value) -> Value:
     """Cephes: x T(x^2) / U(x^2) for |x| <= 1, else sign(x) (1 - erfc(|x|)), erfc(a) = exp(-a^2) P(a)/Q(a)
     below 8 and exp(-a^2) R(a)/S(a) above. Each branch sees its arguments clamped to its range."""
-    x = n.inputs[0]
     small = _op(b, "Clip", x, _c(b, -1.0), _c(b, 1.0))
     z = _op(b, "Mul", small, small)
     inner = _op(b, "Div", _op(b, "Mul", small, _poly(b, z, _ERF_T)), _poly(b, z, _ERF_U))
@@ -118,6 +121,18 @@ def _erf(b, n):
     erfc = _op(b, "Mul", _op(b, "Exp", _op(b, "Neg", _op(b, "Mul", a, a))), ratio)
     outer = _op(b, "Mul", _op(b, "Sign", x), _op(b, "Sub", _c(b, 1.0), erfc))
     return _where(b, _op(b, "LessOrEqual", _op(b, "Abs", x), _c(b, 1.0)), inner, outer)
+
+
+def _gelu(b, n):
+    """x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, or the tanh approximation (approximate="tanh")."""
+    x = n.inputs[0]
+    if n.attrs.get("approximate", "none") == "tanh":
+        cube = _op(b, "Mul", _op(b, "Mul", x, x), x)
+        inner = _op(b, "Tanh", _op(b, "Mul", _c(b, math.sqrt(2 / math.pi)),
+                                   _op(b, "Add", x, _op(b, "Mul", _c(b, 0.044715), cube))))
+    else:
+        inner = _erf_of(b, _op(b, "Mul", x, _c(b, 1 / math.sqrt(2))))
+    return _op(b, "Mul", _op(b, "Mul", x, _op(b, "Add", _c(b, 1.0), inner)), _c(b, 0.5))
 
 
 def _atan(b, n):
@@ -245,6 +260,7 @@ def _input(n: Node, i: int):
 REWRITES = {
     "Clip": (lambda n: n.inputs[0].producer is not None and n.inputs[0].producer.op == "Relu", _clip),
     "Softplus": (None, _softplus), "Elu": (None, _elu), "LeakyRelu": (None, _leaky_relu), "Erf": (None, _erf),
+    "Gelu": (None, _gelu),
     "Tan": (None, _tan), "Atan": (None, _atan),
     "Conv": (lambda n: n.attrs.get("auto_pad", "NOTSET") == "NOTSET", _conv),
     "ConvTranspose": (lambda n: n.inputs[0].rank == 4 and n.attrs.get("auto_pad", "NOTSET") == "NOTSET",

@@ -17,6 +17,7 @@ opset-21 ops, so the new nodes are typed here, by hand.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Callable
 
 import numpy as np
@@ -228,6 +229,25 @@ def _one_hot(s: _Sub, n: Node) -> bool:
     return True
 
 
+def _gelu(s: _Sub, n: Node) -> bool:
+    """Gelu (opset 20) as x * 0.5 * (1 + erf(x / sqrt 2)), or with approximate="tanh" as
+    x * 0.5 * (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))."""
+    x, out = n.inputs[0], n.outputs[0]
+
+    def op(name, *inputs):
+        return s.op(name, inputs, dtype=x.dtype, shape=x.shape)
+
+    def c(value):
+        return s.const(np.asarray(value, DTYPES[x.dtype]))
+    if n.attrs.get("approximate", "none") == "tanh":
+        cube = op("Mul", op("Mul", x, x), x)
+        inner = op("Tanh", op("Mul", c(math.sqrt(2 / math.pi)), op("Add", x, op("Mul", c(0.044715), cube))))
+    else:
+        inner = op("Erf", op("Mul", x, c(1 / math.sqrt(2))))
+    s.op("Mul", [op("Mul", x, op("Add", c(1.0), inner)), c(0.5)], out=out)
+    return True
+
+
 def _conv_transpose_pads(s: _Sub, n: Node) -> bool:
     """Uneven pads as the smaller pad on both sides, then a Slice of what the larger one removed."""
     pads = list(n.attrs.get("pads", []))
@@ -295,6 +315,7 @@ OPSET17: dict[str, Rule] = {
     "GreaterOrEqual": _negated("Less"),
     "LessOrEqual": _negated("Greater"),
     "OneHot": _one_hot,
+    "Gelu": _gelu,
     "ConvTranspose": _conv_transpose_pads,
     "ScatterND": _scatter_add,
 }

@@ -65,6 +65,7 @@ class StepRunner:
             sess.run(None, feeds)  # warm-up
         for _ in range(rounds):
             for k, sess in sessions.items():
+                sess.run(None, feeds)  # untimed: the other session's threads spin a while after its run
                 start = time.perf_counter()
                 sess.run(None, feeds)
                 times[k].append(time.perf_counter() - start)
