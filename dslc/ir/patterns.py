@@ -595,3 +595,20 @@ def weight_grad_flattened(b: Builder, a: Value, dy: Value) -> Value:
     rows_a = b.op("Reshape", [a, b.ints([-1, a.shape[-1]])])
     rows_dy = b.op("Reshape", [dy, b.ints([-1, dy.shape[-1]])])
     return b.op("MatMul", [b.op("Transpose", [rows_a], {"perm": [1, 0]}), rows_dy])
+
+
+# ------------------------------------------------------------------ normalization
+def layer_norm_ops(b: Builder, x: Value, axes: list[int], eps: float, scale: Value | None = None,
+                   bias: Value | None = None) -> tuple[Value, Value, Value]:
+    """ONNX LayerNormalization's Y, Mean and InvStdDev over `axes` in ops that have VJP rules and
+    float64 kernels everywhere: (x - mean) * 1/sqrt(var + eps) with the biased variance, then
+    * scale + bias where given (statistics kept as size 1). The one write-out of the DSL's layer_norm
+    and group_norm, the importer's normalizations and the float64 pass's LayerNormalization."""
+    ax = b.ints(axes)
+    mean = b.op("ReduceMean", [x, ax], {"keepdims": 1})
+    centered = b.op("Sub", [x, mean])
+    var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), ax], {"keepdims": 1})
+    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])
+    y = b.op("Mul", [centered, inv])
+    y = y if scale is None else b.op("Mul", [y, scale])
+    return (y if bias is None else b.op("Add", [y, bias])), mean, inv

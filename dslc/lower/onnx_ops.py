@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from ..diagnostics import DslError
+from ..ir import patterns
 from ..ir.core import Value, dim_mul
 from ..ir.ops import ONNX_DTYPE_CODES
 
@@ -26,7 +27,7 @@ GlobalAveragePool ConstantOfShape Range ArgMax ArgMin ScatterND ScatterElements 
 # Ops rewritten into other IR ops, each a handful of primitives with VJP rules of their own.
 DECOMPOSED = {
     "Gemm": "Transpose (transA/transB), MatMul, Mul (alpha, beta), Add",
-    "LayerNormalization": "ReduceMean, Sub, Mul, Add, Sqrt, Div (and the Mean/InvStdDev outputs)",
+    "LayerNormalization": "ReduceMean, Sub, Mul, Add, Sqrt, Reciprocal (and the Mean/InvStdDev outputs)",
     "BatchNormalization": "inference form: Sub, Div, Sqrt, Mul, Add on the running statistics",
     "Trilu": "Where on a constant mask (static dims) or a Range comparison (symbolic dims)",
     "IsNaN": "Not(Equal(x, x))",
@@ -34,7 +35,7 @@ DECOMPOSED = {
     "Dropout": "Identity (imported graphs run in inference mode)",
     "Sum": "Add chain", "Mean": "Add chain, Div", "Max": "Max chain", "Min": "Min chain",
     "GlobalMaxPool": "ReduceMax over the spatial axes",
-    "InstanceNormalization": "ReduceMean, Sub, Mul, Add, Sqrt, Div over the spatial axes",
+    "InstanceNormalization": "ReduceMean, Sub, Mul, Add, Sqrt, Reciprocal over the spatial axes",
     "GroupNormalization": "Reshape to groups, then as InstanceNormalization (opset 18: scale per group)",
     "ReduceL1": "Abs, ReduceSum", "ReduceL2": "Mul, ReduceSum, Sqrt", "ReduceSumSquare": "Mul, ReduceSum",
     "ReduceLogSum": "ReduceSum, Log", "ReduceLogSumExp": "ReduceMax, Sub, Exp, ReduceSum, Log, Add",
@@ -243,22 +244,11 @@ def _gemm(cx, ins):
 # ------------------------------------------------------------------ normalization
 @handles("LayerNormalization")
 def _layer_norm(cx, ins):
-    x, scale = ins[0], ins[1]
+    x = ins[0]
+    axes = list(range(cx.attrs.get("axis", -1) % x.rank, x.rank))
     bias = ins[2] if len(ins) > 2 else None
-    axis = cx.attrs.get("axis", -1) % x.rank
-    eps = cx.attrs.get("epsilon", 1e-5)
-    axes = cx.ints(range(axis, x.rank))
-    mean = cx.op("ReduceMean", [x, axes], keepdims=1)
-    d = cx.op("Sub", [x, mean])
-    var = cx.op("ReduceMean", [cx.op("Mul", [d, d]), axes], keepdims=1)
-    std = cx.op("Sqrt", [cx.op("Add", [var, cx.scalar(eps, var)])])
-    y = cx.op("Mul", [cx.op("Div", [d, std]), scale])
-    if bias is not None:
-        y = cx.op("Add", [y, bias])
-    outs = [y]
-    if len(cx.node.output) > 1:
-        outs += [mean, cx.op("Reciprocal", [std])]
-    return outs
+    outs = patterns.layer_norm_ops(cx.b, x, axes, cx.attrs.get("epsilon", 1e-5), ins[1], bias)
+    return list(outs[:len(cx.node.output)])
 
 
 @handles("BatchNormalization")
@@ -371,15 +361,6 @@ def _conv_transpose(cx, ins):
     return [cx.b.op("ConvTranspose", ins[:3] if len(ins) > 2 and ins[2] is not None else ins[:2], attrs)]
 
 
-def _normalize(cx, x, axes: list[int], eps: float):
-    """(x - mean) / sqrt(var + eps) over `axes`, kept as size 1."""
-    ax = cx.ints(axes)
-    mean = cx.op("ReduceMean", [x, ax], keepdims=1)
-    d = cx.op("Sub", [x, mean])
-    var = cx.op("ReduceMean", [cx.op("Mul", [d, d]), ax], keepdims=1)
-    return cx.op("Div", [d, cx.op("Sqrt", [cx.op("Add", [var, cx.scalar(eps, var)])])])
-
-
 def _per_channel(cx, v, rank: int):
     return cx.op("Unsqueeze", [v, cx.ints(range(1, rank - 1))]) if rank > 2 else v
 
@@ -387,8 +368,8 @@ def _per_channel(cx, v, rank: int):
 @handles("InstanceNormalization")
 def _instance_norm(cx, ins):
     x, scale, bias = ins[:3]
-    y = _normalize(cx, x, list(range(2, x.rank)), cx.attrs.get("epsilon", 1e-5))
-    return [cx.op("Add", [cx.op("Mul", [y, _per_channel(cx, scale, x.rank)]), _per_channel(cx, bias, x.rank)])]
+    return [patterns.layer_norm_ops(cx.b, x, list(range(2, x.rank)), cx.attrs.get("epsilon", 1e-5),
+                                    _per_channel(cx, scale, x.rank), _per_channel(cx, bias, x.rank))[0]]
 
 
 @handles("GroupNormalization")
@@ -401,7 +382,7 @@ def _group_norm(cx, ins):
         raise cx.fail(f"GroupNormalization of {groups} groups needs a static channel count divisible by it, "
                       f"got {x.type}")
     grouped = cx.op("Reshape", [x, cx.ints([0, groups, -1])])
-    y = _normalize(cx, grouped, [2], cx.attrs.get("epsilon", 1e-5))
+    y = patterns.layer_norm_ops(cx.b, grouped, [2], cx.attrs.get("epsilon", 1e-5))[0]
     if cx.opset < 21:  # per group: [G] -> each group's channels
         def per_group(v):
             spread = cx.op("Expand", [cx.op("Unsqueeze", [v, cx.ints([1])]), cx.ints([groups, c // groups])])

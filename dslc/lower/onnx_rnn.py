@@ -39,6 +39,8 @@ def _recurrent(cx, ins, kind: str):
         raise cx.fail(f"{kind} with clip, input_forget or peepholes is not supported")
     if seq_lens is not None:
         raise cx.fail(f"{kind} with sequence_lens is not supported", "export without packed sequences")
+    if kind == "LSTM":  # the exporters' zero initial states, as if left out (see _lstm_step)
+        h0, c0 = (None if v is not None and _zeros(v) else v for v in (h0, c0))
     if layout:
         x = cx.op("Transpose", [x], perm=[1, 0, 2])
         h0 = cx.op("Transpose", [h0], perm=[1, 0, 2]) if h0 is not None else None
@@ -65,21 +67,19 @@ def _recurrent(cx, ins, kind: str):
             rb = cx.op("Slice", [bd, cx.ints([gates * hidden]), cx.ints([2 * gates * hidden])])
             xw = cx.op("Add", [xw, cx.op("Add", [wb, rb]) if kind == "LSTM" else wb])
         rt = cx.op("Transpose", [index(r, d)], perm=[1, 0])  # [H, gH]
-        if h0 is None or (kind == "LSTM" and c0 is None):
+        h = index(h0, d) if h0 is not None else None
+        c = index(c0, d) if c0 is not None else None
+        if kind == "GRU" and h is None:
             if zeros is None:
                 batch = cx.op("Slice", [cx.op("Shape", [x]), cx.ints([1]), cx.ints([2])])
                 shape = cx.op("Concat", [batch, cx.ints([hidden])], axis=0)
                 zeros = cx.op("ConstantOfShape", [shape], value=np.zeros(1, _np(x.dtype)))
-        h = index(h0, d) if h0 is not None else zeros
-        c = index(c0, d) if c0 is not None else zeros
+            h = zeros
         outs = [None] * steps
         backward = direction == "reverse" or d == 1
         for t in (reversed(range(steps)) if backward else range(steps)):
             if kind == "LSTM":
-                g = cx.op("Add", [index(xw, t), cx.op("MatMul", [h, rt])])
-                i, o, f = (cx.op("Sigmoid", [cut(g, k)]) for k in range(3))
-                c = cx.op("Add", [cx.op("Mul", [f, c]), cx.op("Mul", [i, cx.op("Tanh", [cut(g, 3)])])])
-                h = cx.op("Mul", [o, cx.op("Tanh", [c])])
+                h, c = _lstm_step(cx, index(xw, t), h, c, rt, cut)
             else:
                 h = _gru_step(cx, index(xw, t), h, rt, rb, cut, hidden, a.get("linear_before_reset", 0))
             outs[t] = cx.op("Unsqueeze", [h, cx.ints([0])])
@@ -94,6 +94,17 @@ def _recurrent(cx, ins, kind: str):
         y = cx.op("Transpose", [y], perm=[2, 0, 1, 3])
         finals = [cx.op("Transpose", [v], perm=[1, 0, 2]) for v in finals]
     return [y, *finals]
+
+
+def _lstm_step(cx, xw_t, h, c, rt, cut):
+    """i, o, f, c~ from x W^T + b and h R^T; c' = f c + i c~, h' = o tanh(c'). A state of None is the
+    zero initial state: its terms (h R^T, f c) are exact zeros and are left out, as the DSL's own
+    recurrences do (lower/sequence.py: less work; tract's declutter fails on a MatMul of zeros)."""
+    g = xw_t if h is None else cx.op("Add", [xw_t, cx.op("MatMul", [h, rt])])
+    i, o = cx.op("Sigmoid", [cut(g, 0)]), cx.op("Sigmoid", [cut(g, 1)])
+    new = cx.op("Mul", [i, cx.op("Tanh", [cut(g, 3)])])
+    c = new if c is None else cx.op("Add", [cx.op("Mul", [cx.op("Sigmoid", [cut(g, 2)]), c]), new])
+    return cx.op("Mul", [o, cx.op("Tanh", [c])]), c
 
 
 def _gru_step(cx, xw_t, h, rt, rb, cut, hidden: int, linear_before_reset: int):
@@ -118,6 +129,21 @@ def _gru_step(cx, xw_t, h, rt, rb, cut, hidden: int, linear_before_reset: int):
 def cut_rows(cx, rt, hidden: int):
     """R_h^T: the last H columns of R^T [H, 3H]."""
     return cx.op("Slice", [rt, cx.ints([2 * hidden]), cx.ints([3 * hidden]), cx.ints([1])])  # (axis 1)
+
+
+_ZERO_PRESERVING = {"Identity", "Expand", "Slice", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Gather", "Cast"}
+
+
+def _zeros(v) -> bool:
+    """Whether v is zeros whatever the feeds: a zero constant or a ConstantOfShape of 0, maybe
+    expanded, sliced or reshaped (torch's exporters pass the zero initial state so). A weight never
+    is (its gradient flows through the state)."""
+    if v.const is not None:
+        return not np.any(v.const)
+    p = v.producer
+    if p is not None and p.op == "ConstantOfShape":
+        return not np.any(p.attrs.get("value", 0))
+    return p is not None and p.op in _ZERO_PRESERVING and _zeros(p.inputs[0])
 
 
 def _np(dtype: str):

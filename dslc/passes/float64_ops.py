@@ -240,16 +240,11 @@ def _clip(b, n):
 
 
 def _layer_normalization(b, n):
-    """Y, Mean and InvStdDev (layer_norm's `onnx` form: no float64 kernel, and ONNX would keep the
-    statistics in float32): the mean, the biased variance of the centred values, 1 / sqrt(var + eps)."""
-    x, scale, bias = n.inputs[0], n.inputs[1], _input(n, 2)
-    axes = b.ints(list(range(n.attrs.get("axis", -1) % x.rank, x.rank)))
-    mean = _op(b, "ReduceMean", x, axes, keepdims=1)
-    centered = _op(b, "Sub", x, mean)
-    var = _op(b, "ReduceMean", _op(b, "Mul", centered, centered), axes, keepdims=1)
-    inv = _op(b, "Reciprocal", _op(b, "Sqrt", _op(b, "Add", var, _c(b, n.attrs.get("epsilon", 1e-5)))))
-    y = _op(b, "Mul", _op(b, "Mul", centered, inv), scale)
-    return (y if bias is None else _op(b, "Add", y, bias)), mean, inv
+    """Y, Mean and InvStdDev written out in float64 ops (layer_norm's `onnx` form: no float64 kernel,
+    and ONNX would keep the statistics in float32)."""
+    x = n.inputs[0]
+    axes = list(range(n.attrs.get("axis", -1) % x.rank, x.rank))
+    return P.layer_norm_ops(b, x, axes, n.attrs.get("epsilon", 1e-5), n.inputs[1], _input(n, 2))
 
 
 def _input(n: Node, i: int):

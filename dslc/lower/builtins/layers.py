@@ -172,7 +172,7 @@ def layer_norm(ctx: Ctx, x: "T", axis: "int" = -1, eps: "float" = 1e-3):
         y = b.op("LayerNormalization", [x, gamma, beta], {"axis": -1, "epsilon": float(eps)}, n_out=3)[0]
         return _record(ctx, path, y, 2 * d)
     along = b.ints([d] + [1] * (x.rank - 1 - axis % x.rank))  # gamma, beta lined up with the axis
-    y = b.op("Mul", [_standardize(b, x, axis, eps), b.op("Reshape", [gamma, along])])
+    y = b.op("Mul", [patterns.layer_norm_ops(b, x, [axis], eps)[0], b.op("Reshape", [gamma, along])])
     return _record(ctx, path, b.op("Add", [y, b.op("Reshape", [beta, along])]), 2 * d)
 
 
@@ -187,14 +187,6 @@ def _layer_norm_form(x: Value, axis: int) -> str:
     4.8e-7 / 6.0e-7, 2.9e-6 / 3.9e-6, 2.6e-5 / 2.6e-5. The point exists only where both apply."""
     possible = axis % x.rank == x.rank - 1 and x.dtype in ("f32", "f64")
     return choose("layer_norm", "onnx") if possible else "ops"
-
-
-def _standardize(b, x: Value, axis: int, eps: float) -> Value:
-    """(x - mean) / sqrt(var + eps) along one axis, with the biased variance (layer and group norm)."""
-    axes = b.ints([axis])
-    centered = b.op("Sub", [x, b.op("ReduceMean", [x, axes], {"keepdims": 1})])
-    var = b.op("ReduceMean", [b.op("Mul", [centered, centered]), axes], {"keepdims": 1})
-    return b.op("Mul", [centered, b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, x.dtype)])])])])
 
 
 def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
@@ -215,7 +207,7 @@ def group_norm(ctx: Ctx, x: "T", groups: "count", eps: "float" = 1e-3):
     b = ctx.b
     gamma, beta = _gamma_beta(ctx, path, c, x.dtype)
     grouped = b.op("Reshape", [x, b.ints([0, groups, -1])])  # [N, G, C/G * spatial]
-    normed = _standardize(b, grouped, 2, eps)
+    normed = patterns.layer_norm_ops(b, grouped, [2], eps)[0]
     if all(isinstance(d, int) for d in x.shape[1:]):
         back = b.ints([0] + list(x.shape[1:]))
     else:
