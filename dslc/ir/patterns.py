@@ -376,13 +376,13 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch and positions.
 
     Two formulations, chosen by the number of output positions L (`bench/formulations.py` times
-    them per layer): with many (L > 64) a per-sample MatMul of dy [O, L] and x's patches [L, k] is
+    them per layer): with many (L >= 64) a per-sample MatMul of x's patches [k, L] and dy^T [L, O] is
     efficient, then a ReduceSum over the batch; with few, those per-sample products are thin and the
     sum would hold N x [O, k] (1.5 GB for the ACGAN generator's first layer at batch 200), so the
     patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions."""
     length = dy.shape[2] * dy.shape[3]
     static = group == 1 and isinstance(length, int)
-    rule = "channels_last" if static and length <= 64 else "per_sample"
+    rule = "channels_last" if static and length < 64 else "per_sample"
     if choose("conv_weight_grad", rule, ("per_sample", "channels_last") if static else ("per_sample",)) == "channels_last":
         return weight_grad_channels_last(b, x, dy, w_shape, strides, pads, dilations)
     return weight_grad_per_sample(b, x, dy, w_shape, strides, pads, dilations, group)
@@ -399,20 +399,22 @@ def weight_grad_channels_last(b: Builder, x: Value, dy: Value, w_shape, strides,
 
 def weight_grad_per_sample(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,
                            group: int = 1) -> Value:
-    """conv_weight_grad as x's patches by im2col_conv, a MatMul per sample, a ReduceSum over the batch."""
+    """conv_weight_grad as x's patches by im2col_conv, a MatMul per sample, a ReduceSum over the batch.
+    The product is patches [k, L] times dy^T [L, O], then one Transpose of the small sum: onnxruntime ran
+    it 1.1-1.25x faster than dy [O, L] times patches^T on every layer of bench/formulations.py."""
     o, cg, kh, kw = w_shape
     length = dy.shape[2] * dy.shape[3]
     cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
     k = cg * kh * kw
     if group == 1:
-        dy_g = b.op("Reshape", [dy, b.ints([0, o, length])])
-        cols_t = b.op("Transpose", [cols], {"perm": [0, 2, 1]})
+        dy_t = b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, o, length])])], {"perm": [0, 2, 1]})  # [N, L, O]
+        swap = [1, 0]
     else:
-        dy_g = b.op("Reshape", [dy, b.ints([0, group, o // group, length])])
-        cols_t = b.op("Reshape", [cols, b.ints([0, group, k, length])])
-        cols_t = b.op("Transpose", [cols_t], {"perm": [0, 1, 3, 2]})
-    per_sample = b.op("MatMul", [dy_g, cols_t])  # [N, (g,) O/g, k]
-    dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
+        dy_t = b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, group, o // group, length])])], {"perm": [0, 1, 3, 2]})
+        cols = b.op("Reshape", [cols, b.ints([0, group, k, length])])
+        swap = [0, 2, 1]
+    per_sample = b.op("MatMul", [cols, dy_t])  # [N, (g,) k, O/g]
+    dw = b.op("Transpose", [b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})], {"perm": swap})
     return b.op("Reshape", [dw, b.ints(list(w_shape))])
 
 
