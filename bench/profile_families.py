@@ -1,8 +1,9 @@
-"""Where the family specs' training steps spend their time: onnxruntime's profiler on dslc's compiled
+"""Where bench/steps.py's training steps spend their time: onnxruntime's profiler on dslc's compiled
 step (kernel time per node, summed by op type and by the layer the node comes from) beside
 torch.profiler on bench/steps.py's PyTorch eager twin (same model, optimizer and batch).
 
     python bench/profile_families.py                       # charlm, lstm, resnet; 20 profiled steps
+    python bench/profile_families.py --case node_convnet   # any of steps.py's cases
     python bench/profile_families.py --case charlm --steps 40 --top 25
     python bench/profile_families.py --case lstm --formulation embedding_grad=scatter
     python bench/profile_families.py --case charlm --ab attention_mask=where --ab attention_mask=additive

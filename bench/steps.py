@@ -40,6 +40,10 @@ from common import DEFAULT_ORTT_PYTHON, quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
+# Between two contenders' turns: onnxruntime's (and OpenMP's) threads spin a while after a run, in
+# the worker process that just ran; the next one's untimed call did not absorb it (a VAE step, 8 ms,
+# ran 1.5x slower in the slot after another dslc worker's than in the first, the same graph).
+SETTLE_S = 0.2
 
 # name -> spec, step target, batch (full, quick), optimizer as torch gets it, the loss fn that the
 # onnxruntime-training / onnxsim contenders differentiate (a typed fn compiled by dslc).
@@ -757,6 +761,7 @@ def run_rounds(procs: list, rounds: int, calls: int) -> tuple[dict, dict]:
             ms = p.block(calls)
             times[p.name] += ms
             per_round[p.name].append(statistics.median(ms))
+            time.sleep(SETTLE_S)
     return times, per_round
 
 
