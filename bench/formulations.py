@@ -20,6 +20,8 @@ Input gradient dx (a ConvTranspose of dy):
   flip-conv    patterns.conv_input_grad_flipped: Conv of dy with the flipped, transposed kernel (stride 1;
                conv_input_grad=flipped_conv, which no rule picks)
   matmuls      patterns.conv_transpose2d_matmuls: one GEMM over the batch, 0/1 col2im MatMuls
+torch: PyTorch's own kernel for the gradient (aten::convolution_backward, oneDNN), for scale; it is
+checked against the first formulation like the others (--no-torch leaves it out).
 """
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ def weight_gradient(xs, o, k, s, p):
 
     forms = {"per-sample": per_sample, "dy-first": dy_first, "transposed": transposed, "chan-last": chan_last}
     pick = "chan-last" if ho * wo < 64 else "per-sample"
-    return shapes, {name: _graph(shapes, f) for name, f in forms.items()}, f"{pick} (L = {ho * wo})"
+    torch_dw = _torch_backward(xs, wshape, s, p, which=1)
+    return shapes, {name: _graph(shapes, f) for name, f in forms.items()}, f"{pick} (L = {ho * wo})", torch_dw
 
 
 def input_gradient(xs, o, k, s, p):
@@ -105,7 +108,27 @@ def input_gradient(xs, o, k, s, p):
     if s == 1:
         forms["flip-conv"] = flip_conv
     rule = P.conv_transpose_as_matmuls(_probe(shapes["dy"]), (o, c, k, k), [s, s], [p] * 4, [1, 1], (h, wd))
-    return shapes, {name: _graph(shapes, f) for name, f in forms.items()}, f"rule: {'matmuls' if rule else 'convT'}"
+    torch_dx = _torch_backward(xs, (o, c, k, k), s, p, which=0)
+    return (shapes, {name: _graph(shapes, f) for name, f in forms.items()}, f"rule: {'matmuls' if rule else 'convT'}",
+            torch_dx)
+
+
+def _torch_backward(xs, wshape, s, p, which: int):
+    """PyTorch's own kernel for the same gradient (aten::convolution_backward: oneDNN on CPU, 2
+    threads): `which` 0 is dx from (dy, w), 1 is dW from (x, dy). A column for scale, not a form dslc
+    could emit."""
+    import torch
+
+    torch.set_num_threads(2)
+    mask = [which == 0, which == 1, False]
+
+    def make(feeds):
+        t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        x = t.get("x", torch.empty(xs))
+        w = t.get("w", torch.empty(wshape))
+        return lambda: torch.ops.aten.convolution_backward(t["dy"], x, w, None, [s, s], [p, p], [1, 1], False,
+                                                           [0, 0], 1, mask)[which].numpy()
+    return make
 
 
 def _probe(shape):
@@ -113,7 +136,7 @@ def _probe(shape):
     return Builder(Graph("probe")).input("x", TensorType("f32", shape))
 
 
-def time_forms(shapes, graphs, rounds, calls) -> dict[str, float]:
+def time_forms(shapes, graphs, rounds, calls, torch_make=None) -> dict[str, float]:
     rng = np.random.default_rng(0)
     feeds = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
     so = ort.SessionOptions()
@@ -127,21 +150,27 @@ def time_forms(shapes, graphs, rounds, calls) -> dict[str, float]:
         err = float(np.abs(out - first).max() / np.abs(first).max())
         if err > 1e-5:
             raise SystemExit(f"{name} differs from the first formulation by {err:.1e}")
-    return interleaved_ms({name: lambda sess=sess: sess.run(None, feeds) for name, sess in sessions.items()},
-                          rounds, calls)
+    contenders = {name: lambda sess=sess: sess.run(None, feeds) for name, sess in sessions.items()}
+    if torch_make is not None:
+        contenders["torch"] = torch_make(feeds)
+        err = float(np.abs(contenders["torch"]() - first).max() / np.abs(first).max())
+        if err > 1e-5:
+            raise SystemExit(f"PyTorch's kernel differs from the first formulation by {err:.1e}")
+    return interleaved_ms(contenders, rounds, calls)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--no-torch", action="store_true", help="leave out PyTorch's own kernel (the `torch` column)")
     args = ap.parse_args(argv)
     for title, make in (("weight gradient", weight_gradient), ("input gradient", input_gradient)):
         print(f"\n{title} (median ms)\n")
         rows = []
         for layer, spec in LAYERS.items():
-            shapes, graphs, note = make(*spec)
-            ms = time_forms(shapes, graphs, args.rounds, args.calls)
+            shapes, graphs, note, torch_make = make(*spec)
+            ms = time_forms(shapes, graphs, args.rounds, args.calls, None if args.no_torch else torch_make)
             rows.append((layer, note, ms))
         names = list(dict.fromkeys(n for _, _, ms in rows for n in ms))
         print("| layer | " + " | ".join(names) + " | dslc picks |")

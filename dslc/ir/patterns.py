@@ -298,8 +298,8 @@ def _transposed_conv_options(point: str, x: Value, w_shape, strides, pads, dilat
 
 def conv_input_grad_form(dy: Value, w_shape, strides, pads, dilations, x_hw, group: int = 1) -> str:
     """How dx of a 2-D Conv is written: as its ConvTranspose (transposed_conv_form's forms), or at
-    stride 1 as `flipped_conv` (conv_input_grad_flipped), which no rule picks: it won (1.15x) and lost
-    (0.75x) by layer on one CPU (bench/formulations.py), so `dslc tune` decides it per layer."""
+    stride 1 as `flipped_conv` (conv_input_grad_flipped), which no rule picks: on one CPU it won one
+    layer (1.1x) and lost others (0.8x) (bench/formulations.py), so `dslc tune` decides it per layer."""
     rule, applicable = _transposed_conv_options("conv_input_grad", dy, w_shape, strides, pads, dilations, x_hw, group)
     if flipped_conv_applies(w_shape, strides, pads, dilations):
         applicable += ("flipped_conv",)
@@ -401,7 +401,7 @@ def weight_grad_per_sample(b: Builder, x: Value, dy: Value, w_shape, strides, pa
                            group: int = 1) -> Value:
     """conv_weight_grad as x's patches by im2col_conv, a MatMul per sample, a ReduceSum over the batch.
     The product is patches [k, L] times dy^T [L, O], then one Transpose of the small sum: onnxruntime ran
-    it 1.1-1.25x faster than dy [O, L] times patches^T on every layer of bench/formulations.py."""
+    it 1.04-1.3x faster than dy [O, L] times patches^T on every layer of bench/formulations.py."""
     o, cg, kh, kw = w_shape
     length = dy.shape[2] * dy.shape[3]
     cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]

@@ -25,6 +25,7 @@ import numpy as np
 from ..diagnostics import DslError
 from ..ir.core import DTYPES, Dim, Graph, Node, TensorType, Value, dim_add, dim_mul, dtype_of
 from ..ir.ops import DTYPE_CODE
+from ..ir.patterns import flipped_conv_pads
 
 DEFAULT_OPSET = 21
 OPSETS = (17, 21)
@@ -344,7 +345,7 @@ def _conv_transpose_as_conv(s: _Sub, n: Node) -> bool:
             or any(n.attrs.get("output_padding", [0] * r)) or n.attrs.get("auto_pad", "NOTSET") != "NOTSET"
             or not all(isinstance(k, int) for k in kernel)):
         return False
-    conv_pads = [kernel[i % r] - 1 - p for i, p in enumerate(pads)]
+    conv_pads = flipped_conv_pads(w.shape, pads, [1] * r)
     if min(conv_pads) < 0:
         return False
     swapped = s.op("Transpose", [w], {"perm": [1, 0] + list(range(2, w.rank))}, dtype=w.dtype,
