@@ -10,11 +10,12 @@ after checking every formulation against the first one (max |diff| / max |value|
     python bench/formulations.py --rounds 16
 
 Weight gradient dW of Conv(x, W) from dy:
-  per-sample   im2col by a one-hot-kernel Conv, patches [k, L] times dy^T [L, O] per sample, ReduceSum
-               over the batch, one Transpose (dslc, L >= 64)
-  dy-first     the same as dy [O, L] times patches^T [L, k] (dslc's earlier orientation)
+  per-sample   im2col by a one-hot-kernel Conv, dy [O, L] times patches^T [L, k] per sample, ReduceSum
+               over the batch (dslc, L > 64)
+  patches-first  the same as patches [k, L] times dy^T [L, O], one Transpose of the sum
+               (conv_weight_grad=patches_first: no rule picks it, `dslc tune` may)
   transposed   the same patches transposed to [N*L, k], one MatMul (dslc's earlier few-positions form)
-  chan-last    x channels-last, one strided Slice per tap, Concat = [N*L, k], one MatMul (dslc, L < 64)
+  chan-last    x channels-last, one strided Slice per tap, Concat = [N*L, k], one MatMul (dslc, L <= 64)
 Input gradient dx (a ConvTranspose of dy):
   convT        onnxruntime's ConvTranspose
   flip-conv    patterns.conv_input_grad_flipped: Conv of dy with the flipped, transposed kernel (stride 1;
@@ -78,13 +79,11 @@ def weight_gradient(xs, o, k, s, p):
     def chan_last(b, x, dy):
         return P.weight_grad_channels_last(b, x, dy, wshape, *win)
 
-    def dy_first(b, x, dy):  # dslc's earlier per-sample orientation: dy [O, L] times patches^T [L, k]
-        cols_t = b.op("Transpose", [P.im2col_conv(b, x, (k, k), *win)], {"perm": [0, 2, 1]})
-        per = b.op("MatMul", [b.op("Reshape", [dy, b.ints([0, o, ho * wo])]), cols_t])
-        return b.op("Reshape", [b.op("ReduceSum", [per, b.ints([0])], {"keepdims": 0}), b.ints(list(wshape))])
+    def patches_first(b, x, dy):
+        return P.weight_grad_per_sample(b, x, dy, wshape, *win, patches_first=True)
 
-    forms = {"per-sample": per_sample, "dy-first": dy_first, "transposed": transposed, "chan-last": chan_last}
-    pick = "chan-last" if ho * wo < 64 else "per-sample"
+    forms = {"per-sample": per_sample, "patches-first": patches_first, "transposed": transposed, "chan-last": chan_last}
+    pick = "chan-last" if ho * wo <= 64 else "per-sample"
     torch_dw = _torch_backward(xs, wshape, s, p, which=1)
     return shapes, {name: _graph(shapes, f) for name, f in forms.items()}, f"{pick} (L = {ho * wo})", torch_dw
 

@@ -24,8 +24,9 @@ from ..diagnostics import DslError
 # point -> its options; what each means is in the docstring of the function that decides it
 CHOICES: dict[str, tuple[str, ...]] = {
     # dW of a convolution: a MatMul per sample and a ReduceSum, or one MatMul over channels-last patches
-    # of the whole batch (patterns.conv_weight_grad; group 1 only)
-    "conv_weight_grad": ("per_sample", "channels_last"),
+    # of the whole batch (patterns.conv_weight_grad; group 1 only), or the per-sample MatMul with the
+    # patches first (patterns.weight_grad_per_sample)
+    "conv_weight_grad": ("per_sample", "channels_last", "patches_first"),
     # dx of a 2-D convolution: ONNX ConvTranspose, or GEMMs and constant col2im matrices
     # (patterns.conv_transpose2d_matmuls; group 1, static sizes), or a Conv with the kernels flipped
     # (patterns.conv_input_grad_flipped; stride 1)

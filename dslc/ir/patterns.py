@@ -376,16 +376,19 @@ def conv_weight_grad(b: Builder, x: Value, dy: Value, w_shape, strides, pads, di
     """dL/dW of Conv(x, W) given dL/dy: patches of x times dy, summed over the batch and positions.
 
     Two formulations, chosen by the number of output positions L (`bench/formulations.py` times
-    them per layer): with many (L >= 64) a per-sample MatMul of x's patches [k, L] and dy^T [L, O] is
+    them per layer): with many (L > 64) a per-sample MatMul of dy [O, L] and x's patches [L, k] is
     efficient, then a ReduceSum over the batch; with few, those per-sample products are thin and the
     sum would hold N x [O, k] (1.5 GB for the ACGAN generator's first layer at batch 200), so the
-    patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions."""
+    patches are built channels-last, [N*L, k], and one MatMul contracts over batch and positions.
+    `patches_first` is the per-sample product the other way round (weight_grad_per_sample)."""
     length = dy.shape[2] * dy.shape[3]
     static = group == 1 and isinstance(length, int)
-    rule = "channels_last" if static and length < 64 else "per_sample"
-    if choose("conv_weight_grad", rule, ("per_sample", "channels_last") if static else ("per_sample",)) == "channels_last":
+    rule = "channels_last" if static and length <= 64 else "per_sample"
+    options = ("per_sample", "channels_last", "patches_first") if static else ("per_sample", "patches_first")
+    form = choose("conv_weight_grad", rule, options)
+    if form == "channels_last":
         return weight_grad_channels_last(b, x, dy, w_shape, strides, pads, dilations)
-    return weight_grad_per_sample(b, x, dy, w_shape, strides, pads, dilations, group)
+    return weight_grad_per_sample(b, x, dy, w_shape, strides, pads, dilations, group, form == "patches_first")
 
 
 def weight_grad_channels_last(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations) -> Value:
@@ -398,23 +401,30 @@ def weight_grad_channels_last(b: Builder, x: Value, dy: Value, w_shape, strides,
 
 
 def weight_grad_per_sample(b: Builder, x: Value, dy: Value, w_shape, strides, pads, dilations,
-                           group: int = 1) -> Value:
+                           group: int = 1, patches_first: bool = False) -> Value:
     """conv_weight_grad as x's patches by im2col_conv, a MatMul per sample, a ReduceSum over the batch.
-    The product is patches [k, L] times dy^T [L, O], then one Transpose of the small sum: onnxruntime ran
-    it 1.04-1.3x faster than dy [O, L] times patches^T on every layer of bench/formulations.py."""
+    With `patches_first` the product is patches [k, L] times dy^T [L, O], then one Transpose of the
+    small sum: onnxruntime ran that 1.04-1.3x faster than dy [O, L] times patches^T on all six layers
+    of bench/formulations.py (one 2-core Xeon). No rule picks it: it changes float32 round-off, and
+    30 Adam steps of the convnet then parted by 5e-3 between onnxruntime and onnxruntime-web
+    (tests/test_web.py, 9e-6 with the static form), so `dslc tune` decides it on the user's machine."""
     o, cg, kh, kw = w_shape
     length = dy.shape[2] * dy.shape[3]
     cols = im2col_conv(b, x, (kh, kw), strides, pads, dilations)  # [N, C*k, L]
     k = cg * kh * kw
     if group == 1:
-        dy_t = b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, o, length])])], {"perm": [0, 2, 1]})  # [N, L, O]
-        swap = [1, 0]
+        dy_g = b.op("Reshape", [dy, b.ints([0, o, length])])
     else:
-        dy_t = b.op("Transpose", [b.op("Reshape", [dy, b.ints([0, group, o // group, length])])], {"perm": [0, 1, 3, 2]})
+        dy_g = b.op("Reshape", [dy, b.ints([0, group, o // group, length])])
         cols = b.op("Reshape", [cols, b.ints([0, group, k, length])])
-        swap = [0, 2, 1]
-    per_sample = b.op("MatMul", [cols, dy_t])  # [N, (g,) k, O/g]
-    dw = b.op("Transpose", [b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})], {"perm": swap})
+    swap = list(range(dy_g.rank - 2)) + [dy_g.rank - 1, dy_g.rank - 2]  # the last two axes
+    if patches_first:
+        per_sample = b.op("MatMul", [cols, b.op("Transpose", [dy_g], {"perm": swap})])  # [N, (g,) k, O/g]
+        dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
+        dw = b.op("Transpose", [dw], {"perm": [p - 1 for p in swap[1:]]})
+    else:
+        per_sample = b.op("MatMul", [dy_g, b.op("Transpose", [cols], {"perm": swap})])  # [N, (g,) O/g, k]
+        dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
     return b.op("Reshape", [dw, b.ints(list(w_shape))])
 
 
