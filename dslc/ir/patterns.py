@@ -405,7 +405,8 @@ def weight_grad_per_sample(b: Builder, x: Value, dy: Value, w_shape, strides, pa
     """conv_weight_grad as x's patches by im2col_conv, a MatMul per sample, a ReduceSum over the batch.
     With `patches_first` the product is patches [k, L] times dy^T [L, O], then one Transpose of the
     small sum: onnxruntime ran that 1.04-1.3x faster than dy [O, L] times patches^T on all six layers
-    of bench/formulations.py (one 2-core Xeon). No rule picks it: it changes float32 round-off, and
+    of bench/formulations.py in two runs, and on two of them in a third (one 2-core Xeon). No rule
+    picks it: it changes float32 round-off, and
     30 Adam steps of the convnet then parted by 5e-3 between onnxruntime and onnxruntime-web
     (tests/test_web.py, 9e-6 with the static form), so `dslc tune` decides it on the user's machine."""
     o, cg, kh, kw = w_shape
