@@ -309,3 +309,44 @@ def test_dslc_tune_stays_the_function_after_a_call():
     first = dslc.tune(spec, "fit_scale", budget=1, cache=False)
     assert callable(dslc.tune)
     assert dslc.tune(spec, "fit_scale", budget=1, cache=False).step == first.step == "fit_scale"
+
+
+class _Scripted:
+    """A timed session stand-in: each once() returns the next of its scripted durations (seconds)."""
+
+    def __init__(self, durations):
+        self.durations, self.calls = list(durations), 0
+
+    def once(self) -> float:
+        self.calls += 1
+        return self.durations.pop(0)
+
+
+def test_each_turn_starts_with_an_untimed_run():
+    """The run after the other session's (its threads may still spin) is never among the times."""
+    from dslc.tuner.measure import RUNS_PER_TURN, interleaved
+    turns = 3
+    a = _Scripted([9.0, 1.0, 1.0] * turns)  # 9.0: the untimed run of each turn
+    b = _Scripted([9.0, 2.0, 2.0] * turns)
+    ta, tb = interleaved(a, b, RUNS_PER_TURN * turns)
+    assert ta == [1.0] * 6 and tb == [2.0] * 6 and a.calls == b.calls == 9
+
+
+@pytest.mark.parametrize("speed,spread,verdict", [
+    (0.85, 0.10, "faster"),       # 15% faster at 10% spread (the NCHWc option on the convnets): a win
+    (0.88, 0.05, "faster"),
+    (0.97, 0.05, "not faster"),   # 3% faster: inside two standard errors of the difference
+    (0.88, 0.60, "not faster"),   # 12% faster, but runs spread by 60%: not shown
+])
+def test_a_win_must_beat_the_uncertainty_of_the_two_medians(speed, spread, verdict):
+    from dslc.tuner.measure import RUNS_PER_TURN
+    from dslc.tuner.search import _race
+    runs = 20
+    rng = np.random.default_rng(0)
+
+    def durations(scale):  # per turn: an untimed run, then RUNS_PER_TURN timed ones
+        timed = scale * (1 + spread * rng.standard_normal(runs)).clip(0.05)
+        return [x for k in range(0, runs, RUNS_PER_TURN) for x in [1.0, *timed[k:k + RUNS_PER_TURN]]]
+    trial = Trial("p", "o")
+    _race(trial, _Scripted(durations(0.1)), _Scripted(durations(0.1 * speed)), runs, deadline=float("inf"))
+    assert trial.verdict == verdict
