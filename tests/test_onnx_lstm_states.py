@@ -134,3 +134,23 @@ def test_zero_weight_as_the_state_stays_trainable(tmp_path):
     torch_args = {**weights, "h0": weights["h0w"], "c0": np.zeros((1, B, H)), **feeds}
     _check(_probe(tmp_path, ["x"], ["h0w", "R"]), feeds, torch_args, ["x", "h0", "R"])
     assert _counts(_forward(tmp_path))["MatMul"] == 1 + T
+
+
+@pytest.mark.parametrize("linear_before_reset", [0, 1])
+def test_gru_without_a_state_multiplies_no_zeros(tmp_path, linear_before_reset):
+    """The GRU's first step likewise: no zero state is made, and neither h R^T nor (r h) R_h^T is
+    computed for it (its values and gradients against ONNX's equations in torch:
+    tests/test_onnx_import_ops.py, gru-default and gru-linear_before_reset)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.uniform(-0.5, 0.5, s), n)
+             for n, s in (("W", (1, 3 * H, I)), ("R", (1, 3 * H, H)), ("B", (1, 6 * H)))]
+    node = helper.make_node("GRU", ["x", "W", "R", "B"], ["y", "yh"], hidden_size=H,
+                            linear_before_reset=linear_before_reset)
+    graph = helper.make_graph([node], "gru", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [T, B, I])],
+                              [helper.make_empty_tensor_value_info(n) for n in ("y", "yh")], inits)
+    (tmp_path / "lstm.onnx").write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                                           ir_version=8).SerializeToString())
+    counts = _counts(_forward(tmp_path))
+    recurrent = (T - 1) * (1 if linear_before_reset else 2)  # h R^T, and (r h) R_h^T without linear_before_reset
+    assert counts["MatMul"] == 1 + recurrent, counts
+    assert counts["ConstantOfShape"] == counts["Expand"] == 0, counts

@@ -39,8 +39,8 @@ def _recurrent(cx, ins, kind: str):
         raise cx.fail(f"{kind} with clip, input_forget or peepholes is not supported")
     if seq_lens is not None:
         raise cx.fail(f"{kind} with sequence_lens is not supported", "export without packed sequences")
-    if kind == "LSTM":  # the exporters' zero initial states, as if left out (see _lstm_step)
-        h0, c0 = (None if v is not None and _zeros(v) else v for v in (h0, c0))
+    # the exporters' zero initial states, as if left out (see _lstm_step)
+    h0, c0 = (None if v is not None and _zeros(v) else v for v in (h0, c0))
     if layout:
         x = cx.op("Transpose", [x], perm=[1, 0, 2])
         h0 = cx.op("Transpose", [h0], perm=[1, 0, 2]) if h0 is not None else None
@@ -56,7 +56,6 @@ def _recurrent(cx, ins, kind: str):
     def cut(v, k):  # gate k of [B, gH] (or of a bias [gH]): along the last axis
         return cx.op("Slice", [v, cx.ints([k * hidden]), cx.ints([(k + 1) * hidden]), cx.ints([-1])])
 
-    zeros = None
     ys, hs, cs = [], [], []
     for d in range(dirs):
         xw = cx.op("MatMul", [x, cx.op("Transpose", [index(w, d)], perm=[1, 0])])  # [T, B, gH]
@@ -69,12 +68,6 @@ def _recurrent(cx, ins, kind: str):
         rt = cx.op("Transpose", [index(r, d)], perm=[1, 0])  # [H, gH]
         h = index(h0, d) if h0 is not None else None
         c = index(c0, d) if c0 is not None else None
-        if kind == "GRU" and h is None:
-            if zeros is None:
-                batch = cx.op("Slice", [cx.op("Shape", [x]), cx.ints([1]), cx.ints([2])])
-                shape = cx.op("Concat", [batch, cx.ints([hidden])], axis=0)
-                zeros = cx.op("ConstantOfShape", [shape], value=np.zeros(1, _np(x.dtype)))
-            h = zeros
         outs = [None] * steps
         backward = direction == "reverse" or d == 1
         for t in (reversed(range(steps)) if backward else range(steps)):
@@ -108,22 +101,28 @@ def _lstm_step(cx, xw_t, h, c, rt, cut):
 
 
 def _gru_step(cx, xw_t, h, rt, rb, cut, hidden: int, linear_before_reset: int):
-    """z, r, h~ from x W^T + (b_W) and h R^T (+ b_R); h' = (1 - z) h~ + z h."""
-    hr = cx.op("MatMul", [h, rt])  # [B, 3H]
-    if rb is not None:
-        hr_b = cx.op("Add", [hr, rb])
+    """z, r, h~ from x W^T + (b_W) and h R^T (+ b_R); h' = (1 - z) h~ + z h. A state of None is the
+    zero initial state: h R^T and z h are exact zeros and are left out, as in _lstm_step."""
+    if h is None:
+        hr_b = rb  # h R^T = 0: the recurrent side is its bias alone
     else:
-        hr_b = hr
-    z = cx.op("Sigmoid", [cx.op("Add", [cut(xw_t, 0), cut(hr_b, 0)])])
-    r = cx.op("Sigmoid", [cx.op("Add", [cut(xw_t, 1), cut(hr_b, 1)])])
+        hr = cx.op("MatMul", [h, rt])  # [B, 3H]
+        hr_b = hr if rb is None else cx.op("Add", [hr, rb])
+
+    def gate(k):
+        return cut(xw_t, k) if hr_b is None else cx.op("Add", [cut(xw_t, k), cut(hr_b, k)])
+    z, r = cx.op("Sigmoid", [gate(0)]), cx.op("Sigmoid", [gate(1)])
     if linear_before_reset:
-        cand = cx.op("Mul", [r, cut(hr_b, 2)])
+        cand = None if hr_b is None else cx.op("Mul", [r, cut(hr_b, 2)])
+    elif h is None:
+        cand = None if rb is None else cut(rb, 2)  # (r h) R_h^T = 0
     else:
         r_h = cx.op("MatMul", [cx.op("Mul", [r, h]), cut_rows(cx, rt, hidden)])
         cand = r_h if rb is None else cx.op("Add", [r_h, cut(rb, 2)])
-    cand = cx.op("Tanh", [cx.op("Add", [cut(xw_t, 2), cand])])
-    one = cx.b.const(np.asarray(1.0), h.dtype)
-    return cx.op("Add", [cx.op("Mul", [cx.op("Sub", [one, z]), cand]), cx.op("Mul", [z, h])])
+    cand = cx.op("Tanh", [cut(xw_t, 2) if cand is None else cx.op("Add", [cut(xw_t, 2), cand])])
+    one = cx.b.const(np.asarray(1.0), xw_t.dtype)
+    new = cx.op("Mul", [cx.op("Sub", [one, z]), cand])
+    return new if h is None else cx.op("Add", [new, cx.op("Mul", [z, h])])
 
 
 def cut_rows(cx, rt, hidden: int):
@@ -144,8 +143,3 @@ def _zeros(v) -> bool:
     if p is not None and p.op == "ConstantOfShape":
         return not np.any(p.attrs.get("value", 0))
     return p is not None and p.op in _ZERO_PRESERVING and _zeros(p.inputs[0])
-
-
-def _np(dtype: str):
-    from ..ir.core import DTYPES
-    return DTYPES[dtype]
