@@ -62,6 +62,13 @@ def scalar(b: Builder, value: float, dtype: str) -> Value:
     return b.const(np.asarray(value), dtype)
 
 
+def transpose_last_two(b: Builder, v: Value) -> Value:
+    """v with its last two axes swapped (a batch of matrices transposed)."""
+    perm = list(range(v.rank))
+    perm[-2:] = perm[-1], perm[-2]
+    return b.op("Transpose", [v], {"perm": perm})
+
+
 def slice_axes(b: Builder, x: Value, starts, ends, axes, steps=None) -> Value:
     ins = [x, b.ints(starts), b.ints(ends), b.ints(axes)]
     return b.op("Slice", ins + ([b.ints(steps)] if steps else []))
@@ -418,13 +425,11 @@ def weight_grad_per_sample(b: Builder, x: Value, dy: Value, w_shape, strides, pa
     else:
         dy_g = b.op("Reshape", [dy, b.ints([0, group, o // group, length])])
         cols = b.op("Reshape", [cols, b.ints([0, group, k, length])])
-    swap = list(range(dy_g.rank - 2)) + [dy_g.rank - 1, dy_g.rank - 2]  # the last two axes
     if patches_first:
-        per_sample = b.op("MatMul", [cols, b.op("Transpose", [dy_g], {"perm": swap})])  # [N, (g,) k, O/g]
-        dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
-        dw = b.op("Transpose", [dw], {"perm": [p - 1 for p in swap[1:]]})
+        per_sample = b.op("MatMul", [cols, transpose_last_two(b, dy_g)])  # [N, (g,) k, O/g]
+        dw = transpose_last_two(b, b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0}))
     else:
-        per_sample = b.op("MatMul", [dy_g, b.op("Transpose", [cols], {"perm": swap})])  # [N, (g,) O/g, k]
+        per_sample = b.op("MatMul", [dy_g, transpose_last_two(b, cols)])  # [N, (g,) O/g, k]
         dw = b.op("ReduceSum", [per_sample, b.ints([0])], {"keepdims": 0})
     return b.op("Reshape", [dw, b.ints(list(w_shape))])
 

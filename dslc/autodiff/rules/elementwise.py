@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from ...ir import patterns as P
-from ...ir.builder import Builder
 from ...ir.core import Value
 from ...ir.ops import DTYPE_CODE
 from .common import Rule, _c, _input, _mask, _op
@@ -169,18 +168,12 @@ def _cast(b, node, dys):
     return [None]
 
 
-def _swap_last(b: Builder, v: Value) -> Value:
-    perm = list(range(v.rank))
-    perm[-2:] = perm[-1], perm[-2]
-    return _op(b, "Transpose", v, perm=perm)
-
-
 def _matmul(b, node, dys):
     (a, w), dy = node.inputs, dys[0]
-    da = _op(b, "MatMul", dy, _swap_last(b, w))
+    da = _op(b, "MatMul", dy, P.transpose_last_two(b, w))
     if P.matmul_weight_grad(a, w, dy) == "flattened":
         return [da, P.weight_grad_flattened(b, a, dy)]
-    return [da, _op(b, "MatMul", _swap_last(b, a), dy)]
+    return [da, _op(b, "MatMul", P.transpose_last_two(b, a), dy)]
 
 
 ELEMENTWISE: dict[str, Rule] = {
